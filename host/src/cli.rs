@@ -1,0 +1,547 @@
+//! The `sourcebox` command line. It parses, unlocks and renders; every
+//! decision lives in [`crate::store`] and [`crate::vault`].
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use zeroize::Zeroizing;
+
+use crate::store::{Store, StoreError};
+use crate::vault::audit::{self, ChainCheck};
+use crate::vault::{
+    Actor, CredentialClass, CredentialMeta, Keyring, NewCredential, Provenance, Secret, Vault,
+    VaultError, WrapperKind,
+};
+
+/// A failed command, as the operator sees it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// From the vault.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A request that cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// Terminal or file descriptor I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// sourcebox: a self-hosted host for personal-data connectors.
+#[derive(Debug, Parser)]
+#[command(name = "sourcebox", version, about, long_about = None)]
+pub struct Cli {
+    /// The data directory (database, key material).
+    #[arg(
+        long,
+        global = true,
+        env = "SOURCEBOX_DATA_DIR",
+        default_value = "./sourcebox-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Read the passphrase or PKCS#11 PIN from this open file descriptor
+    /// instead of prompting (it is never accepted as an argument).
+    #[arg(long, global = true, value_name = "FD")]
+    pub unlock_fd: Option<u32>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: database and key material.
+    Init(InitArgs),
+    /// Manage sources.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Manage stored credentials (values are never printed).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Vault-wide key management and backup.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `init` options.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where the key-encryption key lives.
+    #[arg(long, value_enum, default_value_t = WrapperArg::Local)]
+    pub key_wrapper: WrapperArg,
+    /// Production mode: refuses the development-only `local` wrapper.
+    #[arg(long)]
+    pub production: bool,
+    /// PKCS#11 module (shared library) for `--key-wrapper pkcs11`.
+    #[arg(long, value_name = "PATH", required_if_eq("key_wrapper", "pkcs11"))]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the initialized PKCS#11 token to keep the KEK in.
+    #[arg(long, value_name = "LABEL", required_if_eq("key_wrapper", "pkcs11"))]
+    pub pkcs11_token: Option<String>,
+}
+
+/// Key wrapper names accepted by `init`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WrapperArg {
+    /// Random KEK in a 0600 file beside the database (development only).
+    Local,
+    /// KEK derived from a passphrase with Argon2id.
+    Passphrase,
+    /// KEK inside a PKCS#11 token (HSM).
+    Pkcs11,
+}
+
+/// `source` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Add a bare source.
+    Add {
+        /// Source name.
+        name: String,
+    },
+    /// List sources.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a source and destroy every credential it holds.
+    Rm {
+        /// Source name.
+        name: String,
+    },
+}
+
+/// `credential` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Store a value read from standard input (hidden prompt on a terminal).
+    Set {
+        /// Source name.
+        source: String,
+        /// Credential name, as the connector declares it.
+        name: String,
+        /// Credential class.
+        #[arg(long, value_enum)]
+        class: ClassArg,
+        /// Expiry, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+    },
+    /// List credential metadata (never values).
+    List {
+        /// Only this source.
+        source: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a credential: its data key is destroyed, the record stays.
+    Revoke {
+        /// Source name.
+        source: String,
+        /// Credential name.
+        name: String,
+    },
+    /// Delete a credential and its data key.
+    Rm {
+        /// Source name.
+        source: String,
+        /// Credential name.
+        name: String,
+    },
+}
+
+/// Credential classes accepted on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClassArg {
+    /// Password.
+    Password,
+    /// API key, personal access token, app password.
+    Token,
+    /// Cookies, browser storage state.
+    Session,
+    /// TOTP/HOTP seed.
+    OtpSeed,
+    /// OAuth bundle (JSON).
+    Oauth,
+}
+
+/// `vault` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Re-wrap every data key under a new key-encryption key.
+    RotateKek {
+        /// Data keys re-wrapped per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Write an age-encrypted backup of every credential.
+    Export {
+        /// age X25519 recipient (age1...).
+        #[arg(long)]
+        recipient: String,
+        /// Output file; must not exist.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Restore credentials from a backup; existing ones are left alone.
+    Import {
+        /// Backup file.
+        file: PathBuf,
+        /// age identity file that decrypts it.
+        #[arg(long)]
+        identity: PathBuf,
+    },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit log.
+    Verify,
+}
+
+/// Runs a parsed command, writing results to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let dir = cli.data_dir.as_path();
+    match cli.command {
+        Command::Init(args) => init(dir, cli.unlock_fd, args, out),
+        Command::Source(cmd) => source(dir, cli.unlock_fd, cmd, out),
+        Command::Credential(cmd) => credential(&open_vault(dir, cli.unlock_fd)?, cmd, out),
+        Command::Vault(cmd) => vault(&open_vault(dir, cli.unlock_fd)?, cmd, out),
+        Command::Audit(AuditCommand::Verify) => {
+            match audit::verify(Store::open(dir)?.conn()).map_err(VaultError::from)? {
+                ChainCheck::Intact { rows } => {
+                    writeln_out(out, format_args!("audit chain intact: {rows} rows"))
+                }
+                ChainCheck::BrokenAt { seq } => Err(CliError::Usage(format!(
+                    "audit chain broken at row {seq}: that row or the one before it was changed or removed"
+                ))),
+            }
+        }
+    }
+}
+
+fn writeln_out(out: &mut dyn Write, args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    writeln!(out, "{args}").map_err(|e| CliError::Io(format!("cannot write output: {e}")))
+}
+
+fn init(
+    dir: &Path,
+    unlock_fd: Option<u32>,
+    args: InitArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let kind = match args.key_wrapper {
+        WrapperArg::Local => WrapperKind::Local,
+        WrapperArg::Passphrase => WrapperKind::Passphrase,
+        WrapperArg::Pkcs11 => WrapperKind::Pkcs11,
+    };
+    let mut settings = Keyring::init_settings(kind, args.production)?;
+    if let (Some(module), Some(token)) = (&args.pkcs11_module, &args.pkcs11_token) {
+        settings.push(("pkcs11_module", module.to_string_lossy().into_owned()));
+        settings.push(("pkcs11_token", token.clone()));
+    }
+    let unlock = match kind {
+        WrapperKind::Local => None,
+        WrapperKind::Passphrase => Some(new_passphrase(unlock_fd)?),
+        WrapperKind::Pkcs11 => Some(unlock_secret(unlock_fd, "PKCS#11 user PIN")?),
+    };
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = Store::init(dir, &pairs)?;
+    if let Err(e) = Keyring::create_first(&store, unlock) {
+        // Leave nothing half-made behind: the directory was new or empty.
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e.into());
+    }
+    tracing::info!(dir = %dir.display(), wrapper = kind.as_str(), "data directory initialized");
+    writeln_out(
+        out,
+        format_args!(
+            "initialized {} (key wrapper: {}{})",
+            dir.display(),
+            kind.as_str(),
+            if args.production { ", production" } else { "" }
+        ),
+    )
+}
+
+fn source(
+    dir: &Path,
+    unlock_fd: Option<u32>,
+    cmd: SourceCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        SourceCommand::Add { name } => {
+            let source = Store::open(dir)?.add_source(&name)?;
+            writeln_out(out, format_args!("added source {}", source.source))
+        }
+        SourceCommand::List { json } => {
+            let names: Vec<String> = Store::open(dir)?
+                .sources()?
+                .into_iter()
+                .map(|s| s.source)
+                .collect();
+            if json {
+                writeln_out(out, format_args!("{}", serde_json::json!(names)))
+            } else {
+                names
+                    .iter()
+                    .try_for_each(|n| writeln_out(out, format_args!("{n}")))
+            }
+        }
+        SourceCommand::Rm { name } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            let source = vault.store().source(&name)?;
+            let destroyed = vault.delete_source(Actor::OWNER_CLI, &source)?;
+            writeln_out(
+                out,
+                format_args!("deleted source {name} and destroyed {destroyed} credentials"),
+            )
+        }
+    }
+}
+
+fn credential(vault: &Vault, cmd: CredentialCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        CredentialCommand::Set {
+            source,
+            name,
+            class,
+            expires,
+        } => {
+            let source_ref = vault.store().source(&source)?;
+            let expires_at = expires
+                .map(|t| {
+                    humantime::parse_rfc3339_weak(&t)
+                        .map(|st| st.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+                        .map_err(|_| CliError::Usage(format!("--expires '{t}' is not an RFC 3339 time such as 2027-01-31T00:00:00Z")))
+                })
+                .transpose()?;
+            let value = read_value(&format!("value for {source}/{name}: "))?;
+            let class = match class {
+                ClassArg::Password => CredentialClass::Password,
+                ClassArg::Token => CredentialClass::Token,
+                ClassArg::Session => CredentialClass::Session,
+                ClassArg::OtpSeed => CredentialClass::OtpSeed,
+                ClassArg::Oauth => CredentialClass::Oauth,
+            };
+            let meta = vault.set(
+                Actor::OWNER_CLI,
+                &source_ref,
+                NewCredential {
+                    name: &name,
+                    class,
+                    provenance: Provenance::Owner,
+                    value,
+                    expires_at,
+                },
+            )?;
+            tracing::info!(source = %meta.source, name = %meta.name, version = meta.version, "credential stored");
+            writeln_out(
+                out,
+                format_args!(
+                    "stored {}/{} ({}, version {}, {})",
+                    meta.source, meta.name, meta.class, meta.version, meta.hint
+                ),
+            )
+        }
+        CredentialCommand::List { source, json } => {
+            let source_ref = source.map(|s| vault.store().source(&s)).transpose()?;
+            let metas = vault.list(source_ref.as_ref())?;
+            if json {
+                let doc = serde_json::to_string_pretty(&metas)
+                    .map_err(|e| CliError::Io(e.to_string()))?;
+                writeln_out(out, format_args!("{doc}"))
+            } else {
+                print_table(&metas, out)
+            }
+        }
+        CredentialCommand::Revoke { source, name } => {
+            vault.revoke(Actor::OWNER_CLI, &vault.store().source(&source)?, &name)?;
+            writeln_out(
+                out,
+                format_args!("revoked {source}/{name}; its data key is destroyed"),
+            )
+        }
+        CredentialCommand::Rm { source, name } => {
+            vault.remove(Actor::OWNER_CLI, &vault.store().source(&source)?, &name)?;
+            writeln_out(out, format_args!("deleted {source}/{name}"))
+        }
+    }
+}
+
+fn vault(vault: &Vault, cmd: VaultCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        VaultCommand::RotateKek { batch } => {
+            if batch == 0 {
+                return Err(CliError::Usage("--batch must be at least 1".into()));
+            }
+            let rotation = vault.rotate_kek(Actor::OWNER_CLI, batch)?;
+            writeln_out(
+                out,
+                format_args!(
+                    "key-encryption key rotated to version {}; {} data keys re-wrapped",
+                    rotation.version, rotation.rewrapped
+                ),
+            )
+        }
+        VaultCommand::Export { recipient, output } => {
+            let count = vault.export(Actor::OWNER_CLI, &recipient, &output)?;
+            writeln_out(
+                out,
+                format_args!("exported {count} credentials to {}", output.display()),
+            )
+        }
+        VaultCommand::Import { file, identity } => {
+            let report = vault.import(Actor::OWNER_CLI, &file, &identity)?;
+            for s in &report.sources_created {
+                writeln_out(out, format_args!("created source {s}"))?;
+            }
+            for c in &report.imported {
+                writeln_out(out, format_args!("imported {c}"))?;
+            }
+            for c in &report.skipped {
+                writeln_out(out, format_args!("skipped {c}: this vault already has it"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_table(metas: &[CredentialMeta], out: &mut dyn Write) -> Result<(), CliError> {
+    let time = |ms: i64| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+            .to_string()
+    };
+    writeln_out(
+        out,
+        format_args!(
+            "{:<16} {:<20} {:<9} {:<17} {:>3}  {:<20} {:<20} {:<20} HINT",
+            "SOURCE", "NAME", "CLASS", "PROVENANCE", "VER", "CREATED", "ROTATED", "EXPIRES"
+        ),
+    )?;
+    for m in metas {
+        writeln_out(
+            out,
+            format_args!(
+                "{:<16} {:<20} {:<9} {:<17} {:>3}  {:<20} {:<20} {:<20} {}",
+                m.source,
+                m.name,
+                m.class,
+                m.provenance,
+                m.version,
+                time(m.created_at),
+                time(m.rotated_at),
+                m.expires_at.map(time).unwrap_or_else(|| "-".into()),
+                m.hint
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn open_vault(dir: &Path, unlock_fd: Option<u32>) -> Result<Vault, CliError> {
+    let store = Store::open(dir)?;
+    let kind: WrapperKind = store
+        .setting("key_wrapper")?
+        .ok_or_else(|| VaultError::Corrupt("no key wrapper recorded".into()))?
+        .parse()?;
+    let unlock = match kind {
+        WrapperKind::Local => None,
+        WrapperKind::Passphrase => Some(unlock_secret(unlock_fd, "passphrase")?),
+        WrapperKind::Pkcs11 => Some(unlock_secret(unlock_fd, "PKCS#11 user PIN")?),
+    };
+    let keyring = Keyring::unlock(&store, unlock)?;
+    Ok(Vault::new(store, keyring))
+}
+
+/// Reads the passphrase or PIN from `--unlock-fd` or a no-echo prompt.
+fn unlock_secret(unlock_fd: Option<u32>, what: &str) -> Result<Secret, CliError> {
+    let secret = match unlock_fd {
+        Some(fd) => read_fd(fd)?,
+        None => prompt(&format!("{what}: "), what)?,
+    };
+    if secret.is_empty() {
+        return Err(CliError::Usage(format!("the {what} is empty")));
+    }
+    Ok(secret)
+}
+
+/// Minimum passphrase length accepted by `init`.
+const MIN_PASSPHRASE: usize = 12;
+
+fn new_passphrase(unlock_fd: Option<u32>) -> Result<Secret, CliError> {
+    let passphrase = match unlock_fd {
+        Some(fd) => read_fd(fd)?,
+        None => {
+            let first = prompt("new passphrase: ", "passphrase")?;
+            let again = prompt("repeat passphrase: ", "passphrase")?;
+            if first.expose_secret() != again.expose_secret() {
+                return Err(CliError::Usage(
+                    "the passphrases do not match; nothing was created".into(),
+                ));
+            }
+            first
+        }
+    };
+    if passphrase.len() < MIN_PASSPHRASE {
+        return Err(CliError::Usage(format!(
+            "the passphrase must be at least {MIN_PASSPHRASE} bytes; nothing was created"
+        )));
+    }
+    Ok(passphrase)
+}
+
+fn prompt(text: &str, what: &str) -> Result<Secret, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "no terminal to ask for the {what}; pass it on a file descriptor with --unlock-fd N"
+        )));
+    }
+    let typed = Zeroizing::new(
+        rpassword::prompt_password(text)
+            .map_err(|e| CliError::Io(format!("cannot read the {what}: {e}")))?,
+    );
+    Ok(Secret::from_slice(typed.as_bytes()))
+}
+
+fn read_fd(fd: u32) -> Result<Secret, CliError> {
+    let path = format!("/dev/fd/{fd}");
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| CliError::Io(format!("cannot read --unlock-fd {fd}: {e}")))?;
+    Ok(Secret::from_slice(trim_newline(&bytes)))
+}
+
+/// A credential value: a no-echo prompt on a terminal, otherwise all of
+/// standard input with one trailing newline removed.
+fn read_value(text: &str) -> Result<Secret, CliError> {
+    if std::io::stdin().is_terminal() {
+        return prompt(text, "value");
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::Io(format!("cannot read the value from standard input: {e}")))?;
+    Ok(Secret::from_slice(trim_newline(&bytes)))
+}
+
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}

@@ -1,0 +1,353 @@
+//! The data directory and its SQLite database.
+//!
+//! `init` creates the directory (0700) and the database (WAL, migrated);
+//! [`Store::open`] refuses a missing or foreign directory with a message that
+//! says what to do. Owners and sources live here; the vault and later
+//! modules keep their own tables in the same database.
+
+mod migrations;
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use migrations::LATEST as SCHEMA_VERSION;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "sourcebox.db";
+/// SQLite `application_id` of a sourcebox database ("SBox").
+const APPLICATION_ID: i32 = 0x5342_6f78;
+/// The owner a single-owner deployment creates at init.
+pub const DEFAULT_OWNER: &str = "owner";
+
+/// Why the data directory or its database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No directory at the path.
+    #[error("no sourcebox data directory at {0}; create one with `sourcebox init --data-dir {0}`")]
+    Missing(PathBuf),
+    /// A directory or file that sourcebox did not create.
+    #[error(
+        "{0} is not a sourcebox data directory ({1}); point --data-dir at one made by `sourcebox init`"
+    )]
+    Foreign(PathBuf, &'static str),
+    /// `init` on a directory that already holds something.
+    #[error("{0} is not empty; `sourcebox init` needs a new or empty directory")]
+    NotEmpty(PathBuf),
+    /// The database was written by a newer sourcebox.
+    #[error(
+        "the database has schema version {found}, this sourcebox supports up to {supported}; upgrade sourcebox"
+    )]
+    SchemaTooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A source name that is not known.
+    #[error("no source named '{0}'; `sourcebox source list` shows the sources")]
+    UnknownSource(String),
+    /// A source name that is taken.
+    #[error("a source named '{0}' already exists")]
+    SourceExists(String),
+    /// A source name that cannot be used.
+    #[error(
+        "invalid source name '{0}': use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+    )]
+    InvalidSourceName(String),
+    /// Filesystem failure.
+    #[error("data directory I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// An open data directory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    conn: Connection,
+}
+
+/// A source as the vault addresses it: immutable ids for associated data,
+/// names for people and audit rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    /// Owner row id.
+    pub owner_id: i64,
+    /// Owner name.
+    pub owner: String,
+    /// Source row id, never reused.
+    pub source_id: i64,
+    /// Source name, unique per owner.
+    pub source: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a data directory and its database, recording `settings` in
+    /// the `meta` table. The directory must not exist or be empty.
+    pub fn init(dir: &Path, settings: &[(&str, &str)]) -> Result<Self, StoreError> {
+        match fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(StoreError::NotEmpty(dir.to_path_buf()));
+                }
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut conn = Connection::open(dir.join(DB_FILE))?;
+        // SQLite gives the -wal and -shm files the database file's mode.
+        fs::set_permissions(dir.join(DB_FILE), fs::Permissions::from_mode(0o600))?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+        configure(&conn)?;
+        migrations::migrate(&mut conn)?;
+        let tx = conn.transaction()?;
+        for (key, value) in settings {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO owners (name, created_at) VALUES (?1, ?2)",
+            params![DEFAULT_OWNER, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            conn,
+        })
+    }
+
+    /// Opens an existing data directory, migrating its schema forward.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.is_dir() {
+            return Err(StoreError::Missing(dir.to_path_buf()));
+        }
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(StoreError::Foreign(
+                dir.to_path_buf(),
+                "it has no sourcebox.db",
+            ));
+        }
+        let mut conn = Connection::open(&db)?;
+        let id: i32 = conn
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(|_| {
+                StoreError::Foreign(dir.to_path_buf(), "sourcebox.db is not a SQLite database")
+            })?;
+        if id != APPLICATION_ID {
+            return Err(StoreError::Foreign(
+                dir.to_path_buf(),
+                "sourcebox.db belongs to another program",
+            ));
+        }
+        configure(&conn)?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            conn,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database connection, for modules that own tables in it.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A setting recorded at init.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Adds a source for the default owner.
+    pub fn add_source(&self, name: &str) -> Result<SourceRef, StoreError> {
+        if !valid_source_name(name) {
+            return Err(StoreError::InvalidSourceName(name.to_owned()));
+        }
+        let owner_id = self.default_owner_id()?;
+        let inserted = self.conn.execute(
+            "INSERT INTO sources (owner_id, name, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (owner_id, name) DO NOTHING",
+            params![owner_id, name, now_ms()],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::SourceExists(name.to_owned()));
+        }
+        self.source(name)
+    }
+
+    /// Looks up a source of the default owner by name.
+    pub fn source(&self, name: &str) -> Result<SourceRef, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT o.id, o.name, s.id, s.name FROM sources s JOIN owners o ON o.id = s.owner_id
+                 WHERE o.name = ?1 AND s.name = ?2",
+                params![DEFAULT_OWNER, name],
+                source_ref,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownSource(name.to_owned()))
+    }
+
+    /// Every source of the default owner, by name.
+    pub fn sources(&self) -> Result<Vec<SourceRef>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT o.id, o.name, s.id, s.name FROM sources s JOIN owners o ON o.id = s.owner_id
+             WHERE o.name = ?1 ORDER BY s.name",
+        )?;
+        let rows = stmt.query_map([DEFAULT_OWNER], source_ref)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn default_owner_id(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT id FROM owners WHERE name = ?1",
+            [DEFAULT_OWNER],
+            |row| row.get(0),
+        )?)
+    }
+}
+
+fn source_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<SourceRef> {
+    Ok(SourceRef {
+        owner_id: row.get(0)?,
+        owner: row.get(1)?,
+        source_id: row.get(2)?,
+        source: row.get(3)?,
+    })
+}
+
+/// Connection settings every sourcebox connection uses.
+///
+/// WAL with `synchronous=NORMAL`: a committed transaction survives a process
+/// crash (kill -9); on power loss the newest commits may roll back, but the
+/// database stays consistent. `secure_delete` zeroes deleted content, so a
+/// destroyed data key does not linger in free pages.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn valid_source_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_open_and_refusals() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        assert!(matches!(Store::open(&dir), Err(StoreError::Missing(_))));
+
+        let store = Store::init(&dir, &[("key_wrapper", "local")]).expect("init");
+        let mode = fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        store.add_source("work").expect("add");
+        assert!(matches!(
+            store.add_source("work"),
+            Err(StoreError::SourceExists(_))
+        ));
+        assert!(matches!(
+            store.add_source("../x"),
+            Err(StoreError::InvalidSourceName(_))
+        ));
+        drop(store);
+
+        let store = Store::open(&dir).expect("open");
+        assert_eq!(
+            store.setting("key_wrapper").expect("meta").as_deref(),
+            Some("local")
+        );
+        assert_eq!(store.sources().expect("list").len(), 1);
+        let mode: String = store
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(mode, "wal");
+        assert!(matches!(
+            Store::init(&dir, &[]),
+            Err(StoreError::NotEmpty(_))
+        ));
+        drop(store);
+
+        let foreign = tmp.path().join("foreign");
+        fs::create_dir(&foreign).expect("mkdir");
+        assert!(matches!(
+            Store::open(&foreign),
+            Err(StoreError::Foreign(..))
+        ));
+        fs::write(
+            foreign.join(DB_FILE),
+            b"not a database at all, just some text....",
+        )
+        .expect("write");
+        assert!(matches!(
+            Store::open(&foreign),
+            Err(StoreError::Foreign(..))
+        ));
+        fs::remove_file(foreign.join(DB_FILE)).expect("rm");
+        Connection::open(foreign.join(DB_FILE))
+            .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+            .expect("other sqlite");
+        assert!(matches!(
+            Store::open(&foreign),
+            Err(StoreError::Foreign(..))
+        ));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        drop(Store::init(tmp.path(), &[]).expect("init"));
+        let conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        drop(conn);
+        assert!(matches!(
+            Store::open(tmp.path()),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
+}

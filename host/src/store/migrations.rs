@@ -1,0 +1,32 @@
+//! Numbered schema migrations, applied in order inside one transaction each.
+//!
+//! The schema version is SQLite's `user_version`. A database newer than this
+//! build is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Every migration this build knows, in order; index + 1 is its version.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn` up to [`LATEST`].
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

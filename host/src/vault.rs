@@ -1,0 +1,804 @@
+//! The encrypted per-source credential vault.
+//!
+//! Addressed by (owner, source, credential name). Each value is sealed in an
+//! [`envelope`] under its own random data key; the data key is wrapped by the
+//! data directory's key-encryption key ([`keyring`]). Both are bound by
+//! associated data to (owner id, source id, name, version), so a row copied
+//! to another source, name or version does not open. Every operation appends
+//! to the hash-chained [`audit`] log inside the same transaction; a read
+//! whose audit row cannot be written fails.
+
+pub mod audit;
+pub mod backup;
+pub mod envelope;
+pub mod keyring;
+mod pkcs11;
+pub mod secret;
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+pub use keyring::{Keyring, WrapperKind};
+pub use secret::{Key256, Secret};
+
+use crate::store::{SourceRef, Store, StoreError, now_ms};
+use audit::AuditEntry;
+use envelope::EnvelopeError;
+
+/// Why a vault operation failed. No variant carries secret bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The data directory or database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No credential of that name is stored for the source.
+    #[error(
+        "source '{source_name}' has no credential named '{name}'; store one with `sourcebox credential set {source_name} {name} --class CLASS`"
+    )]
+    Missing {
+        /// Source name.
+        source_name: String,
+        /// Credential name.
+        name: String,
+    },
+    /// The credential was revoked; its data key is destroyed.
+    #[error(
+        "credential '{name}' of source '{source_name}' was revoked; store a new value with `sourcebox credential set`"
+    )]
+    Revoked {
+        /// Source name.
+        source_name: String,
+        /// Credential name.
+        name: String,
+    },
+    /// The stored bytes do not open: tampered, moved from another row, or
+    /// sealed under a key this data directory no longer has.
+    #[error(
+        "credential '{name}' of source '{source_name}' cannot be decrypted ({reason}); store it again"
+    )]
+    Unrecoverable {
+        /// Source name.
+        source_name: String,
+        /// Credential name.
+        name: String,
+        /// Which check failed.
+        reason: EnvelopeError,
+    },
+    /// A wrapped data key did not open under its KEK.
+    #[error("a data key did not unwrap: {0}")]
+    KeyUnwrap(EnvelopeError),
+    /// The data directory needs a passphrase or PIN to unlock.
+    #[error("this data directory is locked by the {} key wrapper; give its {} with --unlock-fd N or at the prompt", .0.as_str(), if *.0 == WrapperKind::Pkcs11 { "PIN" } else { "passphrase" })]
+    UnlockSecretRequired(WrapperKind),
+    /// The passphrase or PIN does not unlock the KEK. Nothing was touched.
+    #[error("wrong {} for this data directory; nothing was read or changed", if *.0 == WrapperKind::Pkcs11 { "PKCS#11 PIN" } else { "passphrase" })]
+    WrongUnlockSecret(WrapperKind),
+    /// The local key file does not match the database.
+    #[error("the local key file does not belong to this database; nothing was read or changed")]
+    WrongKeyFile,
+    /// Reading or writing a local key file.
+    #[error("local key file: {0}")]
+    KeyFile(std::io::Error),
+    /// The `local` wrapper in a production data directory.
+    #[error(
+        "the local key wrapper keeps the key beside the data and is for development only; a production data directory needs --key-wrapper passphrase or pkcs11"
+    )]
+    LocalWrapperInProduction,
+    /// A row refers to a KEK version that is not active.
+    #[error("key-encryption key version {0} is not available")]
+    UnknownKekVersion(i64),
+    /// A PKCS#11 failure.
+    #[error("PKCS#11: {0}")]
+    Hsm(String),
+    /// A value or name that cannot be stored; the message never echoes a value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The audit row could not be written, so the operation was refused.
+    #[error("the audit log could not be written, so the operation was refused: {0}")]
+    AuditFailed(rusqlite::Error),
+    /// Inconsistent vault metadata.
+    #[error("vault metadata is inconsistent: {0}")]
+    Corrupt(String),
+    /// Backup export or import.
+    #[error("backup: {0}")]
+    Backup(String),
+    /// SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What kind of secret a credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialClass {
+    /// A password for an interactive login.
+    Password,
+    /// An API key, personal access token or app password.
+    Token,
+    /// Cookies or browser storage state.
+    Session,
+    /// A TOTP/HOTP seed.
+    OtpSeed,
+    /// An OAuth bundle: JSON with `access_token`, optional `refresh_token`
+    /// and optional `expires_at` (Unix seconds).
+    Oauth,
+}
+
+/// Where a credential value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provenance {
+    /// Entered by the owner (CLI or API).
+    Owner,
+    /// Answered by the owner in an interaction.
+    Interaction,
+    /// Obtained through an OAuth grant.
+    OauthGrant,
+    /// Refreshed by the connector.
+    ConnectorRefresh,
+    /// Imported from a vault backup.
+    Imported,
+}
+
+macro_rules! string_enum {
+    ($ty:ty { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The stored and displayed name.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),* }
+            }
+        }
+        impl FromStr for $ty {
+            type Err = VaultError;
+            fn from_str(s: &str) -> Result<Self, VaultError> {
+                match s {
+                    $($text => Ok(Self::$variant),)*
+                    other => Err(VaultError::Invalid(format!(
+                        "unknown {} '{other}'; expected one of: {}",
+                        stringify!($ty).to_lowercase(),
+                        [$($text),*].join(", ")
+                    ))),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(CredentialClass { Password = "password", Token = "token", Session = "session", OtpSeed = "otp-seed", Oauth = "oauth" });
+string_enum!(Provenance { Owner = "owner", Interaction = "interaction", OauthGrant = "oauth-grant", ConnectorRefresh = "connector-refresh", Imported = "imported" });
+
+/// Who is asking, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// `owner:cli`, later `run:<id>` and API principals.
+    pub name: &'a str,
+    /// The run on whose behalf, if any.
+    pub run_id: Option<&'a str>,
+}
+
+impl Actor<'static> {
+    /// The owner at the command line.
+    pub const OWNER_CLI: Actor<'static> = Actor {
+        name: "owner:cli",
+        run_id: None,
+    };
+}
+
+/// A credential's metadata: everything but the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialMeta {
+    /// Source name.
+    pub source: String,
+    /// Credential name.
+    pub name: String,
+    /// Class.
+    pub class: CredentialClass,
+    /// Where the value came from.
+    pub provenance: Provenance,
+    /// Incremented by every write of a new value.
+    pub version: i64,
+    /// First stored, ms since the Unix epoch.
+    pub created_at: i64,
+    /// Last new value, ms since the Unix epoch.
+    pub rotated_at: i64,
+    /// Expiry, if known.
+    pub expires_at: Option<i64>,
+    /// Revocation time; a revoked credential never resolves.
+    pub revoked_at: Option<i64>,
+    /// A masked hint that reveals nothing of the value but its length.
+    pub hint: String,
+}
+
+/// A value to store.
+#[derive(Debug)]
+pub struct NewCredential<'a> {
+    /// Credential name, declared by the connector.
+    pub name: &'a str,
+    /// Class.
+    pub class: CredentialClass,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The value.
+    pub value: Secret,
+    /// Expiry, if known; an OAuth bundle's `expires_at` fills it.
+    pub expires_at: Option<i64>,
+}
+
+/// Outcome of a KEK rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The new KEK version.
+    pub version: i64,
+    /// Data keys re-wrapped under it.
+    pub rewrapped: u64,
+}
+
+/// The vault over one open store.
+#[derive(Debug)]
+pub struct Vault {
+    store: Store,
+    keyring: Keyring,
+}
+
+const DATA_KEY_DOMAIN: &[u8] = b"sourcebox/data-key/v1\0";
+const VALUE_DOMAIN: &[u8] = b"sourcebox/credential/v1\0";
+
+/// Associated data binding a sealed value or wrapped key to its row.
+fn aad(domain: &[u8], source: &SourceRef, name: &str, version: i64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(domain.len() + 24 + name.len());
+    aad.extend_from_slice(domain);
+    aad.extend_from_slice(&source.owner_id.to_le_bytes());
+    aad.extend_from_slice(&source.source_id.to_le_bytes());
+    aad.extend_from_slice(&version.to_le_bytes());
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
+/// Credential names: 1-64 of `a-z 0-9 _ - .`, starting with a letter.
+fn check_name(name: &str) -> Result<(), VaultError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 64
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::Invalid(format!(
+            "invalid credential name '{name}': use 1-64 of a-z, 0-9, '_', '-', '.', starting with a letter"
+        )))
+    }
+}
+
+/// Checks a value against its class; returns the expiry an OAuth bundle
+/// carries. Errors describe the shape, never the value.
+fn check_value(class: CredentialClass, value: &Secret) -> Result<Option<i64>, VaultError> {
+    if value.is_empty() {
+        return Err(VaultError::Invalid(
+            "an empty value is not a credential; nothing was stored".into(),
+        ));
+    }
+    if class != CredentialClass::Oauth {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Bundle {
+        access_token: String,
+        #[serde(default)]
+        refresh_token: Option<String>,
+        #[serde(default)]
+        expires_at: Option<i64>,
+    }
+    let shape = "an oauth credential is a JSON object {\"access_token\": string, \"refresh_token\"?: string, \"expires_at\"?: Unix seconds}";
+    let mut bundle: Bundle = serde_json::from_slice(value.expose_secret()).map_err(|e| {
+        VaultError::Invalid(format!(
+            "{shape} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let empty = bundle.access_token.is_empty();
+    zeroize::Zeroize::zeroize(&mut bundle.access_token);
+    if let Some(refresh) = bundle.refresh_token.as_mut() {
+        zeroize::Zeroize::zeroize(refresh);
+    }
+    if empty {
+        return Err(VaultError::Invalid(format!(
+            "{shape}; access_token is empty"
+        )));
+    }
+    Ok(bundle.expires_at.map(|s| s.saturating_mul(1000)))
+}
+
+/// Runs `f` inside `BEGIN IMMEDIATE`: the write lock is taken up front so
+/// the audit chain is extended by one writer at a time across processes.
+fn immediate<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, VaultError>,
+) -> Result<T, VaultError> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    match f(conn) {
+        Ok(value) => match conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+        {
+            Ok(_) => Ok(value),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(VaultError::AuditFailed(e))
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn audit(
+    conn: &Connection,
+    actor: Actor<'_>,
+    action: &str,
+    source: Option<&SourceRef>,
+    credential: Option<&str>,
+    outcome: &str,
+) -> Result<(), VaultError> {
+    audit::append(
+        conn,
+        &AuditEntry {
+            actor: actor.name,
+            action,
+            owner: source.map(|s| s.owner.as_str()),
+            source: source.map(|s| s.source.as_str()),
+            credential,
+            run_id: actor.run_id,
+            outcome,
+        },
+    )
+    .map_err(VaultError::AuditFailed)
+}
+
+impl Vault {
+    /// Opens the vault of `store` with an unlocked keyring.
+    pub fn new(store: Store, keyring: Keyring) -> Self {
+        Self { store, keyring }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores a new value for (source, name): a fresh data key, nonce and
+    /// version. Returns the stored metadata.
+    pub fn set(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        new: NewCredential<'_>,
+    ) -> Result<CredentialMeta, VaultError> {
+        check_name(new.name)?;
+        let bundle_expiry = check_value(new.class, &new.value)?;
+        let expires_at = new.expires_at.or(bundle_expiry);
+        let conn = self.store.conn();
+        immediate(conn, |conn| {
+            let previous: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT version FROM credentials WHERE source_id = ?1 AND name = ?2",
+                )?
+                .query_row(params![source.source_id, new.name], |r| r.get(0))
+                .optional()?;
+            let version = previous.unwrap_or(0) + 1;
+            let (kek_version, wrapper) = self.keyring.current(conn)?;
+            let data_key = Key256::generate();
+            let sealed = envelope::seal(
+                &data_key,
+                new.value.expose_secret(),
+                &aad(VALUE_DOMAIN, source, new.name, version),
+            );
+            let wrapped =
+                wrapper.wrap(&data_key, &aad(DATA_KEY_DOMAIN, source, new.name, version))?;
+            let now = now_ms();
+            conn.prepare_cached(
+                "INSERT INTO credentials (owner_id, source_id, name, class, provenance, version, kek_version,
+                     wrapped_key, sealed_value, value_len, created_at, rotated_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
+                 ON CONFLICT (source_id, name) DO UPDATE SET
+                     class = excluded.class, provenance = excluded.provenance, version = excluded.version,
+                     kek_version = excluded.kek_version, wrapped_key = excluded.wrapped_key,
+                     sealed_value = excluded.sealed_value, value_len = excluded.value_len,
+                     rotated_at = excluded.rotated_at, expires_at = excluded.expires_at, revoked_at = NULL",
+            )?
+            .execute(params![
+                source.owner_id,
+                source.source_id,
+                new.name,
+                new.class.as_str(),
+                new.provenance.as_str(),
+                version,
+                kek_version,
+                wrapped,
+                sealed,
+                new.value.len() as i64,
+                now,
+                expires_at,
+            ])?;
+            audit(
+                conn,
+                actor,
+                "credential.write",
+                Some(source),
+                Some(new.name),
+                "ok",
+            )?;
+            self.meta_in(conn, source, new.name)?
+                .ok_or_else(|| VaultError::Corrupt("row vanished after write".into()))
+        })
+    }
+
+    /// Resolves a credential's value. Audited: if the audit row cannot be
+    /// written, the value is not returned.
+    pub fn get(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        name: &str,
+    ) -> Result<Secret, VaultError> {
+        // The audit row of a refused read is committed too; the refusal is
+        // returned after the transaction.
+        immediate(self.store.conn(), |conn| {
+            let outcome = self.open_value(conn, source, name);
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(VaultError::Missing { .. }) => "missing",
+                Err(VaultError::Revoked { .. }) => "revoked",
+                Err(VaultError::Unrecoverable { .. }) => "unrecoverable",
+                Err(_) => "error",
+            };
+            audit(
+                conn,
+                actor,
+                "credential.read",
+                Some(source),
+                Some(name),
+                label,
+            )?;
+            Ok(outcome)
+        })?
+    }
+
+    fn open_value(
+        &self,
+        conn: &Connection,
+        source: &SourceRef,
+        name: &str,
+    ) -> Result<Secret, VaultError> {
+        struct Stored {
+            version: i64,
+            kek_version: i64,
+            wrapped_key: Option<Vec<u8>>,
+            sealed_value: Vec<u8>,
+            revoked: bool,
+        }
+        let stored = conn
+            .prepare_cached(
+                "SELECT version, kek_version, wrapped_key, sealed_value, revoked_at IS NOT NULL
+                 FROM credentials WHERE source_id = ?1 AND name = ?2",
+            )?
+            .query_row(params![source.source_id, name], |r| {
+                Ok(Stored {
+                    version: r.get(0)?,
+                    kek_version: r.get(1)?,
+                    wrapped_key: r.get(2)?,
+                    sealed_value: r.get(3)?,
+                    revoked: r.get(4)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| VaultError::Missing {
+                source_name: source.source.clone(),
+                name: name.to_owned(),
+            })?;
+        let wrapped = match stored.wrapped_key {
+            Some(wrapped) if !stored.revoked => wrapped,
+            _ => {
+                return Err(VaultError::Revoked {
+                    source_name: source.source.clone(),
+                    name: name.to_owned(),
+                });
+            }
+        };
+        let unrecoverable = |reason| VaultError::Unrecoverable {
+            source_name: source.source.clone(),
+            name: name.to_owned(),
+            reason,
+        };
+        let key_aad = aad(DATA_KEY_DOMAIN, source, name, stored.version);
+        let data_key = match self
+            .keyring
+            .wrapper(conn, stored.kek_version)?
+            .unwrap(&wrapped, &key_aad)
+        {
+            Err(VaultError::KeyUnwrap(reason)) => return Err(unrecoverable(reason)),
+            other => other?,
+        };
+        envelope::open(
+            &data_key,
+            &stored.sealed_value,
+            &aad(VALUE_DOMAIN, source, name, stored.version),
+        )
+        .map_err(unrecoverable)
+    }
+
+    /// Names among `names` that `source` does not hold in usable form
+    /// (absent or revoked). Reads metadata only: nothing is decrypted and no
+    /// audit row is written.
+    pub fn missing(&self, source: &SourceRef, names: &[&str]) -> Result<Vec<String>, VaultError> {
+        let mut stmt = self.store.conn().prepare_cached(
+            "SELECT 1 FROM credentials WHERE source_id = ?1 AND name = ?2
+             AND revoked_at IS NULL AND wrapped_key IS NOT NULL",
+        )?;
+        let mut missing = Vec::new();
+        for name in names {
+            if !stmt.exists(params![source.source_id, name])? {
+                missing.push((*name).to_owned());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Metadata of every credential, of one source or of all.
+    pub fn list(&self, source: Option<&SourceRef>) -> Result<Vec<CredentialMeta>, VaultError> {
+        let mut stmt = self.store.conn().prepare(&format!(
+            "{META_SELECT} WHERE (?1 IS NULL OR c.source_id = ?1) ORDER BY s.name, c.name"
+        ))?;
+        let rows = stmt.query_map([source.map(|s| s.source_id)], meta_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn meta_in(
+        &self,
+        conn: &Connection,
+        source: &SourceRef,
+        name: &str,
+    ) -> Result<Option<CredentialMeta>, VaultError> {
+        conn.prepare_cached(&format!(
+            "{META_SELECT} WHERE c.source_id = ?1 AND c.name = ?2"
+        ))?
+        .query_row(params![source.source_id, name], meta_row)
+        .optional()?
+        .transpose()
+    }
+
+    /// Revokes a credential: its data key is destroyed, the metadata row
+    /// stays so runs see `credential_revoked` rather than a missing value.
+    pub fn revoke(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        name: &str,
+    ) -> Result<(), VaultError> {
+        immediate(self.store.conn(), |conn| {
+            let changed = conn.execute(
+                "UPDATE credentials SET wrapped_key = NULL, revoked_at = ?3
+                 WHERE source_id = ?1 AND name = ?2 AND revoked_at IS NULL",
+                params![source.source_id, name, now_ms()],
+            )?;
+            if changed == 0 && self.meta_in(conn, source, name)?.is_none() {
+                return Err(VaultError::Missing {
+                    source_name: source.source.clone(),
+                    name: name.to_owned(),
+                });
+            }
+            audit(
+                conn,
+                actor,
+                "credential.revoke",
+                Some(source),
+                Some(name),
+                "ok",
+            )
+        })?;
+        self.checkpoint()
+    }
+
+    /// Deletes a credential and its data key.
+    pub fn remove(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        name: &str,
+    ) -> Result<(), VaultError> {
+        immediate(self.store.conn(), |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
+                params![source.source_id, name],
+            )?;
+            if deleted == 0 {
+                return Err(VaultError::Missing {
+                    source_name: source.source.clone(),
+                    name: name.to_owned(),
+                });
+            }
+            audit(
+                conn,
+                actor,
+                "credential.delete",
+                Some(source),
+                Some(name),
+                "ok",
+            )
+        })?;
+        self.checkpoint()
+    }
+
+    /// Deletes a source with every credential and data key it holds.
+    pub fn delete_source(&self, actor: Actor<'_>, source: &SourceRef) -> Result<u64, VaultError> {
+        let removed = immediate(self.store.conn(), |conn| {
+            let removed = conn.execute(
+                "DELETE FROM credentials WHERE source_id = ?1",
+                [source.source_id],
+            )?;
+            conn.execute("DELETE FROM sources WHERE id = ?1", [source.source_id])?;
+            audit(
+                conn,
+                actor,
+                "source.delete",
+                Some(source),
+                None,
+                &format!("ok: {removed} credentials destroyed"),
+            )?;
+            Ok(removed as u64)
+        })?;
+        self.checkpoint()?;
+        Ok(removed)
+    }
+
+    /// Moves the write-ahead log into the database and truncates it, so a
+    /// destroyed data key does not linger in old WAL frames (the database
+    /// itself zeroes freed content: `secure_delete`).
+    fn checkpoint(&self) -> Result<(), VaultError> {
+        self.store
+            .conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Re-wraps every data key under a new KEK version, `batch` rows per
+    /// transaction. Reads keep working throughout: old and new versions are
+    /// both active until no row uses the old one. A crash midway leaves each
+    /// row under the old or the new KEK; running the rotation again finishes
+    /// the job.
+    pub fn rotate_kek(&self, actor: Actor<'_>, batch: usize) -> Result<Rotation, VaultError> {
+        let conn = self.store.conn();
+        let version = immediate(conn, |conn| {
+            let version = self.keyring.create_version(conn)?;
+            audit(
+                conn,
+                actor,
+                "kek.rotate",
+                None,
+                None,
+                &format!("started: version {version}"),
+            )?;
+            Ok(version)
+        })?;
+        let new_wrapper = self.keyring.wrapper(conn, version)?;
+        let mut rewrapped = 0u64;
+        loop {
+            let moved = immediate(conn, |conn| {
+                let rows: Vec<(i64, SourceRef, String, i64, i64, Vec<u8>)> = conn
+                    .prepare_cached(
+                        "SELECT c.id, o.id, o.name, s.id, s.name, c.name, c.version, c.kek_version, c.wrapped_key
+                         FROM credentials c JOIN sources s ON s.id = c.source_id JOIN owners o ON o.id = c.owner_id
+                         WHERE c.kek_version != ?1 AND c.wrapped_key IS NOT NULL LIMIT ?2",
+                    )?
+                    .query_map(params![version, batch as i64], |r| {
+                        Ok((
+                            r.get(0)?,
+                            SourceRef {
+                                owner_id: r.get(1)?,
+                                owner: r.get(2)?,
+                                source_id: r.get(3)?,
+                                source: r.get(4)?,
+                            },
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let mut update = conn.prepare_cached(
+                    "UPDATE credentials SET kek_version = ?2, wrapped_key = ?3 WHERE id = ?1",
+                )?;
+                for (id, source, name, cred_version, old_version, wrapped) in &rows {
+                    let key_aad = aad(DATA_KEY_DOMAIN, source, name, *cred_version);
+                    let data_key = self
+                        .keyring
+                        .wrapper(conn, *old_version)?
+                        .unwrap(wrapped, &key_aad)
+                        .map_err(|e| match e {
+                            VaultError::KeyUnwrap(reason) => VaultError::Unrecoverable {
+                                source_name: source.source.clone(),
+                                name: name.clone(),
+                                reason,
+                            },
+                            other => other,
+                        })?;
+                    update.execute(params![id, version, new_wrapper.wrap(&data_key, &key_aad)?])?;
+                }
+                Ok(rows.len() as u64)
+            })?;
+            rewrapped += moved;
+            if moved == 0 {
+                break;
+            }
+        }
+        immediate(conn, |conn| {
+            // Revoked rows have no data key left; they just follow along.
+            conn.execute(
+                "UPDATE credentials SET kek_version = ?1 WHERE wrapped_key IS NULL",
+                [version],
+            )?;
+            conn.execute(
+                "UPDATE kek_versions SET retired_at = ?2 WHERE version != ?1 AND retired_at IS NULL",
+                params![version, now_ms()],
+            )?;
+            audit(
+                conn,
+                actor,
+                "kek.rotate",
+                None,
+                None,
+                &format!("ok: {rewrapped} data keys re-wrapped under version {version}"),
+            )
+        })?;
+        self.keyring.destroy_retired(conn)?;
+        self.checkpoint()?;
+        Ok(Rotation { version, rewrapped })
+    }
+
+    /// Checks the audit chain.
+    pub fn verify_audit(&self) -> Result<audit::ChainCheck, VaultError> {
+        Ok(audit::verify(self.store.conn())?)
+    }
+}
+
+const META_SELECT: &str = "SELECT s.name, c.name, c.class, c.provenance, c.version, c.created_at, c.rotated_at,
+    c.expires_at, c.revoked_at, c.value_len FROM credentials c JOIN sources s ON s.id = c.source_id";
+
+fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialMeta, VaultError>> {
+    let class: String = r.get(2)?;
+    let provenance: String = r.get(3)?;
+    let len: i64 = r.get(9)?;
+    let revoked_at: Option<i64> = r.get(8)?;
+    Ok((|| {
+        Ok(CredentialMeta {
+            source: r.get(0)?,
+            name: r.get(1)?,
+            class: class.parse()?,
+            provenance: provenance.parse()?,
+            version: r.get(4)?,
+            created_at: r.get(5)?,
+            rotated_at: r.get(6)?,
+            expires_at: r.get(7)?,
+            revoked_at,
+            hint: if revoked_at.is_some() {
+                "revoked".into()
+            } else {
+                format!("•••• {len} bytes")
+            },
+        })
+    })())
+}
