@@ -701,7 +701,7 @@ impl Vault {
                     .prepare_cached(
                         "SELECT c.id, o.id, o.name, s.id, s.name, c.name, c.version, c.kek_version, c.wrapped_key
                          FROM credentials c JOIN sources s ON s.id = c.source_id JOIN owners o ON o.id = c.owner_id
-                         WHERE c.kek_version != ?1 AND c.wrapped_key IS NOT NULL LIMIT ?2",
+                         WHERE c.kek_version != ?1 AND c.wrapped_key IS NOT NULL ORDER BY c.id LIMIT ?2",
                     )?
                     .query_map(params![version, batch as i64], |r| {
                         Ok((

@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: a vault in a temporary data
+//! directory, the real `sourcebox` binary, and byte scans for leaked secrets.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use sourcebox::store::{SourceRef, Store};
+use sourcebox::vault::{
+    Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
+};
+
+/// A fresh local-wrapper vault in `dir`.
+pub fn local_vault(dir: &Path) -> Vault {
+    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = Store::init(dir, &pairs).expect("init");
+    let keyring = Keyring::create_first(&store, None).expect("keyring");
+    Vault::new(store, keyring)
+}
+
+/// Opens an existing data directory the way a new process would.
+pub fn reopen(dir: &Path, unlock: Option<&[u8]>) -> Vault {
+    let store = Store::open(dir).expect("open");
+    let keyring = Keyring::unlock(&store, unlock.map(Secret::from_slice)).expect("unlock");
+    Vault::new(store, keyring)
+}
+
+/// Stores `value` as a token named `name`.
+pub fn set(vault: &Vault, source: &SourceRef, name: &str, value: &[u8]) {
+    vault
+        .set(
+            Actor::OWNER_CLI,
+            source,
+            NewCredential {
+                name,
+                class: CredentialClass::Token,
+                provenance: Provenance::Owner,
+                value: Secret::from_slice(value),
+                expires_at: None,
+            },
+        )
+        .expect("set");
+}
+
+/// Resolves a credential's bytes.
+pub fn get(vault: &Vault, source: &SourceRef, name: &str) -> Vec<u8> {
+    vault
+        .get(Actor::OWNER_CLI, source, name)
+        .expect("get")
+        .expose_secret()
+        .to_vec()
+}
+
+/// The `sourcebox` binary built for these tests.
+pub fn sourcebox() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sourcebox"));
+    cmd.env_remove("SOURCEBOX_DATA_DIR")
+        .env("SOURCEBOX_LOG", "trace");
+    cmd
+}
+
+/// Runs `cmd` with `stdin` as standard input and returns its output.
+pub fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sourcebox");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// `sourcebox --data-dir DIR ARGS...` with the unlock secret on fd 3 (read
+/// from `unlock_file`) and `stdin` on standard input.
+pub fn run_unlocked(dir: &Path, unlock_file: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"bin=$1; dir=$2; shift 2; exec "$bin" --data-dir "$dir" --unlock-fd 3 "$@" 3<"$SB_UNLOCK""#)
+        .arg("sourcebox")
+        .arg(env!("CARGO_BIN_EXE_sourcebox"))
+        .arg(dir)
+        .args(args)
+        .env("SB_UNLOCK", unlock_file)
+        .env("SOURCEBOX_LOG", "trace")
+        .env_remove("SOURCEBOX_DATA_DIR");
+    run(cmd, stdin)
+}
+
+/// Every byte of every file under `dir`, with its path.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The forms a leaked secret could take: raw, hex (both cases) and base64
+/// (standard and URL-safe, at each of the three alignments it can have
+/// inside a longer encoded string, edges trimmed).
+pub fn leak_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut forms = vec![
+        secret.to_vec(),
+        hex::encode(secret).into_bytes(),
+        hex::encode_upper(secret).into_bytes(),
+    ];
+    for engine in [&STANDARD, &URL_SAFE, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3 {
+            let mut padded = vec![0u8; offset];
+            padded.extend_from_slice(secret);
+            let encoded = engine.encode(&padded);
+            // Drop characters that mix in neighbouring bytes.
+            let start = (offset * 4).div_ceil(3) + 1;
+            let end = encoded.trim_end_matches('=').len().saturating_sub(2);
+            if end > start {
+                forms.push(encoded[start..end].as_bytes().to_vec());
+            }
+        }
+    }
+    forms
+}
+
+/// Panics naming `what` if any form of `secret` occurs in `haystack`.
+pub fn assert_no_leak(secret: &[u8], haystack: &[u8], what: &str) {
+    for form in leak_forms(secret) {
+        assert!(
+            !haystack.windows(form.len()).any(|w| w == form.as_slice()),
+            "a form of the secret ({}) leaked into {what}",
+            String::from_utf8_lossy(&form)
+        );
+    }
+}
