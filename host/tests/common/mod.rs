@@ -133,7 +133,7 @@ pub fn leak_forms(secret: &[u8]) -> Vec<Vec<u8>> {
             let start = (offset * 4).div_ceil(3) + 1;
             let end = encoded.trim_end_matches('=').len().saturating_sub(2);
             if end > start {
-                forms.push(encoded[start..end].as_bytes().to_vec());
+                forms.push(encoded.as_bytes()[start..end].to_vec());
             }
         }
     }

@@ -1,0 +1,581 @@
+//! The real `sourcebox` binary: a canary secret written through every path
+//! never leaves the vault in any recognisable form; bad data directories,
+//! production mode, passphrases and PKCS#11 behave as documented.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use age::secrecy::ExposeSecret;
+use common::{assert_no_leak, files_under, get, reopen, run, run_unlocked, sourcebox};
+
+const CANARY: &[u8] = b"canary-7Qz9-ghp_Xk2LmN8pR4sT6vW1yA3bC5dE";
+const CANARY_OAUTH: &[u8] = b"canary-oauth-Jf83-Ua0sPq";
+
+fn cli(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = sourcebox();
+    cmd.arg("--data-dir").arg(dir).args(args);
+    // Provider-looking variables in the host environment change nothing.
+    cmd.env("GITHUB_TOKEN", "env-should-never-be-used")
+        .env("AMAZON_PASSWORD", "");
+    run(cmd, stdin)
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fails_with(out: Output, needle: &str, what: &str) -> Output {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what} should fail");
+    assert!(
+        stderr.contains(needle),
+        "{what}: expected '{needle}' in: {stderr}"
+    );
+    out
+}
+
+fn age_identity(dir: &Path) -> (String, std::path::PathBuf) {
+    let identity = age::x25519::Identity::generate();
+    let file = dir.join("backup-identity.txt");
+    std::fs::write(&file, identity.to_string().expose_secret()).expect("identity file");
+    (identity.to_public().to_string(), file)
+}
+
+#[test]
+fn a_canary_secret_never_leaves_the_vault() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let dir2 = tmp.path().join("restored");
+    let backup = tmp.path().join("vault.age");
+    let (recipient, identity) = age_identity(tmp.path());
+    let oauth = [
+        br#"{"access_token":""#.as_slice(),
+        CANARY_OAUTH,
+        br#"","expires_at":1900000000}"#,
+    ]
+    .concat();
+    let bad_oauth = [
+        br#"{"access_token":""#.as_slice(),
+        CANARY,
+        br#"","scope":1}"#,
+    ]
+    .concat();
+
+    let mut outputs: Vec<Output> = Vec::new();
+    outputs.push(ok(cli(&dir, &["init"], b""), "init"));
+    // A second connection keeps the WAL and shm files alive for the scan.
+    let keep_wal = sourcebox::store::Store::open(&dir).expect("open");
+    for (args, stdin) in [
+        (vec!["source", "add", "work"], b"".as_slice()),
+        (vec!["source", "add", "home"], b""),
+        (
+            vec![
+                "credential",
+                "set",
+                "work",
+                "github_token",
+                "--class",
+                "token",
+            ],
+            &[CANARY, b"\n"].concat(),
+        ),
+        (
+            vec!["credential", "set", "home", "oauth", "--class", "oauth"],
+            oauth.as_slice(),
+        ),
+        (
+            vec![
+                "credential",
+                "set",
+                "home",
+                "password",
+                "--class",
+                "password",
+                "--expires",
+                "2030-01-01T00:00:00Z",
+            ],
+            CANARY,
+        ),
+        (vec!["credential", "list"], b""),
+        (vec!["credential", "list", "work", "--json"], b""),
+        (vec!["vault", "rotate-kek", "--batch", "1"], b""),
+        (
+            vec![
+                "vault",
+                "export",
+                "--recipient",
+                &recipient,
+                "--output",
+                backup.to_str().expect("utf-8"),
+            ],
+            b"",
+        ),
+        (vec!["credential", "revoke", "home", "password"], b""),
+        (vec!["audit", "verify"], b""),
+    ] {
+        outputs.push(ok(cli(&dir, &args, stdin), &args.join(" ")));
+    }
+    // Refusals carrying the canary on stdin.
+    for (args, stdin, needle) in [
+        (
+            vec!["credential", "set", "home", "bad", "--class", "oauth"],
+            bad_oauth.as_slice(),
+            "oauth credential is a JSON object",
+        ),
+        (
+            vec!["credential", "set", "nowhere", "x", "--class", "token"],
+            CANARY,
+            "no source named 'nowhere'",
+        ),
+        (
+            vec!["credential", "set", "work", "Bad Name", "--class", "token"],
+            CANARY,
+            "invalid credential name",
+        ),
+        (
+            vec!["credential", "set", "work", "empty", "--class", "token"],
+            b"\n",
+            "empty value",
+        ),
+    ] {
+        outputs.push(fails_with(cli(&dir, &args, stdin), needle, &args.join(" ")));
+    }
+
+    // The values round-trip exactly, and the revoked one is gone.
+    let vault = reopen(&dir, None);
+    let work = vault.store().source("work").expect("work");
+    let home = vault.store().source("home").expect("home");
+    assert_eq!(get(&vault, &work, "github_token"), CANARY);
+    assert_eq!(get(&vault, &home, "oauth"), oauth);
+    assert!(
+        vault
+            .get(sourcebox::vault::Actor::OWNER_CLI, &home, "password")
+            .is_err()
+    );
+    let listed = vault.list(None).expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .find(|m| m.name == "oauth")
+            .and_then(|m| m.expires_at),
+        Some(1_900_000_000_000)
+    );
+    assert_eq!(listed.len(), 3, "no refused write stored anything");
+    drop(vault);
+
+    let files = files_under(&dir);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("sourcebox.db-wal")),
+        "the WAL was scanned"
+    );
+    for (path, bytes) in files
+        .iter()
+        .chain(files_under(tmp.path()).iter().filter(|(p, _)| p == &backup))
+    {
+        assert_no_leak(CANARY, bytes, &path.display().to_string());
+        assert_no_leak(CANARY_OAUTH, bytes, &path.display().to_string());
+    }
+    for out in &outputs {
+        for stream in [&out.stdout, &out.stderr] {
+            assert_no_leak(CANARY, stream, "command output or log");
+            assert_no_leak(CANARY_OAUTH, stream, "command output or log");
+        }
+    }
+    assert!(
+        outputs
+            .iter()
+            .any(|o| String::from_utf8_lossy(&o.stderr).contains("credential stored")),
+        "trace logs were captured"
+    );
+    drop(keep_wal);
+
+    // The backup restores into another data directory, and only there.
+    ok(cli(&dir2, &["init"], b""), "init second");
+    let out = ok(
+        cli(
+            &dir2,
+            &[
+                "vault",
+                "import",
+                backup.to_str().expect("utf-8"),
+                "--identity",
+                identity.to_str().expect("utf-8"),
+            ],
+            b"",
+        ),
+        "import",
+    );
+    assert_no_leak(CANARY, &out.stdout, "import output");
+    let restored = reopen(&dir2, None);
+    assert_eq!(
+        get(
+            &restored,
+            &restored.store().source("work").expect("work"),
+            "github_token"
+        ),
+        CANARY
+    );
+    assert_eq!(
+        restored
+            .list(None)
+            .expect("list")
+            .iter()
+            .filter(|m| m.provenance == sourcebox::vault::Provenance::Imported)
+            .count(),
+        3
+    );
+    drop(restored);
+    // Importing again changes nothing: existing credentials are kept.
+    let again = ok(
+        cli(
+            &dir2,
+            &[
+                "vault",
+                "import",
+                backup.to_str().expect("utf-8"),
+                "--identity",
+                identity.to_str().expect("utf-8"),
+            ],
+            b"",
+        ),
+        "import again",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout)
+            .matches("skipped")
+            .count(),
+        3
+    );
+    for (path, bytes) in files_under(&dir2) {
+        assert_no_leak(CANARY, &bytes, &path.display().to_string());
+    }
+}
+
+#[test]
+fn missing_foreign_and_occupied_data_directories_are_refused_clearly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nope");
+    fails_with(
+        cli(&missing, &["credential", "list"], b""),
+        "sourcebox init --data-dir",
+        "missing dir",
+    );
+    fails_with(
+        cli(&missing, &["audit", "verify"], b""),
+        "no sourcebox data directory",
+        "missing dir",
+    );
+    fails_with(
+        cli(tmp.path(), &["source", "list"], b""),
+        "is not a sourcebox data directory",
+        "foreign dir",
+    );
+    std::fs::write(tmp.path().join("notes.txt"), b"mine").expect("write");
+    fails_with(
+        cli(tmp.path(), &["init"], b""),
+        "is not empty",
+        "init over a foreign dir",
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("notes.txt")).expect("read"),
+        b"mine"
+    );
+
+    let dir = tmp.path().join("prod");
+    fails_with(
+        cli(&dir, &["init", "--production"], b""),
+        "development only",
+        "production with local wrapper",
+    );
+    assert!(!dir.exists(), "a refused init leaves nothing behind");
+
+    fails_with(
+        cli(&dir, &["init", "--key-wrapper", "passphrase"], b""),
+        "--unlock-fd",
+        "passphrase without a terminal",
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_passphrase_vault_unlocks_from_a_file_descriptor_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let pass = tmp.path().join("pass");
+    let short = tmp.path().join("short");
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&pass, b"correct horse battery staple\n").expect("pass");
+    std::fs::write(&short, b"too short").expect("short");
+    std::fs::write(&wrong, b"incorrect horse battery staple").expect("wrong");
+
+    fails_with(
+        run_unlocked(
+            &dir,
+            &short,
+            &["init", "--key-wrapper", "passphrase", "--production"],
+            b"",
+        ),
+        "at least 12 bytes",
+        "short passphrase",
+    );
+    ok(
+        run_unlocked(
+            &dir,
+            &pass,
+            &["init", "--key-wrapper", "passphrase", "--production"],
+            b"",
+        ),
+        "init",
+    );
+    ok(
+        cli(&dir, &["source", "add", "work"], b""),
+        "source add needs no unlock",
+    );
+    ok(
+        run_unlocked(
+            &dir,
+            &pass,
+            &["credential", "set", "work", "token", "--class", "token"],
+            CANARY,
+        ),
+        "set",
+    );
+    fails_with(
+        cli(&dir, &["credential", "list"], b""),
+        "--unlock-fd",
+        "locked without a passphrase",
+    );
+
+    let before = files_under(&dir);
+    let out = fails_with(
+        run_unlocked(&dir, &wrong, &["credential", "list"], b""),
+        "wrong passphrase",
+        "wrong passphrase",
+    );
+    assert_no_leak(b"incorrect horse", &out.stderr, "error output");
+    assert_eq!(
+        files_under(&dir),
+        before,
+        "a wrong passphrase touches nothing"
+    );
+
+    ok(
+        run_unlocked(&dir, &pass, &["vault", "rotate-kek"], b""),
+        "rotate",
+    );
+    let vault = reopen(&dir, Some(b"correct horse battery staple"));
+    assert_eq!(
+        get(
+            &vault,
+            &vault.store().source("work").expect("work"),
+            "token"
+        ),
+        CANARY
+    );
+    for (path, bytes) in files_under(&dir) {
+        assert_no_leak(
+            b"correct horse battery staple",
+            &bytes,
+            &path.display().to_string(),
+        );
+    }
+}
+
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+#[test]
+fn pkcs11_round_trip_against_softhsm2() {
+    assert!(
+        Path::new(SOFTHSM_MODULE).exists(),
+        "SoftHSM2 is needed for this test: apt-get install softhsm2 (.ci/run installs it)"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tokens = tmp.path().join("tokens");
+    std::fs::create_dir(&tokens).expect("tokens dir");
+    let conf = tmp.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("conf");
+    let init_token = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "sourcebox-test",
+            "--so-pin",
+            "5678",
+            "--pin",
+            "123456",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util");
+    assert!(
+        init_token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init_token.stderr)
+    );
+
+    let dir = tmp.path().join("data");
+    let pin = tmp.path().join("pin");
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&pin, b"123456").expect("pin");
+    std::fs::write(&wrong, b"654321").expect("wrong");
+    let hsm = |args: &[&str], unlock: &Path, stdin: &[u8]| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg(r#"exec "$0" --data-dir "$SB_DIR" --unlock-fd 3 "$@" 3<"$SB_UNLOCK""#)
+            .arg(env!("CARGO_BIN_EXE_sourcebox"))
+            .args(args)
+            .env("SB_DIR", &dir)
+            .env("SB_UNLOCK", unlock)
+            .env("SOFTHSM2_CONF", &conf)
+            .env("SOURCEBOX_LOG", "trace");
+        run(cmd, stdin)
+    };
+    ok(
+        hsm(
+            &[
+                "init",
+                "--production",
+                "--key-wrapper",
+                "pkcs11",
+                "--pkcs11-module",
+                SOFTHSM_MODULE,
+                "--pkcs11-token",
+                "sourcebox-test",
+            ],
+            &pin,
+            b"",
+        ),
+        "init",
+    );
+    ok(cli(&dir, &["source", "add", "work"], b""), "source add");
+    ok(
+        hsm(
+            &["credential", "set", "work", "token", "--class", "token"],
+            &pin,
+            CANARY,
+        ),
+        "set",
+    );
+    fails_with(
+        hsm(&["credential", "list"], &wrong, b""),
+        "wrong PKCS#11 PIN",
+        "wrong PIN",
+    );
+    ok(hsm(&["vault", "rotate-kek"], &pin, b""), "rotate");
+
+    // Export decrypts through the token; restore into a local vault to read.
+    let (recipient, identity) = age_identity(tmp.path());
+    let backup = tmp.path().join("hsm.age");
+    ok(
+        hsm(
+            &[
+                "vault",
+                "export",
+                "--recipient",
+                &recipient,
+                "--output",
+                backup.to_str().expect("utf-8"),
+            ],
+            &pin,
+            b"",
+        ),
+        "export",
+    );
+    let plain = tmp.path().join("plain");
+    ok(cli(&plain, &["init"], b""), "init local");
+    ok(
+        cli(
+            &plain,
+            &[
+                "vault",
+                "import",
+                backup.to_str().expect("utf-8"),
+                "--identity",
+                identity.to_str().expect("utf-8"),
+            ],
+            b"",
+        ),
+        "import",
+    );
+    let vault = reopen(&plain, None);
+    assert_eq!(
+        get(
+            &vault,
+            &vault.store().source("work").expect("work"),
+            "token"
+        ),
+        CANARY
+    );
+
+    // A wrapped key edited in the database is refused by the token.
+    let conn = rusqlite::Connection::open(dir.join("sourcebox.db")).expect("db");
+    let mut wrapped: Vec<u8> = conn
+        .query_row("SELECT wrapped_key FROM credentials", [], |r| r.get(0))
+        .expect("wrapped");
+    wrapped[20] ^= 0x01;
+    conn.execute("UPDATE credentials SET wrapped_key = ?1", [&wrapped])
+        .expect("tamper");
+    drop(conn);
+    let other = tmp.path().join("tampered.age");
+    fails_with(
+        hsm(
+            &[
+                "vault",
+                "export",
+                "--recipient",
+                &recipient,
+                "--output",
+                other.to_str().expect("utf-8"),
+            ],
+            &pin,
+            b"",
+        ),
+        "cannot be decrypted",
+        "tampered wrapped key",
+    );
+    for (path, bytes) in files_under(&dir) {
+        assert_no_leak(CANARY, &bytes, &path.display().to_string());
+    }
+}
+
+#[test]
+fn the_leak_scanner_finds_every_encoded_form() {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    for prefix in 0..3 {
+        let mut embedded = b"xx".repeat(prefix);
+        embedded.extend_from_slice(CANARY);
+        embedded.extend_from_slice(b"tail");
+        for encoded in [
+            embedded.clone(),
+            STANDARD.encode(&embedded).into_bytes(),
+            URL_SAFE_NO_PAD.encode(&embedded).into_bytes(),
+            hex::encode(&embedded).into_bytes(),
+            hex::encode_upper(&embedded).into_bytes(),
+        ] {
+            let found =
+                std::panic::catch_unwind(|| assert_no_leak(CANARY, &encoded, "probe")).is_err();
+            assert!(
+                found,
+                "missed a form with prefix {prefix}: {}",
+                String::from_utf8_lossy(&encoded)
+            );
+        }
+    }
+}
