@@ -2,7 +2,7 @@
 //! same run; `BENCHMARKS.md` has the figures and the command.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rusqlite::params;
@@ -40,6 +40,39 @@ fn store_token(vault: &Vault, source: &sourcebox::store::SourceRef, name: &str) 
         .expect("set");
 }
 
+/// The baseline: a plaintext read of a row of the same size, with the
+/// same audit append in the same kind of transaction.
+fn plaintext_read_with_audit(
+    conn: &rusqlite::Connection,
+    source: &sourcebox::store::SourceRef,
+) -> Vec<u8> {
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+        .expect("begin");
+    let value: Vec<u8> = conn
+        .prepare_cached("SELECT value FROM bench_plain WHERE source_id = ?1 AND name = ?2")
+        .expect("prepare")
+        .query_row(params![source.source_id, "token"], |r| r.get(0))
+        .expect("row");
+    audit::append(
+        conn,
+        &AuditEntry {
+            actor: "owner:cli",
+            action: "credential.read",
+            owner: Some(&source.owner),
+            source: Some(&source.source),
+            credential: Some("token"),
+            run_id: None,
+            outcome: "ok",
+        },
+    )
+    .expect("audit");
+    conn.prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .expect("commit");
+    value
+}
+
 /// Resolve one credential (read + unwrap + decrypt + audit append) beside a
 /// plaintext read of a row of the same size with the same audit append.
 fn resolve(c: &mut Criterion) {
@@ -61,35 +94,51 @@ fn resolve(c: &mut Criterion) {
         b.iter(|| black_box(vault.get(Actor::OWNER_CLI, &source, "token").expect("get")))
     });
     group.bench_function("baseline_plaintext_read_with_audit", |b| {
-        b.iter(|| {
-            conn.prepare_cached("BEGIN IMMEDIATE")
-                .and_then(|mut s| s.execute([]))
-                .expect("begin");
-            let value: Vec<u8> = conn
-                .prepare_cached("SELECT value FROM bench_plain WHERE source_id = ?1 AND name = ?2")
-                .expect("prepare")
-                .query_row(params![source.source_id, "token"], |r| r.get(0))
-                .expect("row");
-            audit::append(
-                conn,
-                &AuditEntry {
-                    actor: "owner:cli",
-                    action: "credential.read",
-                    owner: Some(&source.owner),
-                    source: Some(&source.source),
-                    credential: Some("token"),
-                    run_id: None,
-                    outcome: "ok",
-                },
-            )
-            .expect("audit");
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .expect("commit");
-            black_box(value)
-        })
+        b.iter(|| black_box(plaintext_read_with_audit(conn, &source)))
     });
     group.finish();
+}
+
+/// Per-operation latency percentiles of the two resolve paths, interleaved
+/// so both see the same checkpoints and cache state. Criterion reports
+/// means of batches; the targets are per-operation p50 and p99.
+fn resolve_percentiles(_c: &mut Criterion) {
+    const OPS: usize = 50_000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = local_vault(tmp.path());
+    let source = vault.store().add_source("work").expect("source");
+    store_token(&vault, &source, "token");
+    let conn = vault.store().conn();
+    conn.execute_batch("CREATE TABLE bench_plain (source_id INTEGER, name TEXT, value BLOB, UNIQUE (source_id, name))")
+        .expect("plain table");
+    conn.execute(
+        "INSERT INTO bench_plain VALUES (?1, 'token', ?2)",
+        params![source.source_id, TOKEN],
+    )
+    .expect("plain row");
+    let (mut vault_ns, mut plain_ns) = (Vec::with_capacity(OPS), Vec::with_capacity(OPS));
+    for _ in 0..OPS {
+        let t = Instant::now();
+        black_box(vault.get(Actor::OWNER_CLI, &source, "token").expect("get"));
+        vault_ns.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        black_box(plaintext_read_with_audit(conn, &source));
+        plain_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    for (name, mut ns) in [
+        ("vault_get_local_wrapper", vault_ns),
+        ("baseline_plaintext_read_with_audit", plain_ns),
+    ] {
+        ns.sort_unstable();
+        let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+        let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1000.0;
+        println!(
+            "resolve_credential_percentiles/{name}: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, mean {mean:.1} µs ({OPS} ops)",
+            pct(0.50),
+            pct(0.90),
+            pct(0.99)
+        );
+    }
 }
 
 /// The AEAD alone on a credential-sized value (seal + open), to show what
@@ -172,5 +221,12 @@ fn unlock(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, resolve, aead, rotation, unlock);
+criterion_group!(
+    benches,
+    resolve,
+    resolve_percentiles,
+    aead,
+    rotation,
+    unlock
+);
 criterion_main!(benches);
