@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod runtime;
 pub mod store;
 pub mod vault;

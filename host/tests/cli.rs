@@ -183,7 +183,11 @@ fn a_canary_secret_never_leaves_the_vault() {
         assert_no_leak(CANARY, bytes, &path.display().to_string());
         assert_no_leak(CANARY_OAUTH, bytes, &path.display().to_string());
         // Invariant 7: a provider-looking env var never becomes a credential.
-        assert_no_leak(b"env-should-never-be-used", bytes, &path.display().to_string());
+        assert_no_leak(
+            b"env-should-never-be-used",
+            bytes,
+            &path.display().to_string(),
+        );
     }
     for out in &outputs {
         for stream in [&out.stdout, &out.stderr] {

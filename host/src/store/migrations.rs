@@ -8,7 +8,10 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Every migration this build knows, in order; index + 1 is its version.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_records.sql"),
+];
 
 /// The schema version this build writes.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,91 @@
+//! A well-behaved test connector. Each record carries a fingerprint of the
+//! source's `token` (never the token), so a test can tell which source's
+//! credential a run received.
+
+use sourcebox_sdk::credentials::{self, CredentialError};
+use sourcebox_sdk::{
+    AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
+    Manifest, RunSummary, SetupField, Stream, export_connector, log, records,
+};
+
+struct Echo;
+
+/// FNV-1a: a fingerprint that identifies the token without revealing it.
+fn fingerprint(value: &str) -> String {
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+impl Connector for Echo {
+    fn describe() -> Manifest {
+        Manifest::new("echo", "0.1.0", "Echo (test fixture)")
+            .stream(Stream::new("items", &["id"]))
+            .credential(CredentialField::token("token", "Token"))
+            .credential(
+                CredentialField::new("password", "Password", CredentialClass::Password).optional(),
+            )
+            .credential(
+                CredentialField::new("session", "Session", CredentialClass::Session).optional(),
+            )
+            .setup_field(SetupField::new("count", "Records per run").default_value("3"))
+    }
+
+    fn verify() -> Result<AccountIdentity, ConnectorError> {
+        let token = credentials::get("token")?;
+        if token.expose_secret() == "bad" {
+            return Err(ConnectorError::AuthRejected(
+                "the provider refused this token".into(),
+            ));
+        }
+        let id = fingerprint(token.expose_secret());
+        Ok(AccountIdentity {
+            display: format!("user-{}", &id[..6]),
+            id,
+        })
+    }
+
+    /// Trades the password for a session credential, as a login would.
+    fn authenticate() -> Result<(), ConnectorError> {
+        let password = credentials::get("password")?;
+        credentials::put(
+            "session",
+            &format!("session-{}", fingerprint(password.expose_secret())),
+        )?;
+        Ok(())
+    }
+
+    fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
+        let token = credentials::get("token")?;
+        let count: u64 = request
+            .setup
+            .iter()
+            .find(|(k, _)| k == "count")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(3);
+        // Password-class credentials must not resolve during collection.
+        let password = match credentials::get("password") {
+            Ok(_) => "resolved",
+            Err(CredentialError::NotNow) => "not-now",
+            Err(_) => "other",
+        };
+        let previous = records::read_checkpoint("items");
+        for i in 0..count {
+            records::emit(
+                "items",
+                &serde_json::json!({
+                    "id": i,
+                    "token_fingerprint": fingerprint(token.expose_secret()),
+                    "password_during_collect": password,
+                    "previous_checkpoint": previous,
+                }),
+            )?;
+        }
+        records::checkpoint("items", &format!("emitted-{count}"))?;
+        log::info(&format!("emitted {count} records"));
+        Ok(RunSummary { records: count })
+    }
+}
+
+export_connector!(Echo);

@@ -1,0 +1,117 @@
+//! A hostile test connector. The `attack` setup field picks what it tries;
+//! it reports what it observed in the error it returns, so the test can
+//! check that it observed nothing.
+
+use sourcebox_sdk::{
+    AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, Manifest,
+    RunSummary, SetupField, Stream, credentials, export_connector, records,
+};
+
+struct Hostile;
+
+fn observed(what: String) -> ConnectorError {
+    ConnectorError::Fatal(what)
+}
+
+impl Connector for Hostile {
+    fn describe() -> Manifest {
+        Manifest::new("hostile", "0.1.0", "Hostile (test fixture)")
+            .stream(Stream::new("loot", &["id"]))
+            .credential(CredentialField::token("token", "Token"))
+            .setup_field(SetupField::new("attack", "Attack to try"))
+    }
+
+    fn verify() -> Result<AccountIdentity, ConnectorError> {
+        Ok(AccountIdentity {
+            id: "hostile".into(),
+            display: "hostile".into(),
+        })
+    }
+
+    fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
+        let attack = request
+            .setup
+            .iter()
+            .find(|(k, _)| k == "attack")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        match attack {
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                let args: Vec<String> = std::env::args().collect();
+                Err(observed(format!("env={vars:?} args={args:?}")))
+            }
+            "files" => {
+                let tries = [
+                    "/etc/passwd",
+                    "/",
+                    ".",
+                    "..",
+                    "../../../../etc/passwd",
+                    "sourcebox.db",
+                ];
+                let results: Vec<String> = tries
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{p}:{}",
+                            std::fs::read(p)
+                                .map(|b| format!("read {} bytes", b.len()))
+                                .unwrap_or_else(|_| "denied".into())
+                        )
+                    })
+                    .collect();
+                Err(observed(format!("files={results:?}")))
+            }
+            "undeclared-credential" => {
+                let names = [
+                    "password",
+                    "github_token",
+                    "GITHUB_TOKEN",
+                    "AMAZON_PASSWORD",
+                    "../token",
+                    "token@other",
+                ];
+                let results: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{n}:{}",
+                            credentials::get(n)
+                                .map(|_| "resolved")
+                                .unwrap_or_else(|e| e.name())
+                        )
+                    })
+                    .collect();
+                Err(observed(format!("credentials={results:?}")))
+            }
+            "spin" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "record-flood" => {
+                let mut i = 0u64;
+                loop {
+                    records::emit(
+                        "loot",
+                        &serde_json::json!({"id": i, "pad": "x".repeat(200)}),
+                    )?;
+                    i += 1;
+                }
+            }
+            "trap" => panic!("deliberate trap"),
+            other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
+        }
+    }
+}
+
+export_connector!(Hostile);

@@ -1,0 +1,71 @@
+//! Builds the connector components from source for `wasm32-wasip2`, once
+//! per change, so `cargo build` and `cargo test` need no separate step.
+//! Each component's path is exported as a compile-time env var
+//! (`SOURCEBOX_COMPONENT_<PACKAGE>`), read by the tests and, for
+//! first-party connectors, embedded in the binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Packages built to components.
+const COMPONENTS: &[&str] = &["sourcebox-fixture-echo", "sourcebox-fixture-hostile"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    let workspace = manifest_dir.parent().expect("workspace root").to_path_buf();
+    for watched in [
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "wit",
+        "connectors",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+    // A target directory of its own: the outer build holds the lock on
+    // `target/`, and the guests need none of the host's flags.
+    let target_dir = workspace.join("target").join("components");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR");
+    for package in COMPONENTS {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd
+        .status()
+        .expect("run cargo to build the connector components");
+    assert!(
+        status.success(),
+        "building the connector components for wasm32-wasip2 failed"
+    );
+    for package in COMPONENTS {
+        let file = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        let var = format!(
+            "SOURCEBOX_COMPONENT_{}",
+            package
+                .trim_start_matches("sourcebox-")
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        println!("cargo:rustc-env={var}={}", file.display());
+    }
+}

@@ -1,0 +1,372 @@
+//! The sandboxed connector runtime: one engine, components compiled once
+//! and cached on disk, a fresh store per run bound to exactly one source.
+//!
+//! Deny by default: the WASI context is built from nothing (no env, args,
+//! preopens, sockets or inherited stdio), and the only other imports are the
+//! sourcebox capabilities in [`state`], each resolving against the source
+//! the store was created for. `wasi:http` is not linked yet, so a component
+//! that imports it cannot be instantiated at all.
+
+pub mod api_version;
+mod state;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap};
+
+pub use state::RunState;
+
+use crate::store::SourceRef;
+use crate::vault::Vault;
+
+/// Generated host bindings of the `sourcebox:connector@0.1.0` contract.
+#[allow(missing_docs, missing_debug_implementations)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/since_v0.1.0",
+        world: "sourcebox-connector",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        additional_derives: [PartialEq, Eq],
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+        },
+    });
+}
+
+use bindings::sourcebox::connector::types::{
+    AccountIdentity, CollectRequest, ConnectorError, Manifest, RunSummary,
+};
+
+/// How often the epoch advances; the time limit is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-run limits. Exceeding one ends the run with
+/// [`RunFailure::ResourceExhausted`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock time the guest may run.
+    pub time: Duration,
+    /// Linear memory, bytes.
+    pub memory: usize,
+    /// Records emitted per run.
+    pub records: u64,
+    /// Bytes of records emitted per run.
+    pub record_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(600),
+            memory: 256 << 20,
+            records: 1_000_000,
+            record_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Which limit a run hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The time limit.
+    Time,
+    /// The memory limit.
+    Memory,
+    /// The record-count limit.
+    Records,
+    /// The record-bytes limit.
+    RecordBytes,
+}
+
+/// Why loading a component failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Not a usable component.
+    #[error("invalid connector component: {0}")]
+    Invalid(String),
+    /// Built for a contract version this host does not serve.
+    #[error(
+        "the component was built for sourcebox:connector API {component}; this host serves API {host}; rebuild it with a matching sourcebox-sdk"
+    )]
+    IncompatibleApi {
+        /// Version stamped in the component.
+        component: String,
+        /// Versions this host serves.
+        host: String,
+    },
+    /// Engine setup.
+    #[error("runtime: {0}")]
+    Engine(String),
+}
+
+/// Why a run failed, typed as the runs module stores it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunFailure {
+    /// A limit was hit.
+    #[error("resource exhausted: {0:?}")]
+    ResourceExhausted(Exhausted),
+    /// The guest trapped (panic, unreachable, bad memory access).
+    #[error("connector trapped: {0}")]
+    ConnectorTrap(String),
+    /// The connector returned an error.
+    #[error("connector error: {0:?}")]
+    Connector(ConnectorError),
+    /// The instance could not be created (e.g. it imports something this
+    /// host does not grant).
+    #[error("connector could not be instantiated: {0}")]
+    Instantiation(String),
+}
+
+/// A compiled connector, ready to instantiate per run.
+pub struct LoadedConnector {
+    pre: bindings::SourceboxConnectorPre<RunState>,
+    manifest: Manifest,
+    api_version: String,
+}
+
+impl std::fmt::Debug for LoadedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedConnector")
+            .field("id", &self.manifest.id)
+            .field("version", &self.manifest.version)
+            .field("api_version", &self.api_version)
+            .finish()
+    }
+}
+
+impl LoadedConnector {
+    /// What the connector declared.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+/// The source a run is bound to, and how to reach its credentials.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The vault holding every source's credentials; the run only ever
+    /// asks it for `source`'s.
+    pub vault: Arc<Mutex<Vault>>,
+    /// The one source this run is for.
+    pub source: SourceRef,
+    /// Non-secret setup field values.
+    pub setup: Vec<(String, String)>,
+    /// Identifies the run in audit rows and records.
+    pub run_id: String,
+    /// Limits for this run.
+    pub limits: Limits,
+}
+
+/// What a run calls.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `verify()`.
+    Verify,
+    /// `authenticate()`: password and OTP-seed credentials resolve.
+    Authenticate,
+    /// `collect(request)`.
+    Collect(Vec<String>),
+}
+
+/// What a successful run returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// From `verify()`.
+    Verified(AccountIdentity),
+    /// From `authenticate()`.
+    Authenticated,
+    /// From `collect()`.
+    Collected(RunSummary),
+}
+
+/// The engine and linker shared by every run.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RunState>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+/// Advances the engine's epoch until dropped.
+struct EpochTicker(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+impl Runtime {
+    /// An engine whose compiled components are cached under `cache_dir`
+    /// (keyed by component digest and engine configuration).
+    pub fn new(cache_dir: &Path) -> Result<Self, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let mut cache = CacheConfig::new();
+        cache.with_directory(cache_dir);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cache(Some(Cache::new(cache).map_err(engine_err)?));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+
+        let mut linker = Linker::<RunState>::new(&engine);
+        // Every capability a connector gets is added here and nowhere else.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        use bindings::sourcebox::connector as api;
+        api::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        api::credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        api::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("sourcebox-epoch".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(EPOCH_TICK)
+                {
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("epoch thread: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            _ticker: EpochTicker(Some(stop)),
+        })
+    }
+
+    /// Checks the contract version, compiles (or loads from the cache) and
+    /// describes a component.
+    pub async fn load(&self, component: &[u8]) -> Result<LoadedConnector, RuntimeError> {
+        let api_version = api_version::check(component)?;
+        let compiled = Component::new(&self.engine, component)
+            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "it asks for imports this host does not grant: {e:#}"
+            ))
+        })?;
+        let pre = bindings::SourceboxConnectorPre::new(pre)
+            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, RunState::describing(Limits::default()));
+        store.limiter(|s| s);
+        store.set_epoch_deadline(ticks(Duration::from_secs(10)));
+        store.epoch_deadline_trap();
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let manifest = instance
+            .sourcebox_connector_connector()
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| RuntimeError::Invalid(format!("describe() failed: {e:#}")))?;
+        Ok(LoadedConnector {
+            pre,
+            manifest,
+            api_version,
+        })
+    }
+
+    /// Runs `call` in a fresh instance bound to `binding.source`.
+    pub async fn run(
+        &self,
+        connector: &LoadedConnector,
+        binding: Binding,
+        call: Call,
+    ) -> Result<Outcome, RunFailure> {
+        let time = binding.limits.time;
+        let authenticating = matches!(call, Call::Authenticate);
+        let setup = binding.setup.clone();
+        let mut store = Store::new(
+            &self.engine,
+            RunState::bound(binding, connector.manifest.clone(), authenticating),
+        );
+        store.limiter(|s| s);
+        store.set_epoch_deadline(ticks(time));
+        store.epoch_deadline_trap();
+
+        let result = async {
+            let instance = connector
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Failure::Instantiate)?;
+            let guest = instance.sourcebox_connector_connector();
+            Ok::<_, Failure>(match call {
+                Call::Verify => guest
+                    .call_verify(&mut store)
+                    .await
+                    .map_err(Failure::Trap)?
+                    .map(Outcome::Verified),
+                Call::Authenticate => guest
+                    .call_authenticate(&mut store)
+                    .await
+                    .map_err(Failure::Trap)?
+                    .map(|()| Outcome::Authenticated),
+                Call::Collect(streams) => guest
+                    .call_collect(&mut store, &CollectRequest { streams, setup })
+                    .await
+                    .map_err(Failure::Trap)?
+                    .map(Outcome::Collected),
+            })
+        }
+        .await;
+
+        let state = store.data_mut();
+        let flushed = state.flush_records();
+        let exhausted = state.exhausted();
+        match (result, exhausted) {
+            (_, Some(limit)) => Err(RunFailure::ResourceExhausted(limit)),
+            (Err(Failure::Trap(e)), None)
+                if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) =>
+            {
+                Err(RunFailure::ResourceExhausted(Exhausted::Time))
+            }
+            (Err(Failure::Trap(e)), None) => Err(RunFailure::ConnectorTrap(trap_message(&e))),
+            (Err(Failure::Instantiate(e)), None) => {
+                Err(RunFailure::Instantiation(format!("{e:#}")))
+            }
+            (Ok(Err(e)), None) => Err(RunFailure::Connector(e)),
+            (Ok(Ok(outcome)), None) => match flushed {
+                Ok(()) => Ok(outcome),
+                Err(e) => Err(RunFailure::ConnectorTrap(format!(
+                    "records could not be stored: {e}"
+                ))),
+            },
+        }
+    }
+}
+
+enum Failure {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+fn ticks(time: Duration) -> u64 {
+    (time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
+
+/// The trap's kind and the guest frames, without host internals.
+fn trap_message(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    }
+}

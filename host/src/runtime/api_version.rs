@@ -1,0 +1,44 @@
+//! The contract version a component was built against, read from the
+//! `sourcebox:api-version` custom section the SDK stamps into it, before
+//! anything is compiled or instantiated.
+
+use wasmparser::{Parser, Payload};
+
+use super::RuntimeError;
+
+/// The custom section name the SDK writes.
+pub const SECTION: &str = "sourcebox:api-version";
+
+/// Contract versions this host serves.
+pub const SUPPORTED: &[&str] = &["0.1.0"];
+
+/// Finds the stamped version anywhere in the component (the section lives
+/// in the nested core module).
+pub fn read(component: &[u8]) -> Result<String, RuntimeError> {
+    for payload in Parser::new(0).parse_all(component) {
+        let payload = payload
+            .map_err(|e| RuntimeError::Invalid(format!("not a WebAssembly component: {e}")))?;
+        if let Payload::CustomSection(section) = payload
+            && section.name() == SECTION
+        {
+            return String::from_utf8(section.data().to_vec())
+                .map_err(|_| RuntimeError::Invalid("the api-version section is not UTF-8".into()));
+        }
+    }
+    Err(RuntimeError::Invalid(format!(
+        "the component has no '{SECTION}' section; build it with sourcebox-sdk"
+    )))
+}
+
+/// Refuses a component built for a contract this host does not serve.
+pub fn check(component: &[u8]) -> Result<String, RuntimeError> {
+    let version = read(component)?;
+    if SUPPORTED.contains(&version.as_str()) {
+        Ok(version)
+    } else {
+        Err(RuntimeError::IncompatibleApi {
+            component: version,
+            host: SUPPORTED.join(", "),
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! The per-run store data: an empty WASI context and the sourcebox
+//! capabilities, every one resolving against the single source the run was
+//! created for. No import takes a source id, so an instance cannot even
+//! name another source.
+
+use rusqlite::params;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::sourcebox::connector::credentials::{self, CredentialError};
+use super::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
+use super::bindings::sourcebox::connector::log::{self, Level};
+use super::bindings::sourcebox::connector::records::{self, RecordError};
+use super::bindings::sourcebox::connector::types::{self, CredentialClass, Manifest};
+use super::{Binding, Exhausted, Limits};
+use crate::store::now_ms;
+use crate::vault::{
+    Actor, CredentialClass as VaultClass, NewCredential, Provenance, Secret, VaultError,
+};
+
+/// Records buffered before they are written in one transaction.
+const FLUSH_EVERY: usize = 500;
+/// Longest log line kept from a guest.
+const MAX_LOG_LINE: usize = 2000;
+
+/// Store data of one run.
+pub struct RunState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    exhausted: Option<Exhausted>,
+    bound: Option<Bound>,
+}
+
+struct Bound {
+    binding: Binding,
+    manifest: Manifest,
+    authenticating: bool,
+    pending: Vec<(String, String, String)>,
+    emitted: u64,
+    emitted_bytes: u64,
+    /// Values handed out this run, redacted from its log lines.
+    resolved: Vec<Secret>,
+}
+
+impl RunState {
+    /// For `describe()`: bound to no source, so every capability refuses.
+    pub(super) fn describing(limits: Limits) -> Self {
+        Self::new(limits, None)
+    }
+
+    /// Bound to `binding.source`.
+    pub(super) fn bound(binding: Binding, manifest: Manifest, authenticating: bool) -> Self {
+        let limits = binding.limits.clone();
+        Self::new(
+            limits,
+            Some(Bound {
+                binding,
+                manifest,
+                authenticating,
+                pending: Vec::new(),
+                emitted: 0,
+                emitted_bytes: 0,
+                resolved: Vec::new(),
+            }),
+        )
+    }
+
+    fn new(limits: Limits, bound: Option<Bound>) -> Self {
+        // Built from nothing: no env, args, preopens, sockets or inherited
+        // stdio. Nothing here may call an `inherit_*` method.
+        let wasi = WasiCtxBuilder::new().build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            exhausted: None,
+            bound,
+        }
+    }
+
+    /// The limit the run hit, if any.
+    pub(super) fn exhausted(&self) -> Option<Exhausted> {
+        self.exhausted
+    }
+
+    /// Writes buffered records in one transaction.
+    pub(super) fn flush_records(&mut self) -> Result<(), VaultError> {
+        let Some(bound) = self.bound.as_mut() else {
+            return Ok(());
+        };
+        if bound.pending.is_empty() {
+            return Ok(());
+        }
+        let vault = bound.binding.vault.lock().expect("vault lock");
+        let conn = vault.store().conn();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let write = || -> rusqlite::Result<()> {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (source_id, stream, key) DO UPDATE SET
+                     data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at",
+            )?;
+            let now = now_ms();
+            for (stream, key, data) in &bound.pending {
+                stmt.execute(params![
+                    bound.binding.source.source_id,
+                    stream,
+                    key,
+                    data,
+                    bound.binding.run_id,
+                    now
+                ])?;
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        bound.pending.clear();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunState")
+            .field(
+                "source",
+                &self.bound.as_ref().map(|b| &b.binding.source.source),
+            )
+            .field("exhausted", &self.exhausted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for RunState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory {
+            self.exhausted = Some(Exhausted::Memory);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl types::Host for RunState {}
+
+impl credentials::Host for RunState {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, CredentialError>> {
+        let Some(bound) = self.bound.as_mut() else {
+            return Ok(Err(CredentialError::Undeclared));
+        };
+        let Some(field) = bound.manifest.credentials.iter().find(|f| f.name == name) else {
+            return Ok(Err(CredentialError::Undeclared));
+        };
+        if matches!(
+            field.class,
+            CredentialClass::Password | CredentialClass::OtpSeed
+        ) && !bound.authenticating
+        {
+            return Ok(Err(CredentialError::NotNow));
+        }
+        let actor = Actor {
+            name: "connector",
+            run_id: Some(&bound.binding.run_id),
+        };
+        let resolved = bound.binding.vault.lock().expect("vault lock").get(
+            actor,
+            &bound.binding.source,
+            &name,
+        );
+        match resolved {
+            Ok(secret) => match std::str::from_utf8(secret.expose_secret()) {
+                Ok(text) => {
+                    let text = text.to_owned();
+                    bound.resolved.push(secret);
+                    Ok(Ok(text))
+                }
+                Err(_) => Ok(Err(CredentialError::Unrecoverable)),
+            },
+            Err(VaultError::Missing { .. }) => Ok(Err(CredentialError::Missing)),
+            Err(VaultError::Revoked { .. }) => Ok(Err(CredentialError::Revoked)),
+            Err(VaultError::Unrecoverable { .. }) => Ok(Err(CredentialError::Unrecoverable)),
+            // A host fault (audit log, database): stop the run.
+            Err(e) => Err(wasmtime::Error::msg(format!(
+                "credential resolution failed: {e}"
+            ))),
+        }
+    }
+
+    async fn put(
+        &mut self,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), CredentialError>> {
+        let Some(bound) = self.bound.as_mut() else {
+            return Ok(Err(CredentialError::Undeclared));
+        };
+        let Some(field) = bound.manifest.credentials.iter().find(|f| f.name == name) else {
+            return Ok(Err(CredentialError::Undeclared));
+        };
+        let class = match field.class {
+            CredentialClass::Password => VaultClass::Password,
+            CredentialClass::Token => VaultClass::Token,
+            CredentialClass::Session => VaultClass::Session,
+            CredentialClass::OtpSeed => VaultClass::OtpSeed,
+            CredentialClass::Oauth => VaultClass::Oauth,
+        };
+        let actor = Actor {
+            name: "connector",
+            run_id: Some(&bound.binding.run_id),
+        };
+        let new = NewCredential {
+            name: &name,
+            class,
+            provenance: Provenance::ConnectorRefresh,
+            value: Secret::new(value.into_bytes()),
+            expires_at: None,
+        };
+        match bound
+            .binding
+            .vault
+            .lock()
+            .expect("vault lock")
+            .set(actor, &bound.binding.source, new)
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(VaultError::Invalid(_)) => Ok(Err(CredentialError::Unrecoverable)),
+            Err(e) => Err(wasmtime::Error::msg(format!(
+                "credential store failed: {e}"
+            ))),
+        }
+    }
+}
+
+impl records::Host for RunState {
+    async fn emit(
+        &mut self,
+        stream: String,
+        record: String,
+    ) -> wasmtime::Result<Result<(), RecordError>> {
+        let limits = self.limits.clone();
+        if self.exhausted.is_some() {
+            // It was told to stop and kept going.
+            return Err(wasmtime::Error::msg("record limit exceeded"));
+        }
+        let Some(bound) = self.bound.as_mut() else {
+            return Ok(Err(RecordError::UnknownStream));
+        };
+        let Some(declared) = bound.manifest.streams.iter().find(|s| s.name == stream) else {
+            return Ok(Err(RecordError::UnknownStream));
+        };
+        if bound.emitted + 1 > limits.records {
+            self.exhausted = Some(Exhausted::Records);
+            return Ok(Err(RecordError::LimitReached));
+        }
+        if bound.emitted_bytes + record.len() as u64 > limits.record_bytes {
+            self.exhausted = Some(Exhausted::RecordBytes);
+            return Ok(Err(RecordError::LimitReached));
+        }
+        let Ok(serde_json::Value::Object(object)) =
+            serde_json::from_str::<serde_json::Value>(&record)
+        else {
+            return Ok(Err(RecordError::InvalidRecord));
+        };
+        let mut key = Vec::with_capacity(declared.primary_key.len());
+        for field in &declared.primary_key {
+            match object.get(field) {
+                Some(value) if !value.is_null() => key.push(value),
+                _ => return Ok(Err(RecordError::InvalidRecord)),
+            }
+        }
+        let key = serde_json::to_string(&key).expect("JSON values serialize");
+        bound.emitted += 1;
+        bound.emitted_bytes += record.len() as u64;
+        bound.pending.push((stream, key, record));
+        if bound.pending.len() >= FLUSH_EVERY {
+            self.flush_records()
+                .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
+        }
+        Ok(Ok(()))
+    }
+
+    async fn checkpoint(
+        &mut self,
+        stream: String,
+        state: String,
+    ) -> wasmtime::Result<Result<(), RecordError>> {
+        let Some(bound) = self.bound.as_ref() else {
+            return Ok(Err(RecordError::UnknownStream));
+        };
+        if !bound.manifest.streams.iter().any(|s| s.name == stream) {
+            return Ok(Err(RecordError::UnknownStream));
+        }
+        // Records emitted before the checkpoint are stored before it.
+        self.flush_records()
+            .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
+        let bound = self.bound.as_ref().expect("checked above");
+        let vault = bound.binding.vault.lock().expect("vault lock");
+        vault
+            .store()
+            .conn()
+            .execute(
+                "INSERT INTO checkpoints (source_id, stream, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (source_id, stream) DO UPDATE SET state = excluded.state, run_id = excluded.run_id,
+                 updated_at = excluded.updated_at",
+                params![bound.binding.source.source_id, stream, state, bound.binding.run_id, now_ms()],
+            )
+            .map_err(|e| wasmtime::Error::msg(format!("checkpoint could not be stored: {e}")))?;
+        Ok(Ok(()))
+    }
+
+    async fn read_checkpoint(&mut self, stream: String) -> wasmtime::Result<Option<String>> {
+        let Some(bound) = self.bound.as_ref() else {
+            return Ok(None);
+        };
+        let vault = bound.binding.vault.lock().expect("vault lock");
+        let state = vault
+            .store()
+            .conn()
+            .query_row(
+                "SELECT state FROM checkpoints WHERE source_id = ?1 AND stream = ?2",
+                params![bound.binding.source.source_id, stream],
+                |r| r.get(0),
+            )
+            .ok();
+        Ok(state)
+    }
+}
+
+impl log::Host for RunState {
+    async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let mut line: String = message.chars().take(MAX_LOG_LINE).collect();
+        let (source, run) = match &self.bound {
+            Some(bound) => {
+                for secret in &bound.resolved {
+                    if let Ok(value) = std::str::from_utf8(secret.expose_secret())
+                        && !value.is_empty()
+                    {
+                        line = line.replace(value, "[redacted]");
+                    }
+                }
+                (
+                    bound.binding.source.source.as_str(),
+                    bound.binding.run_id.as_str(),
+                )
+            }
+            None => ("-", "-"),
+        };
+        match level {
+            Level::Trace => tracing::trace!(source, run, "{line}"),
+            Level::Debug => tracing::debug!(source, run, "{line}"),
+            Level::Info => tracing::info!(source, run, "{line}"),
+            Level::Warn => tracing::warn!(source, run, "{line}"),
+            Level::Error => tracing::error!(source, run, "{line}"),
+        }
+        Ok(())
+    }
+}
+
+impl interaction::Host for RunState {
+    async fn ask(
+        &mut self,
+        _kind: Kind,
+        _prompt: String,
+    ) -> wasmtime::Result<Result<String, InteractionError>> {
+        Ok(Err(InteractionError::Unsupported))
+    }
+}

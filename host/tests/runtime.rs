@@ -1,0 +1,342 @@
+//! Real components built from source, run by the real runtime against a
+//! real vault: source scoping, empty ambient authority, credential classes,
+//! limits, traps and the API version gate.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{local_vault, set};
+use sourcebox::runtime::bindings::sourcebox::connector::types::ConnectorError;
+use sourcebox::runtime::{
+    Binding, Call, Exhausted, Limits, LoadedConnector, Outcome, RunFailure, Runtime, RuntimeError,
+};
+use sourcebox::store::SourceRef;
+use sourcebox::vault::{Actor, CredentialClass, NewCredential, Provenance, Secret, Vault};
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+const HOSTILE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE");
+
+struct World {
+    _tmp: tempfile::TempDir,
+    vault: Arc<Mutex<Vault>>,
+    runtime: Runtime,
+    echo: LoadedConnector,
+    hostile: LoadedConnector,
+}
+
+async fn world() -> World {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = local_vault(&tmp.path().join("data"));
+    for (source, token) in [("a", "token-of-a"), ("b", "token-of-b")] {
+        let s = vault.store().add_source(source).expect("source");
+        set(&vault, &s, "token", token.as_bytes());
+    }
+    vault.store().add_source("empty").expect("source");
+    // One compile cache for every test in this run: each component is
+    // compiled once, as the host does in production.
+    let runtime =
+        Runtime::new(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"))
+            .expect("runtime");
+    let echo = runtime
+        .load(&std::fs::read(ECHO).expect("echo component"))
+        .await
+        .expect("load echo");
+    let hostile = runtime
+        .load(&std::fs::read(HOSTILE).expect("hostile component"))
+        .await
+        .expect("load hostile");
+    World {
+        _tmp: tmp,
+        vault: Arc::new(Mutex::new(vault)),
+        runtime,
+        echo,
+        hostile,
+    }
+}
+
+impl World {
+    fn source(&self, name: &str) -> SourceRef {
+        self.vault
+            .lock()
+            .expect("lock")
+            .store()
+            .source(name)
+            .expect("source")
+    }
+
+    fn binding(&self, source: &str, setup: &[(&str, &str)], limits: Limits) -> Binding {
+        Binding {
+            vault: Arc::clone(&self.vault),
+            source: self.source(source),
+            setup: setup
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            run_id: format!("run-{source}"),
+            limits,
+        }
+    }
+
+    async fn collect(
+        &self,
+        connector: &LoadedConnector,
+        source: &str,
+        setup: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<Outcome, RunFailure> {
+        self.runtime
+            .run(
+                connector,
+                self.binding(source, setup, limits),
+                Call::Collect(vec![]),
+            )
+            .await
+    }
+
+    fn records(&self, source: &str) -> Vec<serde_json::Value> {
+        let vault = self.vault.lock().expect("lock");
+        let mut stmt = vault
+            .store()
+            .conn()
+            .prepare("SELECT r.data FROM records r JOIN sources s ON s.id = r.source_id WHERE s.name = ?1 ORDER BY r.key")
+            .expect("query");
+        stmt.query_map([source], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .map(|d| serde_json::from_str(&d.expect("row")).expect("json"))
+            .collect()
+    }
+}
+
+fn fingerprint(value: &str) -> String {
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_sees_only_its_own_sources_credentials() {
+    let w = world().await;
+    for source in ["a", "b"] {
+        let outcome = w
+            .collect(&w.echo, source, &[("count", "4")], Limits::default())
+            .await
+            .expect("collect");
+        assert_eq!(
+            outcome,
+            Outcome::Collected(
+                sourcebox::runtime::bindings::sourcebox::connector::types::RunSummary {
+                    records: 4
+                }
+            )
+        );
+    }
+    for (source, token) in [("a", "token-of-a"), ("b", "token-of-b")] {
+        let records = w.records(source);
+        assert_eq!(records.len(), 4);
+        assert!(
+            records
+                .iter()
+                .all(|r| r["token_fingerprint"] == fingerprint(token)),
+            "{source} got another source's token: {records:?}"
+        );
+    }
+    // A source with nothing stored gets nothing, not a neighbour's token.
+    match w
+        .runtime
+        .run(
+            &w.echo,
+            w.binding("empty", &[], Limits::default()),
+            Call::Verify,
+        )
+        .await
+    {
+        Err(RunFailure::Connector(ConnectorError::Fatal(msg))) => {
+            assert_eq!(msg, "credential unavailable: missing")
+        }
+        other => panic!("expected a missing credential, got {other:?}"),
+    }
+    // verify() echoes an identity derived from the source's own token.
+    match w
+        .runtime
+        .run(
+            &w.echo,
+            w.binding("b", &[], Limits::default()),
+            Call::Verify,
+        )
+        .await
+    {
+        Ok(Outcome::Verified(identity)) => assert_eq!(identity.id, fingerprint("token-of-b")),
+        other => panic!("{other:?}"),
+    }
+    // Reads were audited against the run.
+    let vault = w.vault.lock().expect("lock");
+    let reads: i64 = vault
+        .store()
+        .conn()
+        .query_row("SELECT count(*) FROM audit WHERE actor = 'connector' AND run_id = 'run-a' AND source = 'a' AND action = 'credential.read'", [], |r| r.get(0))
+        .expect("count");
+    assert!(reads >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_credentials_resolve_only_while_authenticating() {
+    let w = world().await;
+    let a = w.source("a");
+    w.vault
+        .lock()
+        .expect("lock")
+        .set(
+            Actor::OWNER_CLI,
+            &a,
+            NewCredential {
+                name: "password",
+                class: CredentialClass::Password,
+                provenance: Provenance::Owner,
+                value: Secret::from_slice(b"hunter2-password"),
+                expires_at: None,
+            },
+        )
+        .expect("set password");
+    w.collect(&w.echo, "a", &[("count", "1")], Limits::default())
+        .await
+        .expect("collect");
+    assert_eq!(w.records("a")[0]["password_during_collect"], "not-now");
+
+    let outcome = w
+        .runtime
+        .run(
+            &w.echo,
+            w.binding("a", &[], Limits::default()),
+            Call::Authenticate,
+        )
+        .await;
+    assert_eq!(outcome, Ok(Outcome::Authenticated));
+    let vault = w.vault.lock().expect("lock");
+    let session = vault
+        .get(Actor::OWNER_CLI, &a, "session")
+        .expect("session stored by the connector");
+    assert_eq!(
+        session.expose_secret(),
+        format!("session-{}", fingerprint("hunter2-password")).as_bytes()
+    );
+    let meta = vault.list(Some(&a)).expect("list");
+    assert_eq!(
+        meta.iter()
+            .find(|m| m.name == "session")
+            .map(|m| m.provenance),
+        Some(Provenance::ConnectorRefresh)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_components_are_stopped_with_typed_failures() {
+    let w = world().await;
+    let tight = Limits {
+        time: Duration::from_millis(500),
+        memory: 32 << 20,
+        records: 1_000,
+        record_bytes: 1 << 20,
+    };
+    let observed = |attack: &str, expected: &str| {
+        (
+            attack.to_owned(),
+            Err(RunFailure::Connector(ConnectorError::Fatal(
+                expected.to_owned(),
+            ))),
+        )
+    };
+    let cases: Vec<(String, Result<Outcome, RunFailure>)> = vec![
+        observed("env", "env=[] args=[]"),
+        observed(
+            "files",
+            r#"files=["/etc/passwd:denied", "/:denied", ".:denied", "..:denied", "../../../../etc/passwd:denied", "sourcebox.db:denied"]"#,
+        ),
+        observed(
+            "undeclared-credential",
+            r#"credentials=["password:undeclared", "github_token:undeclared", "GITHUB_TOKEN:undeclared", "AMAZON_PASSWORD:undeclared", "../token:undeclared", "token@other:undeclared"]"#,
+        ),
+        (
+            "spin".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::Time)),
+        ),
+        (
+            "memory".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::Memory)),
+        ),
+        (
+            "record-flood".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
+        ),
+    ];
+    for (attack, expected) in cases {
+        // A well-behaved run of another source goes on alongside each one.
+        let setup = [("attack", attack.as_str())];
+        let (hostile, neighbour) = tokio::join!(
+            w.collect(&w.hostile, "a", &setup, tight.clone()),
+            w.collect(&w.echo, "b", &[("count", "2")], Limits::default()),
+        );
+        assert_eq!(hostile, expected, "attack {attack}");
+        assert!(
+            neighbour.is_ok(),
+            "the neighbour of {attack} failed: {neighbour:?}"
+        );
+    }
+    match w
+        .collect(&w.hostile, "a", &[("attack", "trap")], tight.clone())
+        .await
+    {
+        Err(RunFailure::ConnectorTrap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // The flood stopped at the limit; nothing beyond it was stored.
+    assert!(w.records("a").len() <= 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_upsert_by_primary_key_and_checkpoints_carry_over() {
+    let w = world().await;
+    w.collect(&w.echo, "a", &[("count", "3")], Limits::default())
+        .await
+        .expect("first");
+    assert_eq!(
+        w.records("a")[0]["previous_checkpoint"],
+        serde_json::Value::Null
+    );
+    w.collect(&w.echo, "a", &[("count", "3")], Limits::default())
+        .await
+        .expect("second");
+    let records = w.records("a");
+    assert_eq!(records.len(), 3, "same keys upsert, not duplicate");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["previous_checkpoint"] == "emitted-3")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_api_version_is_refused_with_both_versions_named() {
+    let w = world().await;
+    let mut bytes = std::fs::read(ECHO).expect("echo");
+    let marker = b"sourcebox:api-version";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("section present")
+        + marker.len();
+    assert_eq!(&bytes[at..at + 5], b"0.1.0");
+    bytes[at..at + 5].copy_from_slice(b"0.9.0");
+    match w.runtime.load(&bytes).await {
+        Err(e @ RuntimeError::IncompatibleApi { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("0.9.0") && message.contains("0.1.0"),
+                "{message}"
+            );
+        }
+        other => panic!("expected IncompatibleApi, got {other:?}"),
+    }
+}
