@@ -17,8 +17,8 @@ fn main() {
         "sdk/src",
         "sdk/Cargo.toml",
         "wit",
+        "sdk/build.rs",
         "connectors",
-        "Cargo.lock",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -30,7 +30,7 @@ fn main() {
     let target_dir = workspace.join("target").join("components");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
+    cmd.current_dir(workspace.join("connectors"))
         .args([
             "build",
             "--release",
@@ -39,7 +39,6 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target_dir)
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")

@@ -8,6 +8,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::{self, CatalogError};
+use crate::runs::{self, LaunchError};
+use crate::runtime::bindings::sourcebox::connector::types::CredentialClass as WitClass;
+use crate::runtime::{Outcome, Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
 use crate::vault::{
@@ -25,6 +31,15 @@ pub enum CliError {
     /// From the vault.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// From the connector catalog.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// From the runtime.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A refused launch.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     /// A request that cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -59,9 +74,30 @@ pub struct Cli {
 pub enum Command {
     /// Create a data directory: database and key material.
     Init(InitArgs),
+    /// Install and list connectors.
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
     /// Manage sources.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Run a source's connector now.
+    Run {
+        /// Source name.
+        source: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a source's collected records.
+    Records {
+        /// Source name.
+        source: String,
+        /// Stream name.
+        stream: String,
+        /// JSON output (one array).
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage stored credentials (values are never printed).
     #[command(subcommand)]
     Credential(CredentialCommand),
@@ -101,13 +137,38 @@ pub enum WrapperArg {
     Pkcs11,
 }
 
+/// `connector` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConnectorCommand {
+    /// Install a connector component after reviewing what it asks for.
+    Install {
+        /// The component (.wasm).
+        path: PathBuf,
+        /// Approve the capabilities shown without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List installed connectors.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `source` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SourceCommand {
-    /// Add a bare source.
+    /// Add a source, optionally running an installed connector.
     Add {
         /// Source name.
         name: String,
+        /// Installed connector id.
+        #[arg(long)]
+        connector: Option<String>,
+        /// A setup field value, FIELD=VALUE (repeatable; never a secret).
+        #[arg(long = "set", value_name = "FIELD=VALUE", requires = "connector")]
+        set: Vec<String>,
     },
     /// List sources.
     List {
@@ -217,7 +278,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let dir = cli.data_dir.as_path();
     match cli.command {
         Command::Init(args) => init(dir, cli.unlock_fd, args, out),
+        Command::Connector(cmd) => connector(dir, cmd, out),
         Command::Source(cmd) => source(dir, cli.unlock_fd, cmd, out),
+        Command::Run { source, json } => {
+            run_source(open_vault(dir, cli.unlock_fd)?, &source, json, out)
+        }
+        Command::Records {
+            source,
+            stream,
+            json,
+        } => records(dir, &source, &stream, json, out),
         Command::Credential(cmd) => credential(&open_vault(dir, cli.unlock_fd)?, cmd, out),
         Command::Vault(cmd) => vault(&open_vault(dir, cli.unlock_fd)?, cmd, out),
         Command::Audit(AuditCommand::Verify) => {
@@ -285,9 +355,55 @@ fn source(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match cmd {
-        SourceCommand::Add { name } => {
+        SourceCommand::Add {
+            name,
+            connector: None,
+            ..
+        } => {
             let source = Store::open(dir)?.add_source(&name)?;
             writeln_out(out, format_args!("added source {}", source.source))
+        }
+        SourceCommand::Add {
+            name,
+            connector: Some(connector),
+            set,
+        } => {
+            let values = set
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| CliError::Usage(format!("--set {kv}: expected FIELD=VALUE")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let added = catalog::add_source(&Store::open(dir)?, &name, &connector, &values)?;
+            writeln_out(
+                out,
+                format_args!(
+                    "added source {} running {} {}",
+                    added.source.source, added.connector.id, added.connector.version
+                ),
+            )?;
+            for field in added
+                .connector
+                .manifest
+                .credentials
+                .iter()
+                .filter(|c| c.required)
+            {
+                writeln_out(
+                    out,
+                    format_args!(
+                        "  needs credential '{}' ({}): sourcebox credential set {} {} --class {}",
+                        field.name,
+                        field.label,
+                        name,
+                        field.name,
+                        class_name(field.class)
+                    ),
+                )?;
+            }
+            Ok(())
         }
         SourceCommand::List { json } => {
             let names: Vec<String> = Store::open(dir)?
@@ -312,6 +428,170 @@ fn source(
                 format_args!("deleted source {name} and destroyed {destroyed} credentials"),
             )
         }
+    }
+}
+
+fn class_name(class: WitClass) -> &'static str {
+    match class {
+        WitClass::Password => "password",
+        WitClass::Token => "token",
+        WitClass::Session => "session",
+        WitClass::OtpSeed => "otp-seed",
+        WitClass::Oauth => "oauth",
+    }
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("cannot start the async runtime: {e}")))
+}
+
+fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    let store = Store::open(dir)?;
+    match cmd {
+        ConnectorCommand::Install { path, yes } => {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+            let runtime = Runtime::new(&store.dir().join("cache"))?;
+            let loaded = async_runtime()?.block_on(runtime.load(&bytes))?;
+            let manifest = loaded.manifest();
+            let approval = catalog::approval_for(manifest);
+            writeln_out(
+                out,
+                format_args!("{} {} ({})", manifest.id, manifest.version, manifest.name),
+            )?;
+            writeln_out(
+                out,
+                format_args!(
+                    "  streams: {}",
+                    manifest
+                        .streams
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )?;
+            for c in &manifest.credentials {
+                writeln_out(
+                    out,
+                    format_args!(
+                        "  credential {} ({}, {})",
+                        c.name,
+                        class_name(c.class),
+                        if c.required { "required" } else { "optional" }
+                    ),
+                )?;
+            }
+            writeln_out(
+                out,
+                format_args!(
+                    "  network hosts: {}",
+                    if approval.hosts.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        approval.hosts.join(", ")
+                    }
+                ),
+            )?;
+            if !yes {
+                return Err(CliError::Usage("review the capabilities above, then run again with --yes to approve and install".into()));
+            }
+            let installed = catalog::install(
+                &store,
+                &bytes,
+                &crate::runtime::api_version::check(&bytes)?,
+                manifest,
+            )?;
+            writeln_out(
+                out,
+                format_args!(
+                    "installed {} {} (sha256 {})",
+                    installed.id, installed.version, installed.digest
+                ),
+            )
+        }
+        ConnectorCommand::List { json } => {
+            let installed = catalog::list(&store)?;
+            if json {
+                let doc = serde_json::to_string_pretty(&installed)
+                    .map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            installed.iter().try_for_each(|c| {
+                writeln_out(
+                    out,
+                    format_args!("{} {} ({})", c.id, c.version, c.manifest.name),
+                )
+            })
+        }
+    }
+}
+
+fn run_source(vault: Vault, source: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let runtime = Runtime::new(&vault.store().dir().join("cache"))?;
+    let vault = Arc::new(Mutex::new(vault));
+    let report = async_runtime()?.block_on(runs::launch(
+        &runtime,
+        &vault,
+        source,
+        runs::Trigger::Manual,
+    ))?;
+    let (ok, summary) = match &report.result {
+        Ok(Outcome::Collected(summary)) => (true, format!("collected {} records", summary.records)),
+        Ok(other) => (true, format!("{other:?}")),
+        Err(failure) => (false, failure.to_string()),
+    };
+    if json {
+        let doc = serde_json::json!({
+            "run_id": report.run_id,
+            "connector": report.connector,
+            "ok": ok,
+            "summary": summary,
+        });
+        writeln_out(out, format_args!("{doc}"))?;
+    } else {
+        writeln_out(
+            out,
+            format_args!(
+                "run {} of {} ({}): {summary}",
+                report.run_id, source, report.connector
+            ),
+        )?;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!("the run failed: {summary}")))
+    }
+}
+
+fn records(
+    dir: &Path,
+    source: &str,
+    stream: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let store = Store::open(dir)?;
+    let source_ref = store.source(source)?;
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT data FROM records WHERE source_id = ?1 AND stream = ?2 ORDER BY key")
+        .map_err(StoreError::from)?;
+    let rows: Vec<String> = stmt
+        .query_map(rusqlite::params![source_ref.source_id, stream], |r| {
+            r.get(0)
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(StoreError::from)?;
+    if json {
+        writeln_out(out, format_args!("[{}]", rows.join(",")))
+    } else {
+        rows.iter()
+            .try_for_each(|r| writeln_out(out, format_args!("{r}")))
     }
 }
 

@@ -6,7 +6,9 @@
 //! [`cli`] renders both for the operator.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod cli;
+pub mod runs;
 pub mod runtime;
 pub mod store;
 pub mod vault;

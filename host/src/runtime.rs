@@ -30,7 +30,7 @@ pub mod bindings {
         world: "sourcebox-connector",
         imports: { default: async | trappable },
         exports: { default: async },
-        additional_derives: [PartialEq, Eq],
+        additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
         with: {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,

@@ -449,7 +449,7 @@ fn pkcs11_round_trip_against_softhsm2() {
             .env("SB_DIR", &dir)
             .env("SB_UNLOCK", unlock)
             .env("SOFTHSM2_CONF", &conf)
-            .env("SOURCEBOX_LOG", "trace");
+            .env("SOURCEBOX_LOG", "sourcebox=trace");
         run(cmd, stdin)
     };
     ok(
@@ -584,4 +584,155 @@ fn the_leak_scanner_finds_every_encoded_form() {
             );
         }
     }
+}
+
+fn fnv(value: &str) -> String {
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[test]
+fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let echo = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+    ok(cli(&dir, &["init"], b""), "init");
+    let review = fails_with(
+        cli(&dir, &["connector", "install", echo], b""),
+        "--yes",
+        "install without approval",
+    );
+    let shown = String::from_utf8_lossy(&review.stdout);
+    assert!(
+        shown.contains("credential token (token, required)")
+            && shown.contains("network hosts: none"),
+        "{shown}"
+    );
+    ok(
+        cli(&dir, &["connector", "install", echo, "--yes"], b""),
+        "install",
+    );
+    fails_with(
+        cli(&dir, &["connector", "install", echo, "--yes"], b""),
+        "already installed",
+        "second install",
+    );
+    fails_with(
+        cli(
+            &dir,
+            &[
+                "source",
+                "add",
+                "x",
+                "--connector",
+                "echo",
+                "--set",
+                "colour=red",
+            ],
+            b"",
+        ),
+        "has no setup field 'colour'",
+        "unknown field",
+    );
+    fails_with(
+        cli(&dir, &["source", "add", "x", "--connector", "nope"], b""),
+        "no connector 'nope'",
+        "unknown connector",
+    );
+    for (source, token) in [("work", "token-of-work"), ("home", "token-of-home")] {
+        ok(
+            cli(
+                &dir,
+                &[
+                    "source",
+                    "add",
+                    source,
+                    "--connector",
+                    "echo",
+                    "--set",
+                    "count=2",
+                ],
+                b"",
+            ),
+            "add",
+        );
+        ok(
+            cli(
+                &dir,
+                &["credential", "set", source, "token", "--class", "token"],
+                token.as_bytes(),
+            ),
+            "set",
+        );
+    }
+    ok(
+        cli(
+            &dir,
+            &["source", "add", "spare", "--connector", "echo"],
+            b"",
+        ),
+        "add spare",
+    );
+
+    // GITHUB_TOKEN and AMAZON_PASSWORD are set in `cli`'s environment.
+    for (source, token) in [("work", "token-of-work"), ("home", "token-of-home")] {
+        let run = ok(cli(&dir, &["run", source], b""), "run");
+        assert!(String::from_utf8_lossy(&run.stdout).contains("collected 2 records"));
+        let out = ok(
+            cli(&dir, &["records", source, "items", "--json"], b""),
+            "records",
+        );
+        let records: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("records json");
+        assert_eq!(records.len(), 2);
+        assert!(
+            records.iter().all(|r| r["token_fingerprint"] == fnv(token)),
+            "{source}: {records:?}"
+        );
+        assert_no_leak(token.as_bytes(), &run.stdout, "run output");
+        assert_no_leak(token.as_bytes(), &run.stderr, "run log");
+    }
+
+    // No stored token: refused before any instance exists, nothing else used.
+    fails_with(
+        cli(&dir, &["run", "spare"], b""),
+        "credentials_missing",
+        "run without a token",
+    );
+    let store = sourcebox::store::Store::open(&dir).expect("open");
+    let connector_reads: i64 = store
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM audit WHERE actor = 'connector' AND source = 'spare'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        connector_reads, 0,
+        "no connector code ran for the refused source"
+    );
+    let spare_records: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM records r JOIN sources s ON s.id = r.source_id WHERE s.name = 'spare'", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(spare_records, 0);
+    drop(store);
+
+    // A stored component that was swapped is refused.
+    let component = files_under(&dir.join("components"))
+        .pop()
+        .expect("component")
+        .0;
+    let mut bytes = std::fs::read(&component).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&component, bytes).expect("tamper");
+    fails_with(
+        cli(&dir, &["run", "work"], b""),
+        "does not match its digest",
+        "tampered component",
+    );
 }

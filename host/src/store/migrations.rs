@@ -11,6 +11,7 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_records.sql"),
+    include_str!("migrations/0003_connectors.sql"),
 ];
 
 /// The schema version this build writes.

@@ -59,7 +59,7 @@ pub fn get(vault: &Vault, source: &SourceRef, name: &str) -> Vec<u8> {
 pub fn sourcebox() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sourcebox"));
     cmd.env_remove("SOURCEBOX_DATA_DIR")
-        .env("SOURCEBOX_LOG", "trace");
+        .env("SOURCEBOX_LOG", "sourcebox=trace");
     cmd
 }
 
@@ -91,7 +91,7 @@ pub fn run_unlocked(dir: &Path, unlock_file: &Path, args: &[&str], stdin: &[u8])
         .arg(dir)
         .args(args)
         .env("SB_UNLOCK", unlock_file)
-        .env("SOURCEBOX_LOG", "trace")
+        .env("SOURCEBOX_LOG", "sourcebox=trace")
         .env_remove("SOURCEBOX_DATA_DIR");
     run(cmd, stdin)
 }

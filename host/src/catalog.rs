@@ -1,0 +1,321 @@
+//! Installed connectors: each version's component (stored by digest in the
+//! data directory), the manifest it described at install, and what the
+//! operator approved. Sources name the connector version they run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::store::{SourceRef, Store, StoreError, now_ms};
+
+/// Why a catalog operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such connector.
+    #[error("no connector '{0}' is installed; `sourcebox connector list` shows what is")]
+    Unknown(String),
+    /// Already installed.
+    #[error("connector {0} {1} is already installed")]
+    Exists(String, String),
+    /// The stored component does not match its recorded digest.
+    #[error("the stored component of {0} does not match its digest; reinstall it")]
+    Tampered(String),
+    /// A setup value that the manifest does not allow.
+    #[error("{0}")]
+    Setup(String),
+    /// The source runs no connector.
+    #[error(
+        "source '{0}' has no connector; add it with `sourcebox source add NAME --connector ID`"
+    )]
+    NoConnector(String),
+    /// Component file I/O.
+    #[error("component file: {0}")]
+    Io(#[from] std::io::Error),
+    /// SQLite.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What the operator approved at install: the hosts the connector may
+/// reach and the credentials it may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approved {
+    /// Egress hosts (fixed ones; setup-field hosts are approved per source).
+    pub hosts: Vec<String>,
+    /// Declared credential names.
+    pub credentials: Vec<String>,
+}
+
+/// One installed connector version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Installed {
+    /// Connector id.
+    pub id: String,
+    /// Semantic version.
+    pub version: String,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// Contract version it was built for.
+    pub api_version: String,
+    /// What describe() returned.
+    pub manifest: Manifest,
+    /// What the operator approved.
+    pub approved: Approved,
+}
+
+/// A source's connector and setup values.
+#[derive(Debug, Clone)]
+pub struct SourceSetup {
+    /// The source.
+    pub source: SourceRef,
+    /// Its connector version.
+    pub connector: Installed,
+    /// Non-secret setup values, defaults filled in.
+    pub setup: Vec<(String, String)>,
+}
+
+/// The capabilities a manifest asks for, as the operator reviews them.
+pub fn approval_for(manifest: &Manifest) -> Approved {
+    Approved {
+        hosts: manifest
+            .setup
+            .egress
+            .iter()
+            .filter_map(|h| match h {
+                EgressHost::Fixed(host) => Some(host.clone()),
+                EgressHost::FromSetupField(_) => None,
+            })
+            .collect(),
+        credentials: manifest
+            .credentials
+            .iter()
+            .map(|c| c.name.clone())
+            .collect(),
+    }
+}
+
+fn components_dir(store: &Store) -> PathBuf {
+    store.dir().join("components")
+}
+
+/// Records a described component as installed, storing its bytes.
+pub fn install(
+    store: &Store,
+    component: &[u8],
+    api_version: &str,
+    manifest: &Manifest,
+) -> Result<Installed, CatalogError> {
+    let digest = hex::encode(Sha256::digest(component));
+    let exists: bool = store.conn().query_row(
+        "SELECT EXISTS (SELECT 1 FROM connectors WHERE id = ?1 AND version = ?2)",
+        params![manifest.id, manifest.version],
+        |r| r.get(0),
+    )?;
+    if exists {
+        return Err(CatalogError::Exists(
+            manifest.id.clone(),
+            manifest.version.clone(),
+        ));
+    }
+    let dir = components_dir(store);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let path = dir.join(format!("{digest}.wasm"));
+    if !path.exists() {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(component)?;
+        f.sync_all()?;
+    }
+    let installed = Installed {
+        id: manifest.id.clone(),
+        version: manifest.version.clone(),
+        digest,
+        api_version: api_version.to_owned(),
+        manifest: manifest.clone(),
+        approved: approval_for(manifest),
+    };
+    store.conn().execute(
+        "INSERT INTO connectors (id, version, digest, api_version, manifest, approved, installed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            installed.id,
+            installed.version,
+            installed.digest,
+            installed.api_version,
+            serde_json::to_string(&installed.manifest).expect("manifest serializes"),
+            serde_json::to_string(&installed.approved).expect("approval serializes"),
+            now_ms()
+        ],
+    )?;
+    Ok(installed)
+}
+
+const SELECT: &str = "SELECT id, version, digest, api_version, manifest, approved FROM connectors";
+
+fn installed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Installed> {
+    let json_err = |i, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    Ok(Installed {
+        id: r.get(0)?,
+        version: r.get(1)?,
+        digest: r.get(2)?,
+        api_version: r.get(3)?,
+        manifest: serde_json::from_str(&r.get::<_, String>(4)?).map_err(|e| json_err(4, e))?,
+        approved: serde_json::from_str(&r.get::<_, String>(5)?).map_err(|e| json_err(5, e))?,
+    })
+}
+
+/// Every installed connector version.
+pub fn list(store: &Store) -> Result<Vec<Installed>, CatalogError> {
+    let mut stmt = store
+        .conn()
+        .prepare(&format!("{SELECT} ORDER BY id, installed_at"))?;
+    let rows = stmt.query_map([], installed_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The most recently installed version of `id`.
+pub fn latest(store: &Store, id: &str) -> Result<Installed, CatalogError> {
+    store
+        .conn()
+        .query_row(
+            &format!("{SELECT} WHERE id = ?1 ORDER BY installed_at DESC LIMIT 1"),
+            [id],
+            installed_row,
+        )
+        .optional()?
+        .ok_or_else(|| CatalogError::Unknown(id.to_owned()))
+}
+
+/// The component bytes of an installed version, checked against its digest.
+pub fn component(store: &Store, installed: &Installed) -> Result<Vec<u8>, CatalogError> {
+    let bytes = fs::read(components_dir(store).join(format!("{}.wasm", installed.digest)))?;
+    if hex::encode(Sha256::digest(&bytes)) != installed.digest {
+        return Err(CatalogError::Tampered(format!(
+            "{} {}",
+            installed.id, installed.version
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Checks setup values against the manifest: unknown fields and missing
+/// required ones are refused, defaults are filled in.
+pub fn validate_setup(
+    manifest: &Manifest,
+    values: &[(String, String)],
+) -> Result<Vec<(String, String)>, CatalogError> {
+    let mut given: BTreeMap<&str, &str> = BTreeMap::new();
+    for (k, v) in values {
+        if !manifest.setup.fields.iter().any(|f| &f.name == k) {
+            let known: Vec<&str> = manifest
+                .setup
+                .fields
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            return Err(CatalogError::Setup(format!(
+                "{} has no setup field '{k}'; its fields are: {}",
+                manifest.id,
+                if known.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        given.insert(k, v);
+    }
+    let mut setup = Vec::new();
+    for field in &manifest.setup.fields {
+        match (given.get(field.name.as_str()), &field.default_value) {
+            (Some(v), _) => setup.push((field.name.clone(), (*v).to_owned())),
+            (None, Some(default)) => setup.push((field.name.clone(), default.clone())),
+            (None, None) if field.required => {
+                return Err(CatalogError::Setup(format!(
+                    "{} needs setup field '{}' ({}); pass --set {}=VALUE",
+                    manifest.id, field.name, field.label, field.name
+                )));
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(setup)
+}
+
+/// Adds a source that runs the latest installed version of `connector`.
+pub fn add_source(
+    store: &Store,
+    name: &str,
+    connector: &str,
+    values: &[(String, String)],
+) -> Result<SourceSetup, CatalogError> {
+    let installed = latest(store, connector)?;
+    let setup = validate_setup(&installed.manifest, values)?;
+    let source = store.add_source(name)?;
+    let setup_json: BTreeMap<&str, &str> = setup
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    store.conn().execute(
+        "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4 WHERE id = ?1",
+        params![
+            source.source_id,
+            installed.id,
+            installed.version,
+            serde_json::to_string(&setup_json).expect("json")
+        ],
+    )?;
+    Ok(SourceSetup {
+        source,
+        connector: installed,
+        setup,
+    })
+}
+
+/// A source's connector version and setup values.
+pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogError> {
+    let source = store.source(name)?;
+    let (id, version, setup): (Option<String>, Option<String>, String) = store.conn().query_row(
+        "SELECT connector_id, connector_version, setup FROM sources WHERE id = ?1",
+        [source.source_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let (Some(id), Some(version)) = (id, version) else {
+        return Err(CatalogError::NoConnector(name.to_owned()));
+    };
+    let connector = store
+        .conn()
+        .query_row(
+            &format!("{SELECT} WHERE id = ?1 AND version = ?2"),
+            params![id, version],
+            installed_row,
+        )
+        .optional()?
+        .ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
+    let setup: BTreeMap<String, String> = serde_json::from_str(&setup)
+        .map_err(|e| CatalogError::Setup(format!("stored setup values: {e}")))?;
+    Ok(SourceSetup {
+        source,
+        connector,
+        setup: setup.into_iter().collect(),
+    })
+}
