@@ -73,11 +73,9 @@ fn plaintext_read_with_audit(
     value
 }
 
-/// Resolve one credential (read + unwrap + decrypt + audit append) beside a
-/// plaintext read of a row of the same size with the same audit append.
-fn resolve(c: &mut Criterion) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let vault = local_vault(tmp.path());
+/// A vault holding one token, and the same bytes in a plaintext table.
+fn resolve_fixture(dir: &std::path::Path) -> (Vault, sourcebox::store::SourceRef) {
+    let vault = local_vault(dir);
     let source = vault.store().add_source("work").expect("source");
     store_token(&vault, &source, "token");
     let conn = vault.store().conn();
@@ -88,6 +86,15 @@ fn resolve(c: &mut Criterion) {
         params![source.source_id, TOKEN],
     )
     .expect("plain row");
+    (vault, source)
+}
+
+/// Resolve one credential (read + unwrap + decrypt + audit append) beside a
+/// plaintext read of a row of the same size with the same audit append.
+fn resolve(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (vault, source) = resolve_fixture(tmp.path());
+    let conn = vault.store().conn();
 
     let mut group = c.benchmark_group("resolve_credential");
     group.bench_function("vault_get_local_wrapper", |b| {
@@ -105,17 +112,8 @@ fn resolve(c: &mut Criterion) {
 fn resolve_percentiles(_c: &mut Criterion) {
     const OPS: usize = 50_000;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let vault = local_vault(tmp.path());
-    let source = vault.store().add_source("work").expect("source");
-    store_token(&vault, &source, "token");
+    let (vault, source) = resolve_fixture(tmp.path());
     let conn = vault.store().conn();
-    conn.execute_batch("CREATE TABLE bench_plain (source_id INTEGER, name TEXT, value BLOB, UNIQUE (source_id, name))")
-        .expect("plain table");
-    conn.execute(
-        "INSERT INTO bench_plain VALUES (?1, 'token', ?2)",
-        params![source.source_id, TOKEN],
-    )
-    .expect("plain row");
     let (mut vault_ns, mut plain_ns) = (Vec::with_capacity(OPS), Vec::with_capacity(OPS));
     for _ in 0..OPS {
         let t = Instant::now();

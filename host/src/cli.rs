@@ -64,6 +64,10 @@ pub struct Cli {
     /// instead of prompting (it is never accepted as an argument).
     #[arg(long, global = true, value_name = "FD")]
     pub unlock_fd: Option<u32>,
+    /// Let connectors reach this non-public address (e.g. a loopback test
+    /// fixture), exactly this IP and port. Repeatable.
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    pub egress_allow: Vec<std::net::SocketAddr>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -280,9 +284,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Init(args) => init(dir, cli.unlock_fd, args, out),
         Command::Connector(cmd) => connector(dir, cmd, out),
         Command::Source(cmd) => source(dir, cli.unlock_fd, cmd, out),
-        Command::Run { source, json } => {
-            run_source(open_vault(dir, cli.unlock_fd)?, &source, json, out)
-        }
+        Command::Run { source, json } => run_source(
+            open_vault(dir, cli.unlock_fd)?,
+            &source,
+            &cli.egress_allow,
+            json,
+            out,
+        ),
         Command::Records {
             source,
             stream,
@@ -530,7 +538,13 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
     }
 }
 
-fn run_source(vault: Vault, source: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+fn run_source(
+    vault: Vault,
+    source: &str,
+    egress_allow: &[std::net::SocketAddr],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let runtime = Runtime::new(&vault.store().dir().join("cache"))?;
     let vault = Arc::new(Mutex::new(vault));
     let report = async_runtime()?.block_on(runs::launch(
@@ -538,6 +552,7 @@ fn run_source(vault: Vault, source: &str, json: bool, out: &mut dyn Write) -> Re
         &vault,
         source,
         runs::Trigger::Manual,
+        egress_allow,
     ))?;
     let (ok, summary) = match &report.result {
         Ok(Outcome::Collected(summary)) => (true, format!("collected {} records", summary.records)),

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod egress;
 pub mod runs;
 pub mod runtime;
 pub mod store;

@@ -63,6 +63,7 @@ pub async fn launch(
     vault: &Arc<Mutex<Vault>>,
     source: &str,
     trigger: Trigger,
+    egress_allow: &[std::net::SocketAddr],
 ) -> Result<RunReport, LaunchError> {
     let (setup, component) = {
         let vault = vault.lock().expect("vault lock");
@@ -95,6 +96,7 @@ pub async fn launch(
         setup: setup.setup,
         run_id: run_id.clone(),
         limits: Limits::default(),
+        egress_allow: egress_allow.to_vec(),
     };
     let result = runtime
         .run(&loaded, binding, Call::Collect(Vec::new()))

@@ -2,10 +2,10 @@
 //! and cached on disk, a fresh store per run bound to exactly one source.
 //!
 //! Deny by default: the WASI context is built from nothing (no env, args,
-//! preopens, sockets or inherited stdio), and the only other imports are the
+//! preopens, sockets or inherited stdio); the only other imports are the
 //! sourcebox capabilities in [`state`], each resolving against the source
-//! the store was created for. `wasi:http` is not linked yet, so a component
-//! that imports it cannot be instantiated at all.
+//! the store was created for, and `wasi:http`, every request of which goes
+//! through the run's [`crate::egress`] policy.
 
 pub mod api_version;
 mod state;
@@ -118,6 +118,9 @@ pub enum RunFailure {
     /// The connector returned an error.
     #[error("connector error: {0:?}")]
     Connector(ConnectorError),
+    /// A request to a host or address the run may not reach.
+    #[error("egress denied: {0}")]
+    EgressDenied(String),
     /// The instance could not be created (e.g. it imports something this
     /// host does not grant).
     #[error("connector could not be instantiated: {0}")]
@@ -162,6 +165,8 @@ pub struct Binding {
     pub run_id: String,
     /// Limits for this run.
     pub limits: Limits,
+    /// Non-public addresses the operator allowed (`--egress-allow`).
+    pub egress_allow: Vec<std::net::SocketAddr>,
 }
 
 /// What a run calls.
@@ -231,6 +236,8 @@ impl Runtime {
         api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         api::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        // Only the outgoing handler and its types; requests meet the egress policy.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
 
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let ticking = engine.clone();
@@ -332,6 +339,9 @@ impl Runtime {
         let state = store.data_mut();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
+        if let Some(why) = state.egress_denied() {
+            return Err(RunFailure::EgressDenied(why));
+        }
         match (result, exhausted) {
             (_, Some(limit)) => Err(RunFailure::ResourceExhausted(limit)),
             (Err(Failure::Trap(e)), None)

@@ -205,20 +205,17 @@ fn a_canary_secret_never_leaves_the_vault() {
 
     // The backup restores into another data directory, and only there.
     ok(cli(&dir2, &["init"], b""), "init second");
-    let out = ok(
-        cli(
-            &dir2,
-            &[
-                "vault",
-                "import",
-                backup.to_str().expect("utf-8"),
-                "--identity",
-                identity.to_str().expect("utf-8"),
-            ],
-            b"",
-        ),
-        "import",
-    );
+    let import = || {
+        let args = [
+            "vault",
+            "import",
+            backup.to_str().expect("utf-8"),
+            "--identity",
+            identity.to_str().expect("utf-8"),
+        ];
+        cli(&dir2, &args, b"")
+    };
+    let out = ok(import(), "import");
     assert_no_leak(CANARY, &out.stdout, "import output");
     let restored = reopen(&dir2, None);
     assert_eq!(
@@ -240,20 +237,7 @@ fn a_canary_secret_never_leaves_the_vault() {
     );
     drop(restored);
     // Importing again changes nothing: existing credentials are kept.
-    let again = ok(
-        cli(
-            &dir2,
-            &[
-                "vault",
-                "import",
-                backup.to_str().expect("utf-8"),
-                "--identity",
-                identity.to_str().expect("utf-8"),
-            ],
-            b"",
-        ),
-        "import again",
-    );
+    let again = ok(import(), "import again");
     assert_eq!(
         String::from_utf8_lossy(&again.stdout)
             .matches("skipped")

@@ -48,6 +48,7 @@ mod manifest;
 mod secret;
 
 pub mod credentials;
+pub mod http;
 pub mod log;
 pub mod records;
 
@@ -157,6 +158,15 @@ pub mod __private {
 impl From<credentials::CredentialError> for ConnectorError {
     fn from(e: credentials::CredentialError) -> Self {
         ConnectorError::Fatal(format!("credential unavailable: {}", e.name()))
+    }
+}
+
+impl From<http::HttpError> for ConnectorError {
+    fn from(e: http::HttpError) -> Self {
+        match e {
+            http::HttpError::Transport(why) => ConnectorError::UpstreamTransient(why),
+            other => ConnectorError::Fatal(format!("request failed: {other:?}")),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use rusqlite::params;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::sourcebox::connector::credentials::{self, CredentialError};
 use super::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
@@ -14,6 +15,7 @@ use super::bindings::sourcebox::connector::log::{self, Level};
 use super::bindings::sourcebox::connector::records::{self, RecordError};
 use super::bindings::sourcebox::connector::types::{self, CredentialClass, Manifest};
 use super::{Binding, Exhausted, Limits};
+use crate::egress::{EgressHooks, EgressPolicy};
 use crate::store::now_ms;
 use crate::vault::{
     Actor, CredentialClass as VaultClass, NewCredential, Provenance, Secret, VaultError,
@@ -27,6 +29,8 @@ const MAX_LOG_LINE: usize = 2000;
 /// Store data of one run.
 pub struct RunState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: EgressHooks,
     table: ResourceTable,
     limits: Limits,
     exhausted: Option<Exhausted>,
@@ -47,14 +51,17 @@ struct Bound {
 impl RunState {
     /// For `describe()`: bound to no source, so every capability refuses.
     pub(super) fn describing(limits: Limits) -> Self {
-        Self::new(limits, None)
+        Self::new(limits, EgressHooks::deny_all(), None)
     }
 
     /// Bound to `binding.source`.
     pub(super) fn bound(binding: Binding, manifest: Manifest, authenticating: bool) -> Self {
         let limits = binding.limits.clone();
+        let policy = EgressPolicy::for_source(&manifest, &binding.setup, &binding.egress_allow);
+        let hooks = EgressHooks::for_run(std::sync::Arc::new(policy), binding.clone(), &manifest);
         Self::new(
             limits,
+            hooks,
             Some(Bound {
                 binding,
                 manifest,
@@ -67,12 +74,14 @@ impl RunState {
         )
     }
 
-    fn new(limits: Limits, bound: Option<Bound>) -> Self {
+    fn new(limits: Limits, hooks: EgressHooks, bound: Option<Bound>) -> Self {
         // Built from nothing: no env, args, preopens, sockets or inherited
         // stdio. Nothing here may call an `inherit_*` method.
         let wasi = WasiCtxBuilder::new().build();
         Self {
             wasi,
+            http: WasiHttpCtx::new(),
+            hooks,
             table: ResourceTable::new(),
             limits,
             exhausted: None,
@@ -83,6 +92,11 @@ impl RunState {
     /// The limit the run hit, if any.
     pub(super) fn exhausted(&self) -> Option<Exhausted> {
         self.exhausted
+    }
+
+    /// Why an outbound request was refused, if one was.
+    pub(super) fn egress_denied(&self) -> Option<String> {
+        self.hooks.denied()
     }
 
     /// Writes buffered records in one transaction.
@@ -145,6 +159,16 @@ impl WasiView for RunState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }

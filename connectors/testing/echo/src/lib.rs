@@ -2,7 +2,9 @@
 //! source's `token` (never the token), so a test can tell which source's
 //! credential a run received.
 
+use sourcebox_sdk::EgressHost;
 use sourcebox_sdk::credentials::{self, CredentialError};
+use sourcebox_sdk::http::Request;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
     Manifest, RunSummary, SetupField, Stream, export_connector, log, records,
@@ -22,7 +24,8 @@ impl Connector for Echo {
     fn describe() -> Manifest {
         Manifest::new("echo", "0.1.0", "Echo (test fixture)")
             .stream(Stream::new("items", &["id"]))
-            .credential(CredentialField::token("token", "Token"))
+            .stream(Stream::new("pages", &["url"]))
+            .credential(CredentialField::token("token", "Token").hosts(&["127.0.0.1"]))
             .credential(
                 CredentialField::new("password", "Password", CredentialClass::Password).optional(),
             )
@@ -30,6 +33,11 @@ impl Connector for Echo {
                 CredentialField::new("session", "Session", CredentialClass::Session).optional(),
             )
             .setup_field(SetupField::new("count", "Records per run").default_value("3"))
+            .setup_field(
+                SetupField::new("url", "A page to fetch with the token (optional)")
+                    .default_value(""),
+            )
+            .egress(EgressHost::FromSetupField("url".into()))
     }
 
     fn verify() -> Result<AccountIdentity, ConnectorError> {
@@ -83,6 +91,18 @@ impl Connector for Echo {
             )?;
         }
         records::checkpoint("items", &format!("emitted-{count}"))?;
+        if let Some((_, url)) = request
+            .setup
+            .iter()
+            .find(|(k, v)| k == "url" && !v.is_empty())
+        {
+            // The host adds the token; this component never sees it here.
+            let response = Request::get(url).bearer_credential("token").send()?;
+            records::emit(
+                "pages",
+                &serde_json::json!({"url": url, "status": response.status, "body": String::from_utf8_lossy(&response.body)}),
+            )?;
+        }
         log::info(&format!("emitted {count} records"));
         Ok(RunSummary { records: count })
     }

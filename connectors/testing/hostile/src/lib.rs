@@ -2,6 +2,8 @@
 //! it reports what it observed in the error it returns, so the test can
 //! check that it observed nothing.
 
+use sourcebox_sdk::EgressHost;
+use sourcebox_sdk::http::Request;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, Manifest,
     RunSummary, SetupField, Stream, credentials, export_connector, records,
@@ -19,6 +21,11 @@ impl Connector for Hostile {
             .stream(Stream::new("loot", &["id"]))
             .credential(CredentialField::token("token", "Token"))
             .setup_field(SetupField::new("attack", "Attack to try"))
+            .setup_field(SetupField::new("target", "URL for the HTTP attacks").default_value(""))
+            // Declared, so only the address checks stand in the way.
+            .egress(EgressHost::Fixed("169.254.169.254".into()))
+            .egress(EgressHost::Fixed("localhost".into()))
+            .egress(EgressHost::Fixed("127.0.0.1".into()))
     }
 
     fn verify() -> Result<AccountIdentity, ConnectorError> {
@@ -109,9 +116,34 @@ impl Connector for Hostile {
                 }
             }
             "trap" => panic!("deliberate trap"),
+            "http-undeclared" => Ok(fetch("https://example.com/", false)?),
+            "http-metadata" => Ok(fetch("http://169.254.169.254/latest/meta-data/", false)?),
+            "http-loopback" => Ok(fetch("http://localhost:1/", false)?),
+            // A declared, allowed host, but `token` declares no hosts.
+            "steal-credential" => {
+                let target = request
+                    .setup
+                    .iter()
+                    .find(|(k, _)| k == "target")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                Ok(fetch(target, true)?)
+            }
             other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
         }
     }
+}
+
+fn fetch(url: &str, with_token: bool) -> Result<RunSummary, ConnectorError> {
+    let mut request = Request::get(url);
+    if with_token {
+        request = request.bearer_credential("token");
+    }
+    let response = request.send()?;
+    Err(ConnectorError::Fatal(format!(
+        "reached {url}: status {}",
+        response.status
+    )))
 }
 
 export_connector!(Hostile);

@@ -1,0 +1,197 @@
+//! Runtime benchmarks: per-run instantiation, compile vs on-disk cache, and
+//! records across the boundary into SQLite, each beside a baseline in the
+//! same run. `BENCHMARKS.md` has the figures and the command.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rusqlite::params;
+use sourcebox::runtime::{Binding, Call, Limits, Runtime};
+use sourcebox::store::Store;
+use sourcebox::vault::{Keyring, Vault, WrapperKind};
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+const HOSTILE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE");
+
+fn vault(dir: &Path) -> Arc<Mutex<Vault>> {
+    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = Store::init(dir, &pairs).expect("init");
+    store.add_source("a").expect("source");
+    let keyring = Keyring::create_first(&store, None).expect("keyring");
+    Arc::new(Mutex::new(Vault::new(store, keyring)))
+}
+
+fn binding(vault: &Arc<Mutex<Vault>>, setup: &[(&str, &str)], limits: Limits) -> Binding {
+    Binding {
+        vault: Arc::clone(vault),
+        source: vault
+            .lock()
+            .expect("lock")
+            .store()
+            .source("a")
+            .expect("source"),
+        setup: setup
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        run_id: "bench".into(),
+        limits,
+        egress_allow: Vec::new(),
+    }
+}
+
+fn percentiles(name: &str, mut ns: Vec<u64>) {
+    ns.sort_unstable();
+    let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+        pct(0.5),
+        pct(0.99),
+        ns.len()
+    );
+}
+
+/// A whole run of a cached connector whose call does nothing (the hostile
+/// fixture's `verify`): fresh store, empty WASI context, instantiation from
+/// the `InstancePre`, one call. Beside it, the same with the pooling
+/// allocator is not offered: see BENCHMARKS.md.
+fn instantiate(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = vault(&tmp.path().join("data"));
+    let runtime = Runtime::new(&tmp.path().join("cache")).expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let hostile = rt
+        .block_on(runtime.load(&std::fs::read(HOSTILE).expect("component")))
+        .expect("load");
+    let mut group = c.benchmark_group("run_cached_connector");
+    group.bench_function("instantiate_and_call_noop_verify", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(runtime.run(
+                    &hostile,
+                    binding(&vault, &[], Limits::default()),
+                    Call::Verify,
+                ))
+                .expect("run"),
+            )
+        })
+    });
+    group.finish();
+    let ns = (0..5_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(
+                rt.block_on(runtime.run(
+                    &hostile,
+                    binding(&vault, &[], Limits::default()),
+                    Call::Verify,
+                ))
+                .expect("run"),
+            );
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    percentiles(
+        "run_cached_connector_percentiles/instantiate_and_call_noop_verify",
+        ns,
+    );
+}
+
+/// Loading a component: compiled from scratch (empty cache) beside loaded
+/// from the warm on-disk cache.
+fn load(c: &mut Criterion) {
+    let bytes = std::fs::read(ECHO).expect("component");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let warm_dir = tempfile::tempdir().expect("tempdir");
+    let warm = Runtime::new(warm_dir.path()).expect("runtime");
+    rt.block_on(warm.load(&bytes)).expect("prime the cache");
+    let mut group = c.benchmark_group("load_component");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("compile_cold_cache", |b| {
+        b.iter(|| {
+            let cold = tempfile::tempdir().expect("tempdir");
+            let runtime = Runtime::new(cold.path()).expect("runtime");
+            black_box(rt.block_on(runtime.load(&bytes)).expect("load"))
+        })
+    });
+    group.bench_function("load_warm_cache", |b| {
+        b.iter(|| {
+            let runtime = Runtime::new(warm_dir.path()).expect("runtime");
+            black_box(rt.block_on(runtime.load(&bytes)).expect("load"))
+        })
+    });
+    group.finish();
+}
+
+/// Records emitted by a component into SQLite (256-byte records, batched
+/// transactions) beside native Rust inserting the same rows the same way.
+fn records(c: &mut Criterion) {
+    const N: u64 = 20_000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = vault(&tmp.path().join("data"));
+    let runtime = Runtime::new(&tmp.path().join("cache")).expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let hostile = rt
+        .block_on(runtime.load(&std::fs::read(HOSTILE).expect("component")))
+        .expect("load");
+    let limits = Limits {
+        records: N,
+        ..Limits::default()
+    };
+    let mut group = c.benchmark_group("records_into_sqlite_20k");
+    group
+        .sample_size(10)
+        .throughput(criterion::Throughput::Elements(N));
+    group.bench_function("component_emit", |b| {
+        b.iter(|| {
+            // The flood stops at the record limit: exactly N records.
+            let r = rt.block_on(runtime.run(
+                &hostile,
+                binding(&vault, &[("attack", "record-flood")], limits.clone()),
+                Call::Collect(vec![]),
+            ));
+            assert!(r.is_err());
+        })
+    });
+    group.bench_function("baseline_native_inserts", |b| {
+        let v = vault.lock().expect("lock");
+        let conn = v.store().conn();
+        let source = v.store().source("a").expect("source");
+        b.iter(|| {
+            for chunk in 0..N / 500 {
+                conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+                let mut stmt = conn
+                    .prepare_cached(
+                        "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+                         VALUES (?1, 'loot', ?2, ?3, 'native', 0, 0)
+                         ON CONFLICT (source_id, stream, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                    )
+                    .expect("prepare");
+                for i in chunk * 500..(chunk + 1) * 500 {
+                    let record = serde_json::json!({"id": i, "pad": "x".repeat(200)}).to_string();
+                    stmt.execute(params![source.source_id, format!("[{i}]"), record]).expect("insert");
+                }
+                conn.execute_batch("COMMIT").expect("commit");
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, instantiate, load, records);
+criterion_main!(benches);

@@ -1,0 +1,399 @@
+//! Outbound HTTP policy (invariant 8): a connector reaches only the hosts it
+//! declared and the operator approved, and only at addresses the host
+//! resolved and checked itself.
+//!
+//! Every `wasi:http` request of a run goes through [`EgressHooks`]: the
+//! request's host must be on the run's list; the host resolves the name and
+//! refuses private, loopback, link-local, IPv4-mapped and metadata
+//! addresses unless the operator allowed that exact `ADDR:PORT`; the
+//! connection is made to the address that was checked (so a second DNS
+//! answer cannot redirect it), with TLS verified against the host name. A
+//! redirect is a new request from the guest and is checked again.
+//!
+//! A connector may ask the host to add a credential: a request carrying
+//! `x-sourcebox-bearer: NAME` leaves with `authorization: Bearer <value>`,
+//! but only to the hosts declared for that credential. The value never
+//! enters guest memory.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Scheme;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::runtime::Binding;
+use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::vault::Actor;
+
+/// The header a guest sets to have a credential injected as a bearer token.
+pub const BEARER_HEADER: &str = "x-sourcebox-bearer";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one run may reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    /// Host names (lowercase) or IP literals the run may address.
+    hosts: Vec<String>,
+    /// Exact socket addresses the operator allowed despite their class
+    /// (`--egress-allow`), e.g. a loopback fixture.
+    allowed_addrs: Vec<SocketAddr>,
+}
+
+impl EgressPolicy {
+    /// The manifest's fixed hosts plus the hosts of URL setup fields it
+    /// names, with the operator's address exceptions.
+    pub fn for_source(
+        manifest: &Manifest,
+        setup: &[(String, String)],
+        allowed_addrs: &[SocketAddr],
+    ) -> Self {
+        let mut hosts = Vec::new();
+        for host in &manifest.setup.egress {
+            match host {
+                EgressHost::Fixed(h) => hosts.push(h.to_ascii_lowercase()),
+                EgressHost::FromSetupField(field) => {
+                    if let Some(host) = setup
+                        .iter()
+                        .find(|(k, _)| k == field)
+                        .and_then(|(_, v)| v.parse::<http::Uri>().ok())
+                        .and_then(|u| {
+                            u.host()
+                                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+                        })
+                    {
+                        hosts.push(host);
+                    }
+                }
+            }
+        }
+        Self {
+            hosts,
+            allowed_addrs: allowed_addrs.to_vec(),
+        }
+    }
+
+    /// Whether `host` is on the list.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+        self.hosts.contains(&host)
+    }
+
+    /// Resolves `host` and returns the first address the run may connect
+    /// to, or why none.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let host = host.trim_matches(['[', ']']);
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("{host} does not resolve: {e}"))?
+                .collect(),
+        };
+        addrs
+            .iter()
+            .copied()
+            .find(|addr| !forbidden(addr.ip()) || self.allowed_addrs.contains(addr))
+            .ok_or_else(|| match addrs.first() {
+                Some(addr) => format!("{host} resolves to {}, a non-public address", addr.ip()),
+                None => format!("{host} has no addresses"),
+            })
+    }
+}
+
+/// Addresses a connector may never reach unless the operator allowed the
+/// exact address: anything not globally routable, and cloud metadata.
+pub fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // includes 169.254.169.254, the metadata service
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0 // "this network"
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.to_ipv4_mapped().is_some() // ::ffff:a.b.c.d, always refused
+        || (seg[0..6] == [0; 6]) // IPv4-compatible ::a.b.c.d
+        || (seg[0] & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 metadata
+        || (seg[0] & 0xffc0) == 0xfe80 // link-local
+        || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64 onto IPv4
+        || seg[0] == 0x2002 // 6to4
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+}
+
+/// The `wasi:http` hooks of one run.
+pub struct EgressHooks {
+    policy: Arc<EgressPolicy>,
+    binding: Option<Binding>,
+    /// Hosts each injectable credential may go to.
+    credential_hosts: Vec<(String, Vec<String>)>,
+    /// The first refusal, reported as the run's `egress_denied` failure.
+    denied: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for EgressHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressHooks")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EgressHooks {
+    /// Hooks that refuse everything (for `describe()`).
+    pub fn deny_all() -> Self {
+        Self {
+            policy: Arc::new(EgressPolicy::default()),
+            binding: None,
+            credential_hosts: Vec::new(),
+            denied: Arc::default(),
+        }
+    }
+
+    /// Hooks for a run of `binding` under `policy`.
+    pub fn for_run(policy: Arc<EgressPolicy>, binding: Binding, manifest: &Manifest) -> Self {
+        Self {
+            policy,
+            binding: Some(binding),
+            credential_hosts: manifest
+                .credentials
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    )
+                })
+                .collect(),
+            denied: Arc::default(),
+        }
+    }
+
+    /// Why a request was refused, if one was.
+    pub fn denied(&self) -> Option<String> {
+        self.denied.lock().expect("denied lock").clone()
+    }
+}
+
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
+impl WasiHttpHooks for EgressHooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let policy = Arc::clone(&self.policy);
+        let denied = Arc::clone(&self.denied);
+        let deny = move |why: String| {
+            tracing::warn!(reason = %why, "egress denied");
+            denied.lock().expect("denied lock").get_or_insert(why);
+            HttpError::HttpRequestDenied
+        };
+        let uri = request.uri().clone();
+        let Some(host) = uri.host().map(str::to_owned) else {
+            return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
+        };
+        if !policy.host_allowed(&host) {
+            let err = deny(format!("{host} is not a host this connector declared"));
+            return Box::new(async move { Err(err) });
+        }
+        // Credential injection, decided here where the destination is known.
+        let bearer = request.headers_mut().remove(BEARER_HEADER);
+        let injected = match bearer {
+            None => None,
+            Some(name) => {
+                let name = name.to_str().unwrap_or_default().to_owned();
+                let may_go = self
+                    .credential_hosts
+                    .iter()
+                    .any(|(n, hosts)| *n == name && hosts.contains(&host.to_ascii_lowercase()));
+                let value = match (&self.binding, may_go) {
+                    (Some(binding), true) => {
+                        let actor = Actor {
+                            name: "egress",
+                            run_id: Some(&binding.run_id),
+                        };
+                        binding
+                            .vault
+                            .lock()
+                            .expect("vault lock")
+                            .get(actor, &binding.source, &name)
+                            .ok()
+                    }
+                    _ => None,
+                };
+                match value.and_then(|v| {
+                    http::HeaderValue::from_bytes(
+                        &[b"Bearer ".as_slice(), v.expose_secret()].concat(),
+                    )
+                    .ok()
+                }) {
+                    Some(mut header) => {
+                        header.set_sensitive(true);
+                        Some(header)
+                    }
+                    None => {
+                        let err = deny(format!("credential '{name}' may not be sent to {host}"));
+                        return Box::new(async move { Err(err) });
+                    }
+                }
+            }
+        };
+        if let Some(header) = injected {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, header);
+        }
+        Box::new(async move {
+            let tls = uri.scheme() == Some(&Scheme::HTTPS);
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let addr = policy.resolve(&host, port).await.map_err(deny)?;
+            send_pinned(request, addr, &host, tls).await
+        })
+    }
+}
+
+/// Sends `request` over a connection to exactly `addr`, verifying TLS
+/// against `host`.
+async fn send_pinned(
+    mut request: http::Request<WasiBody>,
+    addr: SocketAddr,
+    host: &str,
+    tls: bool,
+) -> Sent {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(
+            request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        )
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    if tls {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(HttpError::Tls)?;
+        exchange(TokioIo::new(stream), request).await
+    } else {
+        exchange(TokioIo::new(tcp), request).await
+    }
+}
+
+async fn exchange<S>(io: TokioIo<S>, request: http::Request<WasiBody>) -> Sent
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(conn);
+    let response = sender.send_request(request).await?;
+    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async move {
+        match driver.await {
+            Ok(result) => result.map_err(HttpError::from),
+            Err(_) => Err(HttpError::ConnectionTerminated),
+        }
+    });
+    Ok((response, io))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        let table: &[(&str, bool)] = &[
+            ("140.82.112.6", false),
+            ("1.1.1.1", false),
+            ("127.0.0.1", true),
+            ("127.8.9.10", true),
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.31.255.255", true),
+            ("172.32.0.1", false),
+            ("192.168.1.1", true),
+            ("169.254.169.254", true),
+            ("0.0.0.0", true),
+            ("100.64.0.1", true),
+            ("255.255.255.255", true),
+            ("224.0.0.1", true),
+            ("2606:4700::1111", false),
+            ("::1", true),
+            ("::", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:140.82.112.6", true),
+            ("::127.0.0.1", true),
+            ("fd00:ec2::254", true),
+            ("fe80::1", true),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("2002:a9fe:a9fe::", true),
+            ("2001:db8::1", true),
+        ];
+        for (ip, expected) in table {
+            assert_eq!(forbidden(ip.parse().expect("ip")), *expected, "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolution_refuses_non_public_addresses_unless_allowed() {
+        let policy = EgressPolicy {
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            allowed_addrs: vec!["127.0.0.1:8080".parse().expect("addr")],
+        };
+        assert!(policy.resolve("localhost", 9).await.is_err());
+        assert!(policy.resolve("169.254.169.254", 80).await.is_err());
+        assert_eq!(
+            policy.resolve("127.0.0.1", 8080).await,
+            Ok("127.0.0.1:8080".parse().expect("addr"))
+        );
+        assert!(policy.host_allowed("LOCALHOST"));
+        assert!(!policy.host_allowed("example.com"));
+    }
+}
