@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Packages built to components.
-const COMPONENTS: &[&str] = &["sourcebox-fixture-echo", "sourcebox-fixture-hostile"];
+const COMPONENTS: &[&str] = &[
+    "sourcebox-connector-github",
+    "sourcebox-fixture-echo",
+    "sourcebox-fixture-hostile",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));

@@ -12,8 +12,8 @@
 //!
 //! A connector may ask the host to add a credential: a request carrying
 //! `x-sourcebox-bearer: NAME` leaves with `authorization: Bearer <value>`,
-//! but only to the hosts declared for that credential. The value never
-//! enters guest memory.
+//! but only to the hosts declared for that credential (any of the run's
+//! hosts if it declares none). The value never enters guest memory.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -234,10 +234,11 @@ impl WasiHttpHooks for EgressHooks {
             None => None,
             Some(name) => {
                 let name = name.to_str().unwrap_or_default().to_owned();
-                let may_go = self
-                    .credential_hosts
-                    .iter()
-                    .any(|(n, hosts)| *n == name && hosts.contains(&host.to_ascii_lowercase()));
+                // A credential that lists no hosts may go to any host of the
+                // run (already checked above); otherwise only to its own.
+                let may_go = self.credential_hosts.iter().any(|(n, hosts)| {
+                    *n == name && (hosts.is_empty() || hosts.contains(&host.to_ascii_lowercase()))
+                });
                 let value = match (&self.binding, may_go) {
                     (Some(binding), true) => {
                         let actor = Actor {

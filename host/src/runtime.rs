@@ -318,12 +318,12 @@ impl Runtime {
             let guest = instance.sourcebox_connector_connector();
             Ok::<_, Failure>(match call {
                 Call::Verify => guest
-                    .call_verify(&mut store)
+                    .call_verify(&mut store, &setup)
                     .await
                     .map_err(Failure::Trap)?
                     .map(Outcome::Verified),
                 Call::Authenticate => guest
-                    .call_authenticate(&mut store)
+                    .call_authenticate(&mut store, &setup)
                     .await
                     .map_err(Failure::Trap)?
                     .map(|()| Outcome::Authenticated),

@@ -25,7 +25,7 @@
 //!             .credential(CredentialField::token("token", "API token"))
 //!     }
 //!
-//!     fn verify() -> Result<AccountIdentity, ConnectorError> {
+//!     fn verify(_setup: sourcebox_sdk::SetupValues) -> Result<AccountIdentity, ConnectorError> {
 //!         let _token = credentials::get("token")?;
 //!         Ok(AccountIdentity { id: "1".into(), display: "hello".into() })
 //!     }
@@ -54,8 +54,21 @@ pub mod records;
 
 pub use secret::Secret;
 pub use wit::sourcebox::connector::types::{
-    AccountIdentity, CollectRequest, ConnectorError, RunSummary,
+    AccountIdentity, CollectRequest, ConnectorError, RunSummary, SetupValues,
 };
+
+/// The value of setup field `name`, if the source has one.
+///
+/// ```
+/// let setup = vec![("base_url".to_string(), "https://x.example".to_string())];
+/// assert_eq!(sourcebox_sdk::setup_value(&setup, "base_url"), Some("https://x.example"));
+/// ```
+pub fn setup_value<'a>(setup: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    setup
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
 pub use wit::sourcebox::connector::types::{
     CredentialClass, CredentialField, EgressHost, Manifest, Modality, SetupDescriptor, SetupField,
     Stream,
@@ -83,11 +96,12 @@ pub trait Connector {
     fn describe() -> Manifest;
 
     /// Proves the credentials work and says whose account they belong to.
-    fn verify() -> Result<AccountIdentity, ConnectorError>;
+    fn verify(setup: SetupValues) -> Result<AccountIdentity, ConnectorError>;
 
     /// Logs in with password or OTP-seed credentials to obtain a session
     /// credential. Connectors with static tokens keep this default.
-    fn authenticate() -> Result<(), ConnectorError> {
+    fn authenticate(setup: SetupValues) -> Result<(), ConnectorError> {
+        let _ = setup;
         Err(ConnectorError::Fatal(
             "this connector has no login step".into(),
         ))
@@ -113,11 +127,11 @@ macro_rules! export_connector {
             fn describe() -> $crate::__private::WitManifest {
                 <$connector as $crate::Connector>::describe()
             }
-            fn verify() -> Result<$crate::AccountIdentity, $crate::ConnectorError> {
-                <$connector as $crate::Connector>::verify()
+            fn verify(setup: $crate::SetupValues) -> Result<$crate::AccountIdentity, $crate::ConnectorError> {
+                <$connector as $crate::Connector>::verify(setup)
             }
-            fn authenticate() -> Result<(), $crate::ConnectorError> {
-                <$connector as $crate::Connector>::authenticate()
+            fn authenticate(setup: $crate::SetupValues) -> Result<(), $crate::ConnectorError> {
+                <$connector as $crate::Connector>::authenticate(setup)
             }
             fn collect(request: $crate::CollectRequest) -> Result<$crate::RunSummary, $crate::ConnectorError> {
                 <$connector as $crate::Connector>::collect(request)

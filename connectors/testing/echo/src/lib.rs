@@ -3,6 +3,7 @@
 //! credential a run received.
 
 use sourcebox_sdk::EgressHost;
+use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::credentials::{self, CredentialError};
 use sourcebox_sdk::http::Request;
 use sourcebox_sdk::{
@@ -40,7 +41,7 @@ impl Connector for Echo {
             .egress(EgressHost::FromSetupField("url".into()))
     }
 
-    fn verify() -> Result<AccountIdentity, ConnectorError> {
+    fn verify(_setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
         let token = credentials::get("token")?;
         if token.expose_secret() == "bad" {
             return Err(ConnectorError::AuthRejected(
@@ -55,7 +56,7 @@ impl Connector for Echo {
     }
 
     /// Trades the password for a session credential, as a login would.
-    fn authenticate() -> Result<(), ConnectorError> {
+    fn authenticate(_setup: SetupValues) -> Result<(), ConnectorError> {
         let password = credentials::get("password")?;
         credentials::put(
             "session",

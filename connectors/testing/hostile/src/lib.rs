@@ -3,6 +3,7 @@
 //! check that it observed nothing.
 
 use sourcebox_sdk::EgressHost;
+use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::http::Request;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, Manifest,
@@ -19,7 +20,7 @@ impl Connector for Hostile {
     fn describe() -> Manifest {
         Manifest::new("hostile", "0.1.0", "Hostile (test fixture)")
             .stream(Stream::new("loot", &["id"]))
-            .credential(CredentialField::token("token", "Token"))
+            .credential(CredentialField::token("token", "Token").hosts(&["api.example.com"]))
             .setup_field(SetupField::new("attack", "Attack to try"))
             .setup_field(SetupField::new("target", "URL for the HTTP attacks").default_value(""))
             // Declared, so only the address checks stand in the way.
@@ -28,7 +29,7 @@ impl Connector for Hostile {
             .egress(EgressHost::Fixed("127.0.0.1".into()))
     }
 
-    fn verify() -> Result<AccountIdentity, ConnectorError> {
+    fn verify(_setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
         Ok(AccountIdentity {
             id: "hostile".into(),
             display: "hostile".into(),
