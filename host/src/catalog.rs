@@ -39,12 +39,115 @@ pub enum CatalogError {
         "source '{0}' has no connector; add it with `sourcebox source add NAME --connector ID`"
     )]
     NoConnector(String),
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
     /// Component file I/O.
     #[error("component file: {0}")]
     Io(#[from] std::io::Error),
     /// SQLite.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// First-party connector components, built from `connectors/` by the build
+/// script and embedded in the binary, with their catalog entries.
+pub const FIRST_PARTY: &[(&[u8], &str)] = &[(
+    include_bytes!(env!("SOURCEBOX_COMPONENT_CONNECTOR_GITHUB")),
+    include_str!("../../manifests/github.json"),
+)];
+
+/// A connector version as the catalog (`manifests/`) records it: the
+/// capabilities it asks for and what is approved by default. A test fails
+/// when a first-party connector's `describe()` drifts from its entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// Connector id.
+    pub id: String,
+    /// Semantic version.
+    pub version: String,
+    /// Display name.
+    pub name: String,
+    /// Stream names.
+    pub streams: Vec<String>,
+    /// Credential fields: name, class, required, hosts.
+    pub credentials: Vec<EntryCredential>,
+    /// Egress hosts, fixed or from a setup field.
+    pub egress: Vec<EgressHost>,
+    /// Approved by default at install.
+    pub approved: Approved,
+}
+
+/// A credential field in a catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryCredential {
+    /// Name.
+    pub name: String,
+    /// Class, as the vault names it.
+    pub class: String,
+    /// Whether runs need it.
+    pub required: bool,
+    /// Hosts it may be injected for (empty: any of the connector's).
+    pub hosts: Vec<String>,
+}
+
+impl CatalogEntry {
+    /// The entry describing `manifest`.
+    pub fn of(manifest: &Manifest) -> Self {
+        use crate::runtime::bindings::sourcebox::connector::types::CredentialClass as C;
+        Self {
+            id: manifest.id.clone(),
+            version: manifest.version.clone(),
+            name: manifest.name.clone(),
+            streams: manifest.streams.iter().map(|s| s.name.clone()).collect(),
+            credentials: manifest
+                .credentials
+                .iter()
+                .map(|c| EntryCredential {
+                    name: c.name.clone(),
+                    class: match c.class {
+                        C::Password => "password",
+                        C::Token => "token",
+                        C::Session => "session",
+                        C::OtpSeed => "otp-seed",
+                        C::Oauth => "oauth",
+                    }
+                    .into(),
+                    required: c.required,
+                    hosts: c.hosts.clone(),
+                })
+                .collect(),
+            egress: manifest.setup.egress.clone(),
+            approved: approval_for(manifest),
+        }
+    }
+}
+
+/// Installs every first-party connector not installed yet.
+pub async fn install_first_party(
+    store: &Store,
+    runtime: &crate::runtime::Runtime,
+) -> Result<Vec<Installed>, CatalogError> {
+    let mut installed = Vec::new();
+    for (component, entry) in FIRST_PARTY {
+        let entry: CatalogEntry = serde_json::from_str(entry)
+            .map_err(|e| CatalogError::Setup(format!("catalog entry: {e}")))?;
+        if latest(store, &entry.id).is_ok_and(|i| i.version == entry.version) {
+            continue;
+        }
+        let loaded = runtime.load(component).await?;
+        if CatalogEntry::of(loaded.manifest()) != entry {
+            return Err(CatalogError::Setup(format!(
+                "first-party connector {} does not match its catalog entry",
+                entry.id
+            )));
+        }
+        let api_version = crate::runtime::api_version::check(component)?;
+        installed.push(install(store, component, &api_version, loaded.manifest())?);
+    }
+    Ok(installed)
 }
 
 /// What the operator approved at install: the hosts the connector may

@@ -338,13 +338,28 @@ fn init(
     };
     let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let store = Store::init(dir, &pairs)?;
-    if let Err(e) = Keyring::create_first(&store, unlock) {
-        // Leave nothing half-made behind: the directory was new or empty.
-        drop(store);
-        let _ = std::fs::remove_dir_all(dir);
-        return Err(e.into());
-    }
+    let first_party = Keyring::create_first(&store, unlock)
+        .map_err(CliError::from)
+        .and_then(|_| {
+            let runtime = Runtime::new(&store.dir().join("cache"))?;
+            Ok(async_runtime()?.block_on(catalog::install_first_party(&store, &runtime))?)
+        });
+    let first_party = match first_party {
+        Ok(installed) => installed,
+        Err(e) => {
+            // Leave nothing half-made behind: the directory was new or empty.
+            drop(store);
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(e);
+        }
+    };
     tracing::info!(dir = %dir.display(), wrapper = kind.as_str(), "data directory initialized");
+    for c in &first_party {
+        writeln_out(
+            out,
+            format_args!("installed first-party connector {} {}", c.id, c.version),
+        )?;
+    }
     writeln_out(
         out,
         format_args!(

@@ -332,15 +332,6 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
         (vec!["init".into()], b""),
         (
             vec![
-                "connector".into(),
-                "install".into(),
-                GITHUB.into(),
-                "--yes".into(),
-            ],
-            b"",
-        ),
-        (
-            vec![
                 "source".into(),
                 "add".into(),
                 "work".into(),
@@ -384,6 +375,11 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
             "the token leaked into output"
         );
     }
+    // First-party connectors come with the binary: init installed github.
+    let (ok, stdout, _) = cli(vec!["connector".into(), "list".into()], b"")
+        .await
+        .expect("join");
+    assert!(ok && stdout.contains("github 0.1.0 (GitHub)"), "{stdout}");
     let requests = std::mem::take(&mut *seen.lock().expect("seen"));
     assert!(!requests.is_empty());
     assert!(
@@ -415,5 +411,20 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
     assert!(
         seen.lock().expect("seen").is_empty(),
         "the refused run reached the network"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_entry_matches_what_the_component_describes() {
+    let w = world().await;
+    let entry: sourcebox::catalog::CatalogEntry =
+        serde_json::from_str(include_str!("../../manifests/github.json"))
+            .expect("manifests/github.json parses");
+    let described = sourcebox::catalog::CatalogEntry::of(w.github.manifest());
+    assert_eq!(
+        described,
+        entry,
+        "manifests/github.json no longer matches the component; review the change, then make it read:\n{}",
+        serde_json::to_string_pretty(&described).expect("json")
     );
 }
