@@ -337,6 +337,7 @@ impl Runtime {
         .await;
 
         let state = store.data_mut();
+        state.log_guest_output();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
         if let Some(why) = state.egress_denied() {

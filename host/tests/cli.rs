@@ -706,10 +706,9 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     drop(store);
 
     // A stored component that was swapped is refused.
-    let component = files_under(&dir.join("components"))
-        .pop()
-        .expect("component")
-        .0;
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(echo).expect("echo")));
+    let component = dir.join("components").join(format!("{digest}.wasm"));
     let mut bytes = std::fs::read(&component).expect("read");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -719,4 +718,54 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
         "does not match its digest",
         "tampered component",
     );
+}
+
+#[test]
+fn guest_output_reaches_the_host_log_with_secrets_redacted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(cli(&dir, &["init"], b""), "init");
+    ok(
+        cli(
+            &dir,
+            &[
+                "connector",
+                "install",
+                env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE"),
+                "--yes",
+            ],
+            b"",
+        ),
+        "install",
+    );
+    ok(
+        cli(
+            &dir,
+            &[
+                "source",
+                "add",
+                "loud",
+                "--connector",
+                "hostile",
+                "--set",
+                "attack=print",
+            ],
+            b"",
+        ),
+        "add",
+    );
+    ok(
+        cli(
+            &dir,
+            &["credential", "set", "loud", "token", "--class", "token"],
+            CANARY,
+        ),
+        "set",
+    );
+    let run = ok(cli(&dir, &["run", "loud"], b""), "run");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(log.contains("stdout from the guest: [redacted]"), "{log}");
+    assert!(log.contains("stderr from the guest: [redacted]"), "{log}");
+    assert_no_leak(CANARY, &run.stderr, "host log");
+    assert_no_leak(CANARY, &run.stdout, "run output");
 }

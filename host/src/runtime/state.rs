@@ -6,6 +6,7 @@
 use rusqlite::params;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -25,10 +26,14 @@ use crate::vault::{
 const FLUSH_EVERY: usize = 500;
 /// Longest log line kept from a guest.
 const MAX_LOG_LINE: usize = 2000;
+/// Bytes of stdout and of stderr kept per run; writes beyond fail.
+const MAX_GUEST_OUTPUT: usize = 64 * 1024;
 
 /// Store data of one run.
 pub struct RunState {
     wasi: WasiCtx,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
     http: WasiHttpCtx,
     hooks: EgressHooks,
     table: ResourceTable,
@@ -76,10 +81,18 @@ impl RunState {
 
     fn new(limits: Limits, hooks: EgressHooks, bound: Option<Bound>) -> Self {
         // Built from nothing: no env, args, preopens, sockets or inherited
-        // stdio. Nothing here may call an `inherit_*` method.
-        let wasi = WasiCtxBuilder::new().build();
+        // stdio. Nothing here may call an `inherit_*` method. Guest stdout
+        // and stderr go to bounded buffers that end up in the host log.
+        let stdout = MemoryOutputPipe::new(MAX_GUEST_OUTPUT);
+        let stderr = MemoryOutputPipe::new(MAX_GUEST_OUTPUT);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         Self {
             wasi,
+            stdout,
+            stderr,
             http: WasiHttpCtx::new(),
             hooks,
             table: ResourceTable::new(),
@@ -92,6 +105,46 @@ impl RunState {
     /// The limit the run hit, if any.
     pub(super) fn exhausted(&self) -> Option<Exhausted> {
         self.exhausted
+    }
+
+    /// Writes what the guest printed to the host log, line by line, cut to
+    /// length and with this run's secrets redacted.
+    pub(super) fn log_guest_output(&self) {
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            for line in String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                let (source, run) = self.log_context();
+                tracing::info!(source, run, stream, "{}", self.redact(line));
+            }
+        }
+    }
+
+    fn log_context(&self) -> (&str, &str) {
+        match &self.bound {
+            Some(bound) => (
+                bound.binding.source.source.as_str(),
+                bound.binding.run_id.as_str(),
+            ),
+            None => ("-", "-"),
+        }
+    }
+
+    /// `line` cut to length, with every value handed out this run replaced.
+    fn redact(&self, line: &str) -> String {
+        let mut line: String = line.chars().take(MAX_LOG_LINE).collect();
+        if let Some(bound) = &self.bound {
+            for secret in &bound.resolved {
+                if let Ok(value) = std::str::from_utf8(secret.expose_secret())
+                    && !value.is_empty()
+                {
+                    line = line.replace(value, "[redacted]");
+                }
+            }
+        }
+        line
     }
 
     /// Why an outbound request was refused, if one was.
@@ -384,23 +437,8 @@ impl records::Host for RunState {
 
 impl log::Host for RunState {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let mut line: String = message.chars().take(MAX_LOG_LINE).collect();
-        let (source, run) = match &self.bound {
-            Some(bound) => {
-                for secret in &bound.resolved {
-                    if let Ok(value) = std::str::from_utf8(secret.expose_secret())
-                        && !value.is_empty()
-                    {
-                        line = line.replace(value, "[redacted]");
-                    }
-                }
-                (
-                    bound.binding.source.source.as_str(),
-                    bound.binding.run_id.as_str(),
-                )
-            }
-            None => ("-", "-"),
-        };
+        let line = self.redact(&message);
+        let (source, run) = self.log_context();
         match level {
             Level::Trace => tracing::trace!(source, run, "{line}"),
             Level::Debug => tracing::debug!(source, run, "{line}"),

@@ -117,6 +117,12 @@ impl Connector for Hostile {
                 }
             }
             "trap" => panic!("deliberate trap"),
+            "print" => {
+                let token = credentials::get("token")?;
+                println!("stdout from the guest: {}", token.expose_secret());
+                eprintln!("stderr from the guest: {}", token.expose_secret());
+                Ok(RunSummary { records: 0 })
+            }
             "http-undeclared" => Ok(fetch("https://example.com/", false)?),
             "http-metadata" => Ok(fetch("http://169.254.169.254/latest/meta-data/", false)?),
             "http-loopback" => Ok(fetch("http://localhost:1/", false)?),
