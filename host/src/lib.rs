@@ -1,9 +1,15 @@
 //! sourcebox: a self-hosted host for personal-data connectors.
 //!
 //! This crate holds the host's boundaries, one module each:
-//! [`store`] owns the data directory and its SQLite database, [`vault`] owns
-//! every source's credentials (envelope encryption, key wrappers, audit), and
-//! [`cli`] renders both for the operator.
+//! - [`store`]: the data directory, its SQLite database, owners and sources;
+//! - [`vault`]: every source's credentials (envelope encryption, key
+//!   wrappers, audit, backup);
+//! - [`runtime`]: the sandbox a connector component runs in, bound to one
+//!   source per run;
+//! - [`egress`]: where a run's outbound HTTP may go;
+//! - [`catalog`]: installed connectors and the first-party ones;
+//! - [`runs`]: `launch`, the one way a connector runs;
+//! - [`cli`]: the operator's command line over all of them.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
