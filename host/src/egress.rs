@@ -152,6 +152,9 @@ pub struct EgressHooks {
     credential_hosts: Vec<(String, Vec<String>)>,
     /// The first refusal, reported as the run's `egress_denied` failure.
     denied: Arc<Mutex<Option<String>>>,
+    /// Requests sent so far, and how many the run may send.
+    requests: u64,
+    max_requests: u64,
 }
 
 impl std::fmt::Debug for EgressHooks {
@@ -170,11 +173,18 @@ impl EgressHooks {
             binding: None,
             credential_hosts: Vec::new(),
             denied: Arc::default(),
+            requests: 0,
+            max_requests: 0,
         }
     }
 
     /// Hooks for a run of `binding` under `policy`.
-    pub fn for_run(policy: Arc<EgressPolicy>, binding: Binding, manifest: &Manifest) -> Self {
+    pub fn for_run(
+        policy: Arc<EgressPolicy>,
+        binding: Binding,
+        manifest: &Manifest,
+        max_requests: u64,
+    ) -> Self {
         Self {
             policy,
             binding: Some(binding),
@@ -189,7 +199,14 @@ impl EgressHooks {
                 })
                 .collect(),
             denied: Arc::default(),
+            requests: 0,
+            max_requests,
         }
+    }
+
+    /// Whether the run tried to send more requests than it may.
+    pub fn requests_exhausted(&self) -> bool {
+        self.binding.is_some() && self.requests > self.max_requests
     }
 
     /// Why a request was refused, if one was.
@@ -220,6 +237,10 @@ impl WasiHttpHooks for EgressHooks {
             denied.lock().expect("denied lock").get_or_insert(why);
             HttpError::HttpRequestDenied
         };
+        self.requests += 1;
+        if self.requests > self.max_requests {
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        }
         let uri = request.uri().clone();
         let Some(host) = uri.host().map(str::to_owned) else {
             return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });

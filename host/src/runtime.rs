@@ -57,6 +57,8 @@ pub struct Limits {
     pub records: u64,
     /// Bytes of records emitted per run.
     pub record_bytes: u64,
+    /// Outbound HTTP requests per run.
+    pub http_requests: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +68,7 @@ impl Default for Limits {
             memory: 256 << 20,
             records: 1_000_000,
             record_bytes: 1 << 30,
+            http_requests: 100_000,
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum Exhausted {
     Records,
     /// The record-bytes limit.
     RecordBytes,
+    /// The outbound request limit.
+    HttpRequests,
 }
 
 /// Why loading a component failed.

@@ -242,6 +242,7 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         memory: 32 << 20,
         records: 1_000,
         record_bytes: 1 << 20,
+        ..Limits::default()
     };
     let observed = |attack: &str, expected: &str| {
         (

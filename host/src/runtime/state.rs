@@ -63,7 +63,12 @@ impl RunState {
     pub(super) fn bound(binding: Binding, manifest: Manifest, authenticating: bool) -> Self {
         let limits = binding.limits.clone();
         let policy = EgressPolicy::for_source(&manifest, &binding.setup, &binding.egress_allow);
-        let hooks = EgressHooks::for_run(std::sync::Arc::new(policy), binding.clone(), &manifest);
+        let hooks = EgressHooks::for_run(
+            std::sync::Arc::new(policy),
+            binding.clone(),
+            &manifest,
+            limits.http_requests,
+        );
         Self::new(
             limits,
             hooks,
@@ -104,7 +109,10 @@ impl RunState {
 
     /// The limit the run hit, if any.
     pub(super) fn exhausted(&self) -> Option<Exhausted> {
-        self.exhausted
+        self.exhausted.or(self
+            .hooks
+            .requests_exhausted()
+            .then_some(Exhausted::HttpRequests))
     }
 
     /// Writes what the guest printed to the host log, line by line, cut to

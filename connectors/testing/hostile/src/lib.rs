@@ -127,6 +127,17 @@ impl Connector for Hostile {
             "http-metadata" => Ok(fetch("http://169.254.169.254/latest/meta-data/", false)?),
             "http-loopback" => Ok(fetch("http://localhost:1/", false)?),
             // A declared, allowed host, but `token` declares no hosts.
+            "http-flood" => {
+                let target = request
+                    .setup
+                    .iter()
+                    .find(|(k, _)| k == "target")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                loop {
+                    Request::get(target).send()?;
+                }
+            }
             "steal-credential" => {
                 let target = request
                     .setup
