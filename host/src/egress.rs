@@ -16,6 +16,7 @@
 //! hosts if it declares none). The value never enters guest memory.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::runtime::Binding;
 use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::runtime::{Binding, Exhausted, Limits};
 use crate::vault::Actor;
 
 /// The header a guest sets to have a credential injected as a bearer token.
@@ -155,6 +156,9 @@ pub struct EgressHooks {
     /// Requests sent so far, and how many the run may send.
     requests: u64,
     max_requests: u64,
+    /// Response body bytes received so far, and how many the run may read.
+    response_bytes: Arc<AtomicU64>,
+    max_response_bytes: u64,
 }
 
 impl std::fmt::Debug for EgressHooks {
@@ -175,6 +179,8 @@ impl EgressHooks {
             denied: Arc::default(),
             requests: 0,
             max_requests: 0,
+            response_bytes: Arc::default(),
+            max_response_bytes: 0,
         }
     }
 
@@ -183,7 +189,7 @@ impl EgressHooks {
         policy: Arc<EgressPolicy>,
         binding: Binding,
         manifest: &Manifest,
-        max_requests: u64,
+        limits: &Limits,
     ) -> Self {
         Self {
             policy,
@@ -200,13 +206,23 @@ impl EgressHooks {
                 .collect(),
             denied: Arc::default(),
             requests: 0,
-            max_requests,
+            max_requests: limits.http_requests,
+            response_bytes: Arc::default(),
+            max_response_bytes: limits.http_response_bytes,
         }
     }
 
-    /// Whether the run tried to send more requests than it may.
-    pub fn requests_exhausted(&self) -> bool {
-        self.binding.is_some() && self.requests > self.max_requests
+    /// The HTTP limit the run went past, if any.
+    pub fn exhausted(&self) -> Option<Exhausted> {
+        if self.binding.is_none() {
+            None
+        } else if self.requests > self.max_requests {
+            Some(Exhausted::HttpRequests)
+        } else if self.response_bytes.load(Ordering::Relaxed) > self.max_response_bytes {
+            Some(Exhausted::HttpResponseBytes)
+        } else {
+            None
+        }
     }
 
     /// Why a request was refused, if one was.
@@ -297,22 +313,33 @@ impl WasiHttpHooks for EgressHooks {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, header);
         }
+        let budget = Budget {
+            used: Arc::clone(&self.response_bytes),
+            max: self.max_response_bytes,
+        };
         Box::new(async move {
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let addr = policy.resolve(&host, port).await.map_err(deny)?;
-            send_pinned(request, addr, &host, tls).await
+            send_pinned(request, addr, &host, tls, budget).await
         })
     }
 }
 
 /// Sends `request` over a connection to exactly `addr`, verifying TLS
 /// against `host`.
+/// The run's response-body byte budget, shared by its responses.
+struct Budget {
+    used: Arc<AtomicU64>,
+    max: u64,
+}
+
 async fn send_pinned(
     mut request: http::Request<WasiBody>,
     addr: SocketAddr,
     host: &str,
     tls: bool,
+    budget: Budget,
 ) -> Sent {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
@@ -342,20 +369,38 @@ async fn send_pinned(
             .connect(name, tcp)
             .await
             .map_err(HttpError::Tls)?;
-        exchange(TokioIo::new(stream), request).await
+        exchange(TokioIo::new(stream), request, budget).await
     } else {
-        exchange(TokioIo::new(tcp), request).await
+        exchange(TokioIo::new(tcp), request, budget).await
     }
 }
 
-async fn exchange<S>(io: TokioIo<S>, request: http::Request<WasiBody>) -> Sent
+async fn exchange<S>(io: TokioIo<S>, request: http::Request<WasiBody>, budget: Budget) -> Sent
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     let driver = tokio::spawn(conn);
     let response = sender.send_request(request).await?;
-    let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+    // Count every body byte against the run; stop at what is left of it.
+    let remaining = budget
+        .max
+        .saturating_sub(budget.used.load(Ordering::Relaxed));
+    let used = budget.used;
+    let response = response.map(|body| {
+        let counted = body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                used.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        });
+        http_body_util::Limited::new(counted, usize::try_from(remaining).unwrap_or(usize::MAX))
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => HttpError::from(*e),
+                Err(_) => HttpError::HttpResponseBodySize(None),
+            })
+            .boxed_unsync()
+    });
     let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async move {
         match driver.await {
             Ok(result) => result.map_err(HttpError::from),

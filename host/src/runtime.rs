@@ -59,6 +59,8 @@ pub struct Limits {
     pub record_bytes: u64,
     /// Outbound HTTP requests per run.
     pub http_requests: u64,
+    /// Bytes of HTTP response bodies per run.
+    pub http_response_bytes: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +71,7 @@ impl Default for Limits {
             records: 1_000_000,
             record_bytes: 1 << 30,
             http_requests: 100_000,
+            http_response_bytes: 4 << 30,
         }
     }
 }
@@ -86,6 +89,8 @@ pub enum Exhausted {
     RecordBytes,
     /// The outbound request limit.
     HttpRequests,
+    /// The response-body byte limit.
+    HttpResponseBytes,
 }
 
 /// Why loading a component failed.

@@ -67,7 +67,7 @@ impl RunState {
             std::sync::Arc::new(policy),
             binding.clone(),
             &manifest,
-            limits.http_requests,
+            &limits,
         );
         Self::new(
             limits,
@@ -109,10 +109,7 @@ impl RunState {
 
     /// The limit the run hit, if any.
     pub(super) fn exhausted(&self) -> Option<Exhausted> {
-        self.exhausted.or(self
-            .hooks
-            .requests_exhausted()
-            .then_some(Exhausted::HttpRequests))
+        self.exhausted.or(self.hooks.exhausted())
     }
 
     /// Writes what the guest printed to the host log, line by line, cut to
