@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::catalog::{self, CatalogError};
 use crate::runs::{self, LaunchError};
 use crate::runtime::bindings::sourcebox::connector::types::CredentialClass as WitClass;
-use crate::runtime::{Outcome, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
 use crate::vault::{
@@ -88,6 +88,14 @@ pub enum Command {
     Run {
         /// Source name.
         source: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// Only this source.
+        source: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -291,6 +299,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             json,
             out,
         ),
+        Command::Runs { source, json } => {
+            let store = Store::open(dir)?;
+            print_runs(&runs::list(&store, source.as_deref())?, json, out)
+        }
         Command::Records {
             source,
             stream,
@@ -562,40 +574,46 @@ fn run_source(
 ) -> Result<(), CliError> {
     let runtime = Runtime::new(&vault.store().dir().join("cache"))?;
     let vault = Arc::new(Mutex::new(vault));
-    let report = async_runtime()?.block_on(runs::launch(
+    let run = async_runtime()?.block_on(runs::launch(
         &runtime,
         &vault,
         source,
         runs::Trigger::Manual,
         egress_allow,
     ))?;
-    let (ok, summary) = match &report.result {
-        Ok(Outcome::Collected(summary)) => (true, format!("collected {} records", summary.records)),
-        Ok(other) => (true, format!("{other:?}")),
-        Err(failure) => (false, failure.to_string()),
-    };
+    print_runs(std::slice::from_ref(&run), json, out)?;
+    match &run.failure {
+        None => Ok(()),
+        Some(kind) => Err(CliError::Usage(format!(
+            "the run failed: {kind}: {}",
+            run.detail.as_deref().unwrap_or("")
+        ))),
+    }
+}
+
+fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     if json {
-        let doc = serde_json::json!({
-            "run_id": report.run_id,
-            "connector": report.connector,
-            "ok": ok,
-            "summary": summary,
-        });
-        writeln_out(out, format_args!("{doc}"))?;
-    } else {
+        let doc = serde_json::to_string(runs).map_err(|e| CliError::Io(e.to_string()))?;
+        return writeln_out(out, format_args!("{doc}"));
+    }
+    for run in runs {
+        let outcome = match &run.failure {
+            None if run.state == "succeeded" => format!("collected {} records", run.records),
+            None => run.state.clone(),
+            Some(kind) => format!("failed: {kind}: {}", run.detail.as_deref().unwrap_or("")),
+        };
         writeln_out(
             out,
             format_args!(
-                "run {} of {} ({}): {summary}",
-                report.run_id, source, report.connector
+                "run {} of {} ({}, {}): {outcome}",
+                run.id,
+                run.source,
+                run.trigger,
+                run.connector.as_deref().unwrap_or("-")
             ),
         )?;
     }
-    if ok {
-        Ok(())
-    } else {
-        Err(CliError::Usage(format!("the run failed: {summary}")))
-    }
+    Ok(())
 }
 
 fn records(

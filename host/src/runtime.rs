@@ -131,6 +131,12 @@ pub enum RunFailure {
     /// A request to a host or address the run may not reach.
     #[error("egress denied: {0}")]
     EgressDenied(String),
+    /// The run failed after a credential it asked for turned out revoked.
+    #[error("credential '{0}' is revoked")]
+    CredentialRevoked(String),
+    /// The run failed after a credential it asked for did not decrypt.
+    #[error("credential '{0}' cannot be decrypted")]
+    CredentialUnrecoverable(String),
     /// The instance could not be created (e.g. it imports something this
     /// host does not grant).
     #[error("connector could not be instantiated: {0}")]
@@ -352,6 +358,9 @@ impl Runtime {
         let exhausted = state.exhausted();
         if let Some(why) = state.egress_denied() {
             return Err(RunFailure::EgressDenied(why));
+        }
+        if let (Err(_) | Ok(Err(_)), Some(failure)) = (&result, state.credential_failure()) {
+            return Err(failure);
         }
         match (result, exhausted) {
             (_, Some(limit)) => Err(RunFailure::ResourceExhausted(limit)),

@@ -705,6 +705,47 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     assert_eq!(spare_records, 0);
     drop(store);
 
+    // A revoked token is its own typed failure, and every run is recorded.
+    ok(
+        cli(&dir, &["credential", "revoke", "home", "token"], b""),
+        "revoke",
+    );
+    fails_with(
+        cli(&dir, &["run", "home"], b""),
+        "credential_revoked",
+        "run with a revoked token",
+    );
+    let listed = ok(cli(&dir, &["runs", "--json"], b""), "runs");
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("runs json");
+    let summary: Vec<(String, String, Option<String>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap_or("").to_owned(),
+                r["state"].as_str().unwrap_or("").to_owned(),
+                r["failure"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "home".to_owned(),
+                "failed".to_owned(),
+                Some("credential_revoked".to_owned())
+            ),
+            (
+                "spare".to_owned(),
+                "failed".to_owned(),
+                Some("credentials_missing".to_owned())
+            ),
+            ("home".to_owned(), "succeeded".to_owned(), None),
+            ("work".to_owned(), "succeeded".to_owned(), None),
+        ]
+    );
+    assert!(runs.iter().all(|r| r["trigger"] == "manual"));
+
     // A stored component that was swapped is refused.
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(std::fs::read(echo).expect("echo")));

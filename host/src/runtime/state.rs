@@ -51,6 +51,8 @@ struct Bound {
     emitted_bytes: u64,
     /// Values handed out this run, redacted from its log lines.
     resolved: Vec<Secret>,
+    /// A credential the run asked for that was revoked or undecryptable.
+    credential_failure: Option<super::RunFailure>,
 }
 
 impl RunState {
@@ -80,6 +82,7 @@ impl RunState {
                 emitted: 0,
                 emitted_bytes: 0,
                 resolved: Vec::new(),
+                credential_failure: None,
             }),
         )
     }
@@ -150,6 +153,13 @@ impl RunState {
             }
         }
         line
+    }
+
+    /// A revoked or undecryptable credential the run asked for.
+    pub(super) fn credential_failure(&self) -> Option<super::RunFailure> {
+        self.bound
+            .as_ref()
+            .and_then(|b| b.credential_failure.clone())
     }
 
     /// Why an outbound request was refused, if one was.
@@ -291,8 +301,14 @@ impl credentials::Host for RunState {
                 Err(_) => Ok(Err(CredentialError::Unrecoverable)),
             },
             Err(VaultError::Missing { .. }) => Ok(Err(CredentialError::Missing)),
-            Err(VaultError::Revoked { .. }) => Ok(Err(CredentialError::Revoked)),
-            Err(VaultError::Unrecoverable { .. }) => Ok(Err(CredentialError::Unrecoverable)),
+            Err(VaultError::Revoked { .. }) => {
+                bound.credential_failure = Some(super::RunFailure::CredentialRevoked(name));
+                Ok(Err(CredentialError::Revoked))
+            }
+            Err(VaultError::Unrecoverable { .. }) => {
+                bound.credential_failure = Some(super::RunFailure::CredentialUnrecoverable(name));
+                Ok(Err(CredentialError::Unrecoverable))
+            }
             // A host fault (audit log, database): stop the run.
             Err(e) => Err(wasmtime::Error::msg(format!(
                 "credential resolution failed: {e}"

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_records.sql"),
     include_str!("migrations/0003_connectors.sql"),
+    include_str!("migrations/0004_runs.sql"),
 ];
 
 /// The schema version this build writes.
