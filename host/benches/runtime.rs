@@ -55,11 +55,16 @@ fn percentiles(name: &str, mut ns: Vec<u64>) {
     );
 }
 
-/// A whole run of a cached connector whose call does nothing (the hostile
-/// fixture's `verify`): fresh store, empty WASI context, instantiation from
-/// the `InstancePre`, one call. Beside it, the same with the pooling
-/// allocator is not offered: see BENCHMARKS.md.
-fn instantiate(c: &mut Criterion) {
+/// A vault with source `a`, a runtime, and the hostile fixture loaded.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    vault: Arc<Mutex<Vault>>,
+    runtime: Runtime,
+    rt: tokio::runtime::Runtime,
+    hostile: sourcebox::runtime::LoadedConnector,
+}
+
+fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().expect("tempdir");
     let vault = vault(&tmp.path().join("data"));
     let runtime = Runtime::new(&tmp.path().join("cache")).expect("runtime");
@@ -70,6 +75,27 @@ fn instantiate(c: &mut Criterion) {
     let hostile = rt
         .block_on(runtime.load(&std::fs::read(HOSTILE).expect("component")))
         .expect("load");
+    Fixture {
+        _tmp: tmp,
+        vault,
+        runtime,
+        rt,
+        hostile,
+    }
+}
+
+/// A whole run of a cached connector whose call does nothing (the hostile
+/// fixture's `verify`): fresh store, empty WASI context, instantiation from
+/// the `InstancePre`, one call. Beside it, the same with the pooling
+/// allocator is not offered: see BENCHMARKS.md.
+fn instantiate(c: &mut Criterion) {
+    let Fixture {
+        _tmp,
+        vault,
+        runtime,
+        rt,
+        hostile,
+    } = fixture();
     let mut group = c.benchmark_group("run_cached_connector");
     group.bench_function("instantiate_and_call_noop_verify", |b| {
         b.iter(|| {
@@ -139,16 +165,13 @@ fn load(c: &mut Criterion) {
 /// transactions) beside native Rust inserting the same rows the same way.
 fn records(c: &mut Criterion) {
     const N: u64 = 20_000;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let vault = vault(&tmp.path().join("data"));
-    let runtime = Runtime::new(&tmp.path().join("cache")).expect("runtime");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let hostile = rt
-        .block_on(runtime.load(&std::fs::read(HOSTILE).expect("component")))
-        .expect("load");
+    let Fixture {
+        _tmp,
+        vault,
+        runtime,
+        rt,
+        hostile,
+    } = fixture();
     let limits = Limits {
         records: N,
         ..Limits::default()

@@ -12,7 +12,7 @@ use common::{local_vault, set};
 use sourcebox::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use sourcebox::runtime::{Binding, Call, Limits, LoadedConnector, Outcome, RunFailure, Runtime};
 use sourcebox::vault::Vault;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const GITHUB: &str = env!("SOURCEBOX_COMPONENT_CONNECTOR_GITHUB");
 const ALICE: &str = "ghp_aliceAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -109,15 +109,9 @@ async fn fixture() -> (SocketAddr, Seen) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let log = Arc::clone(&log);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
+                let Some(head) = common::read_request_head(&mut socket).await else {
+                    return;
+                };
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let token = head
                     .lines()

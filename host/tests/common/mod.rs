@@ -157,7 +157,7 @@ pub async fn fixture_server() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -168,17 +168,10 @@ pub async fn fixture_server() -> (
         while let Ok((mut socket, _)) = listener.accept().await {
             let log = std::sync::Arc::clone(&log);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                log.lock()
-                    .expect("log")
-                    .push(String::from_utf8_lossy(&head).into_owned());
+                let Some(head) = read_request_head(&mut socket).await else {
+                    return;
+                };
+                log.lock().expect("log").push(head);
                 let body = br#"{"ok":true}"#;
                 let reply = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -190,4 +183,18 @@ pub async fn fixture_server() -> (
         }
     });
     (addr, seen)
+}
+
+/// Reads an HTTP/1.1 request head (request line and headers) off `socket`.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
 }
