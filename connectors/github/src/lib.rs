@@ -8,6 +8,7 @@
 //! never enters this component's memory.
 
 use sourcebox_sdk::http::{Request, Response};
+use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, EgressHost,
     Manifest, RunSummary, SetupField, SetupValues, Stream, export_connector, log, records,
@@ -18,10 +19,8 @@ struct GitHub;
 const DEFAULT_API: &str = "https://api.github.com";
 
 fn api_base(setup: &[(String, String)]) -> String {
-    setup
-        .iter()
-        .find(|(k, _)| k == "api_base_url")
-        .map(|(_, v)| v.trim_end_matches('/').to_owned())
+    setup_value(setup, "api_base_url")
+        .map(|v| v.trim_end_matches('/').to_owned())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| DEFAULT_API.to_owned())
 }

@@ -6,6 +6,7 @@ use sourcebox_sdk::EgressHost;
 use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::credentials::{self, CredentialError};
 use sourcebox_sdk::http::Request;
+use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
     Manifest, RunSummary, SetupField, Stream, export_connector, log, records,
@@ -67,11 +68,8 @@ impl Connector for Echo {
 
     fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
         let token = credentials::get("token")?;
-        let count: u64 = request
-            .setup
-            .iter()
-            .find(|(k, _)| k == "count")
-            .and_then(|(_, v)| v.parse().ok())
+        let count: u64 = setup_value(&request.setup, "count")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(3);
         // Password-class credentials must not resolve during collection.
         let password = match credentials::get("password") {
@@ -92,11 +90,7 @@ impl Connector for Echo {
             )?;
         }
         records::checkpoint("items", &format!("emitted-{count}"))?;
-        if let Some((_, url)) = request
-            .setup
-            .iter()
-            .find(|(k, v)| k == "url" && !v.is_empty())
-        {
+        if let Some(url) = setup_value(&request.setup, "url").filter(|u| !u.is_empty()) {
             // The host adds the token; this component never sees it here.
             let response = Request::get(url).bearer_credential("token").send()?;
             records::emit(

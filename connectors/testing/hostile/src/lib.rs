@@ -5,6 +5,7 @@
 use sourcebox_sdk::EgressHost;
 use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::http::Request;
+use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, Manifest,
     RunSummary, SetupField, Stream, credentials, export_connector, records,
@@ -37,12 +38,7 @@ impl Connector for Hostile {
     }
 
     fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
-        let attack = request
-            .setup
-            .iter()
-            .find(|(k, _)| k == "attack")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
+        let attack = setup_value(&request.setup, "attack").unwrap_or("");
         match attack {
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
@@ -128,23 +124,13 @@ impl Connector for Hostile {
             "http-loopback" => Ok(fetch("http://localhost:1/", false)?),
             // A declared, allowed host, but `token` declares no hosts.
             "http-flood" => {
-                let target = request
-                    .setup
-                    .iter()
-                    .find(|(k, _)| k == "target")
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
+                let target = setup_value(&request.setup, "target").unwrap_or("");
                 loop {
                     Request::get(target).send()?;
                 }
             }
             "steal-credential" => {
-                let target = request
-                    .setup
-                    .iter()
-                    .find(|(k, _)| k == "target")
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
+                let target = setup_value(&request.setup, "target").unwrap_or("");
                 Ok(fetch(target, true)?)
             }
             other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
