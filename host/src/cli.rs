@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::catalog::{self, CatalogError};
 use crate::runs::{self, LaunchError};
-use crate::runtime::bindings::sourcebox::connector::types::CredentialClass as WitClass;
+use crate::runtime::bindings::sourcebox::connector::types::{
+    CredentialClass as WitClass, EgressHost,
+};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
@@ -492,7 +494,6 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
             let runtime = Runtime::new(&store.dir().join("cache"))?;
             let loaded = async_runtime()?.block_on(runtime.load(&bytes))?;
             let manifest = loaded.manifest();
-            let approval = catalog::approval_for(manifest);
             writeln_out(
                 out,
                 format_args!("{} {} ({})", manifest.id, manifest.version, manifest.name),
@@ -520,17 +521,23 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     ),
                 )?;
             }
-            writeln_out(
-                out,
-                format_args!(
-                    "  network hosts: {}",
-                    if approval.hosts.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        approval.hosts.join(", ")
+            let hosts: Vec<String> = manifest
+                .setup
+                .egress
+                .iter()
+                .map(|h| match h {
+                    EgressHost::Fixed(host) => host.clone(),
+                    EgressHost::FromSetupField(field) => {
+                        format!("the host of setup field '{field}'")
                     }
-                ),
-            )?;
+                })
+                .collect();
+            let hosts = if hosts.is_empty() {
+                "none".to_owned()
+            } else {
+                hosts.join(", ")
+            };
+            writeln_out(out, format_args!("  network hosts: {hosts}"))?;
             if !yes {
                 return Err(CliError::Usage("review the capabilities above, then run again with --yes to approve and install".into()));
             }

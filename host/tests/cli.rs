@@ -591,7 +591,7 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     let shown = String::from_utf8_lossy(&review.stdout);
     assert!(
         shown.contains("credential token (token, required)")
-            && shown.contains("network hosts: none"),
+            && shown.contains("network hosts: the host of setup field 'url'"),
         "{shown}"
     );
     ok(
