@@ -96,7 +96,6 @@ pub struct EntryCredential {
 impl CatalogEntry {
     /// The entry describing `manifest`.
     pub fn of(manifest: &Manifest) -> Self {
-        use crate::runtime::bindings::sourcebox::connector::types::CredentialClass as C;
         Self {
             id: manifest.id.clone(),
             version: manifest.version.clone(),
@@ -107,14 +106,7 @@ impl CatalogEntry {
                 .iter()
                 .map(|c| EntryCredential {
                     name: c.name.clone(),
-                    class: match c.class {
-                        C::Password => "password",
-                        C::Token => "token",
-                        C::Session => "session",
-                        C::OtpSeed => "otp-seed",
-                        C::Oauth => "oauth",
-                    }
-                    .into(),
+                    class: crate::vault::CredentialClass::from(c.class).as_str().into(),
                     required: c.required,
                     hosts: c.hosts.clone(),
                 })
@@ -144,8 +136,12 @@ pub async fn install_first_party(
                 entry.id
             )));
         }
-        let api_version = crate::runtime::api_version::check(component)?;
-        installed.push(install(store, component, &api_version, loaded.manifest())?);
+        installed.push(install(
+            store,
+            component,
+            loaded.api_version(),
+            loaded.manifest(),
+        )?);
     }
     Ok(installed)
 }

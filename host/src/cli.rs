@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::catalog::{self, CatalogError};
 use crate::runs::{self, LaunchError};
-use crate::runtime::bindings::sourcebox::connector::types::{
-    CredentialClass as WitClass, EgressHost,
-};
+use crate::runtime::bindings::sourcebox::connector::types::EgressHost;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
@@ -436,7 +434,7 @@ fn source(
                         field.label,
                         name,
                         field.name,
-                        class_name(field.class)
+                        CredentialClass::from(field.class)
                     ),
                 )?;
             }
@@ -465,16 +463,6 @@ fn source(
                 format_args!("deleted source {name} and destroyed {destroyed} credentials"),
             )
         }
-    }
-}
-
-fn class_name(class: WitClass) -> &'static str {
-    match class {
-        WitClass::Password => "password",
-        WitClass::Token => "token",
-        WitClass::Session => "session",
-        WitClass::OtpSeed => "otp-seed",
-        WitClass::Oauth => "oauth",
     }
 }
 
@@ -516,7 +504,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     format_args!(
                         "  credential {} ({}, {})",
                         c.name,
-                        class_name(c.class),
+                        CredentialClass::from(c.class),
                         if c.required { "required" } else { "optional" }
                     ),
                 )?;
@@ -541,12 +529,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
             if !yes {
                 return Err(CliError::Usage("review the capabilities above, then run again with --yes to approve and install".into()));
             }
-            let installed = catalog::install(
-                &store,
-                &bytes,
-                &crate::runtime::api_version::check(&bytes)?,
-                manifest,
-            )?;
+            let installed = catalog::install(&store, &bytes, loaded.api_version(), manifest)?;
             writeln_out(
                 out,
                 format_args!(

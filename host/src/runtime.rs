@@ -42,6 +42,21 @@ use bindings::sourcebox::connector::types::{
     AccountIdentity, CollectRequest, ConnectorError, Manifest, RunSummary,
 };
 
+impl From<bindings::sourcebox::connector::types::CredentialClass>
+    for crate::vault::CredentialClass
+{
+    fn from(class: bindings::sourcebox::connector::types::CredentialClass) -> Self {
+        use bindings::sourcebox::connector::types::CredentialClass as Wit;
+        match class {
+            Wit::Password => Self::Password,
+            Wit::Token => Self::Token,
+            Wit::Session => Self::Session,
+            Wit::OtpSeed => Self::OtpSeed,
+            Wit::Oauth => Self::Oauth,
+        }
+    }
+}
+
 /// How often the epoch advances; the time limit is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -164,6 +179,11 @@ impl LoadedConnector {
     /// What the connector declared.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The contract version stamped in the component (checked at load).
+    pub fn api_version(&self) -> &str {
+        &self.api_version
     }
 }
 

@@ -327,13 +327,7 @@ impl credentials::Host for RunState {
         let Some(field) = bound.manifest.credentials.iter().find(|f| f.name == name) else {
             return Ok(Err(CredentialError::Undeclared));
         };
-        let class = match field.class {
-            CredentialClass::Password => VaultClass::Password,
-            CredentialClass::Token => VaultClass::Token,
-            CredentialClass::Session => VaultClass::Session,
-            CredentialClass::OtpSeed => VaultClass::OtpSeed,
-            CredentialClass::Oauth => VaultClass::Oauth,
-        };
+        let class = VaultClass::from(field.class);
         let actor = Actor {
             name: "connector",
             run_id: Some(&bound.binding.run_id),
