@@ -41,6 +41,7 @@ fn binding(vault: &Arc<Mutex<Vault>>, setup: &[(&str, &str)], limits: Limits) ->
         run_id: "bench".into(),
         limits,
         egress_allow: Vec::new(),
+        control: Default::default(),
     }
 }
 

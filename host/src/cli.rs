@@ -11,6 +11,8 @@ use zeroize::Zeroizing;
 use std::sync::{Arc, Mutex};
 
 use crate::catalog::{self, CatalogError};
+use crate::interactions;
+use crate::runs::scheduler::{self, Schedule};
 use crate::runs::{self, LaunchError};
 use crate::runtime::bindings::sourcebox::connector::types::EgressHost;
 use crate::runtime::{Runtime, RuntimeError};
@@ -92,6 +94,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run scheduled and retried runs until stopped (Ctrl-C or SIGTERM).
+    Serve(ServeArgs),
+    /// Cancel a queued run, or stop a run in flight.
+    Cancel {
+        /// Run id (see `sourcebox runs`).
+        run: String,
+    },
+    /// Questions runs asked their owner.
+    #[command(subcommand)]
+    Interaction(InteractionCommand),
     /// List runs, newest first.
     Runs {
         /// Only this source.
@@ -119,6 +131,62 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// How often schedules and the run queue are looked at.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tick: Duration,
+    /// Runs in flight at once, all connectors together.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent: u16,
+    /// Runs in flight at once per connector.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub per_connector: u16,
+    /// Backoff before the first retry of a transient failure (doubles per
+    /// attempt, with jitter; a provider's retry-after wins when longer).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Attempts per run in all, the first included.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub retry_attempts: u32,
+    /// How long a run waits for the owner to answer an interaction.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub interaction_wait: Duration,
+    /// On shutdown, how long runs in flight may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}
+
+/// `interaction` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InteractionCommand {
+    /// List interactions waiting for an answer.
+    List {
+        /// Answered, declined and expired ones too.
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer one; the answer is read from standard input or a no-echo
+    /// prompt.
+    Answer {
+        /// Interaction id.
+        id: String,
+        /// Also keep the answer as this credential of the interaction's
+        /// source (a credential its connector declares).
+        #[arg(long, value_name = "NAME")]
+        keep: Option<String>,
+    },
+    /// Decline one; the run is told the owner declined.
+    Decline {
+        /// Interaction id.
+        id: String,
+    },
 }
 
 /// `init` options.
@@ -192,6 +260,20 @@ pub enum SourceCommand {
     Rm {
         /// Source name.
         name: String,
+    },
+    /// Set when `sourcebox serve` runs a source on its own.
+    Schedule {
+        /// Source name.
+        name: String,
+        /// Run every DURATION (e.g. 30m, 6h, 1d).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with_all = ["cron", "off"], required_unless_present_any = ["cron", "off"])]
+        every: Option<Duration>,
+        /// Run on a five-field cron expression, in UTC (e.g. '0 3 * * *').
+        #[arg(long, value_name = "EXPR", conflicts_with = "off")]
+        cron: Option<String>,
+        /// Remove the schedule.
+        #[arg(long)]
+        off: bool,
     },
 }
 
@@ -299,6 +381,21 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             json,
             out,
         ),
+        Command::Serve(args) => serve(
+            open_vault(dir, cli.unlock_fd)?,
+            &cli.egress_allow,
+            args,
+            out,
+        ),
+        Command::Cancel { run } => {
+            let record = runs::cancel(&Store::open(dir)?, &run)?;
+            let what = match record.state.as_str() {
+                "cancelled" => "cancelled",
+                _ => "asked to stop; it ends cancelled at its next check",
+            };
+            writeln_out(out, format_args!("run {run} of {}: {what}", record.source))
+        }
+        Command::Interaction(cmd) => interaction(dir, cli.unlock_fd, cmd, out),
         Command::Runs { source, json } => {
             let store = Store::open(dir)?;
             print_runs(&runs::list(&store, source.as_deref())?, json, out)
@@ -454,6 +551,36 @@ fn source(
                     .try_for_each(|n| writeln_out(out, format_args!("{n}")))
             }
         }
+        SourceCommand::Schedule {
+            name,
+            every,
+            cron,
+            off: _,
+        } => {
+            let schedule = match (every, cron) {
+                (Some(every), _) => Some(Schedule::Every(every)),
+                (None, Some(expr)) => Some(Schedule::Cron(expr)),
+                (None, None) => None,
+            };
+            match scheduler::set_schedule(&Store::open(dir)?, &name, schedule)? {
+                Some(row) => writeln_out(
+                    out,
+                    format_args!(
+                        "{name} runs {} under `sourcebox serve`; next at {}",
+                        match (&row.every_secs, &row.cron) {
+                            (Some(secs), _) => format!(
+                                "every {}",
+                                humantime::format_duration(Duration::from_secs(*secs))
+                            ),
+                            (None, Some(expr)) => format!("on '{expr}' (UTC)"),
+                            (None, None) => String::new(),
+                        },
+                        format_time(row.next_at)
+                    ),
+                ),
+                None => writeln_out(out, format_args!("{name} has no schedule")),
+            }
+        }
         SourceCommand::Rm { name } => {
             let vault = open_vault(dir, unlock_fd)?;
             let source = vault.store().source(&name)?;
@@ -555,6 +682,15 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
     }
 }
 
+fn launcher(vault: Vault, config: runs::LaunchConfig) -> Result<Arc<runs::Launcher>, CliError> {
+    let runtime = Runtime::new(&vault.store().dir().join("cache"))?;
+    Ok(Arc::new(runs::Launcher::new(
+        runtime,
+        Arc::new(Mutex::new(vault)),
+        config,
+    )?))
+}
+
 fn run_source(
     vault: Vault,
     source: &str,
@@ -562,15 +698,12 @@ fn run_source(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let runtime = Runtime::new(&vault.store().dir().join("cache"))?;
-    let vault = Arc::new(Mutex::new(vault));
-    let run = async_runtime()?.block_on(runs::launch(
-        &runtime,
-        &vault,
-        source,
-        runs::Trigger::Manual,
-        egress_allow,
-    ))?;
+    let config = runs::LaunchConfig {
+        egress_allow: egress_allow.to_vec(),
+        ..runs::LaunchConfig::default()
+    };
+    let launcher = launcher(vault, config)?;
+    let run = async_runtime()?.block_on(launcher.launch(source, runs::Trigger::Manual))?;
     print_runs(std::slice::from_ref(&run), json, out)?;
     match &run.failure {
         None => Ok(()),
@@ -579,6 +712,162 @@ fn run_source(
             run.detail.as_deref().unwrap_or("")
         ))),
     }
+}
+
+fn serve(
+    vault: Vault,
+    egress_allow: &[std::net::SocketAddr],
+    args: ServeArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let config = runs::LaunchConfig {
+        egress_allow: egress_allow.to_vec(),
+        retry: runs::RetryPolicy {
+            base: args.retry_base,
+            max_attempts: args.retry_attempts,
+            ..runs::RetryPolicy::default()
+        },
+        interaction_wait: args.interaction_wait,
+        ..runs::LaunchConfig::default()
+    };
+    let dir = vault.store().dir().to_owned();
+    let launcher = launcher(vault, config)?;
+    let scheduler = scheduler::SchedulerConfig {
+        tick: args.tick,
+        max_concurrent: args.max_concurrent.into(),
+        per_connector: args.per_connector.into(),
+        grace: args.grace,
+    };
+    writeln_out(
+        out,
+        format_args!(
+            "sourcebox serving {}: scheduled and retried runs; stop with Ctrl-C",
+            dir.display()
+        ),
+    )?;
+    out.flush()
+        .map_err(|e| CliError::Io(format!("cannot write output: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+            }
+        };
+        scheduler::run(launcher, scheduler, shutdown).await
+    })?;
+    writeln_out(out, format_args!("sourcebox stopped"))
+}
+
+fn interaction(
+    dir: &Path,
+    unlock_fd: Option<u32>,
+    cmd: InteractionCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        InteractionCommand::List { all, json } => {
+            let list = interactions::list(&Store::open(dir)?, all)?;
+            if json {
+                let doc = serde_json::to_string(&list).map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            if list.is_empty() {
+                return writeln_out(out, format_args!("no interaction is waiting for an answer"));
+            }
+            for i in &list {
+                writeln_out(
+                    out,
+                    format_args!(
+                        "{} {} {} (run {}, {}, until {}): {}",
+                        i.id,
+                        i.source,
+                        i.kind,
+                        i.run,
+                        i.state,
+                        format_time(i.deadline),
+                        i.prompt
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        InteractionCommand::Answer { id, keep } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            let asked = interactions::find(vault.store(), &id)?;
+            let source = vault.store().source(&asked.source)?;
+            let class = match &keep {
+                Some(name) => Some(declared_class(&vault, &asked.source, name)?),
+                None => None,
+            };
+            let answer = read_value(&format!("answer to '{}': ", asked.prompt))?;
+            vault.answer_interaction(Actor::OWNER_CLI, &source, &id, &answer)?;
+            writeln_out(out, format_args!("answered {id} for {}", asked.source))?;
+            if let (Some(name), Some(class)) = (keep, class) {
+                let meta = vault.set(
+                    Actor::OWNER_CLI,
+                    &source,
+                    NewCredential {
+                        name: &name,
+                        class,
+                        provenance: Provenance::Interaction,
+                        value: answer,
+                        expires_at: None,
+                    },
+                )?;
+                writeln_out(
+                    out,
+                    format_args!(
+                        "kept it as {}/{} ({}, version {})",
+                        meta.source, meta.name, meta.class, meta.version
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        InteractionCommand::Decline { id } => {
+            let declined = interactions::decline(&Store::open(dir)?, &id)?;
+            writeln_out(out, format_args!("declined {id} for {}", declined.source))
+        }
+    }
+}
+
+/// The class of a credential `source`'s connector declares as `name`.
+fn declared_class(vault: &Vault, source: &str, name: &str) -> Result<CredentialClass, CliError> {
+    let setup = catalog::source_setup(vault.store(), source)?;
+    setup
+        .connector
+        .manifest
+        .credentials
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| CredentialClass::from(c.class))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "connector {} declares no credential '{name}'; it declares: {}",
+                setup.connector.id,
+                setup
+                    .connector
+                    .manifest
+                    .credentials
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// A time (ms since the Unix epoch) as RFC 3339 UTC, to the second.
+fn format_time(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
 }
 
 fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Result<(), CliError> {

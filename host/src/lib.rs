@@ -8,13 +8,18 @@
 //!   source per run;
 //! - [`egress`]: where a run's outbound HTTP may go;
 //! - [`catalog`]: installed connectors and the first-party ones;
-//! - [`runs`]: `launch`, the one way a connector runs;
+//! - [`runs`]: `launch`, the one way a connector runs, the scheduler and
+//!   retries;
+//! - [`interactions`]: questions a run asks its owner;
+//! - [`events`]: run events for live streams;
 //! - [`cli`]: the operator's command line over all of them.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
 pub mod cli;
 pub mod egress;
+pub mod events;
+pub mod interactions;
 pub mod runs;
 pub mod runtime;
 pub mod store;

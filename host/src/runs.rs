@@ -1,21 +1,39 @@
 //! The launch seam: the one way a connector runs, and the record of every
 //! run.
 //!
-//! [`launch`] resolves everything at execution time from the store and the
-//! vault: the source's connector version, its setup values, and whether
-//! its required credentials are present (checked without decrypting). If
-//! they are not, the launch is refused with a typed failure, recorded on the
-//! run, and no instance is created. There is no fallback to anything else.
+//! [`Launcher::launch`] (manual runs) and [`Launcher::execute`] (queued
+//! scheduled and retry runs) both end in one function that resolves
+//! everything at execution time from the store and the vault: the source's
+//! connector version, its setup values, and whether its required
+//! credentials are present (checked without decrypting). If they are not,
+//! the launch is refused with a typed failure, recorded on the run, and no
+//! instance is created. There is no fallback to anything else.
+//!
+//! Each process that runs connectors holds a lock file under `runners/`
+//! for as long as it lives. A run whose runner's lock is free was cut off
+//! (kill -9, power loss): [`recover`] marks it interrupted and expires its
+//! interactions.
 
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::catalog::{self, CatalogError};
+use crate::events::{EventKind, Events};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
-use crate::runtime::{Binding, Call, Limits, Outcome, RunFailure, Runtime, RuntimeError};
-use crate::store::{Store, StoreError, now_ms};
+use crate::runtime::{
+    Binding, Call, Limits, LoadedConnector, Outcome, RunControl, RunFailure, Runtime, RuntimeError,
+};
+use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{Vault, VaultError};
 
 /// Why a run was started.
@@ -24,13 +42,34 @@ use crate::vault::{Vault, VaultError};
 pub enum Trigger {
     /// The owner asked for it.
     Manual,
+    /// The source's schedule came due.
+    Scheduled,
+    /// A transient failure of an earlier run is retried.
+    Retry,
+    /// Setup checks the credentials (`verify()`).
+    SetupVerification,
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Manual => "manual",
+            Self::Scheduled => "scheduled",
+            Self::Retry => "retry",
+            Self::SetupVerification => "setup_verification",
         }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Manual,
+            Self::Scheduled,
+            Self::Retry,
+            Self::SetupVerification,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -46,6 +85,8 @@ pub enum FailureKind {
     CredentialUnrecoverable,
     /// The provider refused the credentials, or they lack a permission.
     AuthRejected,
+    /// The owner did not answer an interaction in time.
+    InteractionTimeout,
     /// A request to a host or address the run may not reach.
     EgressDenied,
     /// A time, memory, record or HTTP limit.
@@ -56,6 +97,8 @@ pub enum FailureKind {
     UpstreamTransient,
     /// The connector gave up for another reason.
     ConnectorFatal,
+    /// The host stopped while the run was in flight.
+    Interrupted,
 }
 
 impl FailureKind {
@@ -66,17 +109,19 @@ impl FailureKind {
             Self::CredentialRevoked => "credential_revoked",
             Self::CredentialUnrecoverable => "credential_unrecoverable",
             Self::AuthRejected => "auth_rejected",
+            Self::InteractionTimeout => "interaction_timeout",
             Self::EgressDenied => "egress_denied",
             Self::ResourceExhausted => "resource_exhausted",
             Self::ConnectorTrap => "connector_trap",
             Self::UpstreamTransient => "upstream_transient",
             Self::ConnectorFatal => "connector_fatal",
+            Self::Interrupted => "interrupted",
         }
     }
 
-    /// The kind of a failed run.
-    pub fn of(failure: &RunFailure) -> Self {
-        match failure {
+    /// The kind of a failed run; `None` for a cancelled one.
+    pub fn of(failure: &RunFailure) -> Option<Self> {
+        Some(match failure {
             RunFailure::ResourceExhausted(_) => Self::ResourceExhausted,
             RunFailure::ConnectorTrap(_) | RunFailure::Instantiation(_) => Self::ConnectorTrap,
             RunFailure::EgressDenied(_) => Self::EgressDenied,
@@ -89,7 +134,9 @@ impl FailureKind {
             RunFailure::CredentialRevoked(_) => Self::CredentialRevoked,
             RunFailure::CredentialUnrecoverable(_) => Self::CredentialUnrecoverable,
             RunFailure::Connector(ConnectorError::Fatal(_)) => Self::ConnectorFatal,
-        }
+            RunFailure::InteractionTimeout(_) => Self::InteractionTimeout,
+            RunFailure::Cancelled => return None,
+        })
     }
 }
 
@@ -109,6 +156,26 @@ pub enum LaunchError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another run of the source is in flight; a source never runs twice at
+    /// once.
+    #[error(
+        "source '{source_name}' is already running (run {run}); wait for it, or `sourcebox cancel {run}`"
+    )]
+    Busy {
+        /// The source.
+        source_name: String,
+        /// The run in flight.
+        run: String,
+    },
+    /// The runner lock file.
+    #[error("runner lock: {0}")]
+    Runner(std::io::Error),
+}
+
+impl From<rusqlite::Error> for LaunchError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
+    }
 }
 
 /// A run as recorded.
@@ -118,9 +185,10 @@ pub struct RunRecord {
     pub id: String,
     /// Source name.
     pub source: String,
-    /// Why it started.
+    /// Why it started: manual, scheduled, retry or setup_verification.
     pub trigger: String,
-    /// `running`, `succeeded` or `failed`.
+    /// queued, running, waiting_for_owner, succeeded, failed, cancelled or
+    /// interrupted.
     pub state: String,
     /// Typed failure kind, if it failed.
     pub failure: Option<String>,
@@ -130,128 +198,725 @@ pub struct RunRecord {
     pub records: u64,
     /// `id version` of the connector.
     pub connector: Option<String>,
-    /// Start, ms since the Unix epoch.
+    /// 1 for a first attempt, 2 for its first retry, ...
+    pub attempt: u32,
+    /// The first attempt, for a retry.
+    pub retry_of: Option<String>,
+    /// A queued run does not start before this time (ms since the Unix
+    /// epoch).
+    pub not_before: Option<i64>,
+    /// Queued or started, ms since the Unix epoch.
     pub started_at: i64,
     /// End, ms since the Unix epoch.
     pub finished_at: Option<i64>,
 }
 
-/// Runs `source`'s connector once (`collect` of every stream) and records
-/// the run, a refused launch included.
-pub async fn launch(
-    runtime: &Runtime,
-    vault: &Arc<Mutex<Vault>>,
-    source: &str,
-    trigger: Trigger,
-    egress_allow: &[std::net::SocketAddr],
-) -> Result<RunRecord, LaunchError> {
-    let mut id = [0u8; 8];
-    getrandom::fill(&mut id).expect("the operating system's random source failed");
-    let run_id = hex::encode(id);
-    let (setup, component) = {
-        let vault = vault.lock().expect("vault lock");
-        let setup = catalog::source_setup(vault.store(), source)?;
-        let connector = format!("{} {}", setup.connector.id, setup.connector.version);
-        record_start(
-            vault.store(),
-            &run_id,
-            setup.source.source_id,
-            trigger,
-            &connector,
-        )?;
-        let required: Vec<&str> = setup
-            .connector
-            .manifest
-            .credentials
-            .iter()
-            .filter(|c| c.required)
-            .map(|c| c.name.as_str())
-            .collect();
-        let names = vault.missing(&setup.source, &required)?;
-        if !names.is_empty() {
-            let revoked = vault
-                .list(Some(&setup.source))?
-                .iter()
-                .any(|m| m.revoked_at.is_some() && names.contains(&m.name));
-            let kind = if revoked {
-                FailureKind::CredentialRevoked
-            } else {
-                FailureKind::CredentialsMissing
-            };
-            let detail = format!(
-                "source '{source}' needs {} stored; use `sourcebox credential set {source} NAME --class CLASS`",
-                names.join(", ")
-            );
-            record_end(vault.store(), &run_id, Err((kind, &detail)), 0)?;
-            return Ok(find(vault.store(), &run_id)?);
-        }
-        let component = catalog::component(vault.store(), &setup.connector)?;
-        (setup, component)
-    };
-    let result = match runtime.load(&component).await {
-        Ok(loaded) => {
-            let binding = Binding {
-                vault: Arc::clone(vault),
-                source: setup.source,
-                setup: setup.setup,
-                run_id: run_id.clone(),
-                limits: Limits::default(),
-                egress_allow: egress_allow.to_vec(),
-            };
-            runtime
-                .run(&loaded, binding, Call::Collect(Vec::new()))
-                .await
-        }
-        Err(e) => Err(RunFailure::Instantiation(e.to_string())),
-    };
-    let vault = vault.lock().expect("vault lock");
-    match &result {
-        Ok(Outcome::Collected(summary)) => {
-            record_end(vault.store(), &run_id, Ok(()), summary.records)?
-        }
-        Ok(_) => record_end(vault.store(), &run_id, Ok(()), 0)?,
-        Err(failure) => record_end(
-            vault.store(),
-            &run_id,
-            Err((FailureKind::of(failure), &failure.to_string())),
-            0,
-        )?,
+impl RunRecord {
+    /// Whether the run has ended.
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "interrupted"
+        )
     }
-    Ok(find(vault.store(), &run_id)?)
 }
 
-fn record_start(
+/// How transient failures are retried: exponential backoff from `base`
+/// with jitter, at most `max_delay` apart (a provider's retry-after wins
+/// when longer), `max_attempts` attempts in all.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delay before the first retry (before jitter).
+    pub base: Duration,
+    /// Longest backoff.
+    pub max_delay: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(30),
+            max_delay: Duration::from_secs(3600),
+            max_attempts: 4,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after attempt `attempt` failed: `base * 2^(attempt-1)`,
+    /// capped, with jitter in its upper half; never shorter than
+    /// `retry_after`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        let half = exp / 2;
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).expect("the operating system's random source failed");
+        let jitter_ms = u64::from_le_bytes(random) % (half.as_millis() as u64 + 1);
+        (half + Duration::from_millis(jitter_ms)).max(retry_after.unwrap_or_default())
+    }
+}
+
+/// What every launch of one host process shares.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    /// Non-public addresses the operator allowed (`--egress-allow`).
+    pub egress_allow: Vec<SocketAddr>,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// How long an interaction waits for the owner.
+    pub interaction_wait: Duration,
+    /// How often a run looks for an answer or a cancellation.
+    pub poll: Duration,
+    /// Per-run limits.
+    pub limits: Limits,
+}
+
+impl Default for LaunchConfig {
+    fn default() -> Self {
+        Self {
+            egress_allow: Vec::new(),
+            retry: RetryPolicy::default(),
+            interaction_wait: RunControl::default().interaction_wait,
+            poll: Duration::from_millis(250),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// This process, as the owner of the runs it executes: it holds
+/// `runners/<token>.lock` until it exits.
+#[derive(Debug)]
+struct Runner {
+    token: String,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Runner {
+    fn start(dir: &Path) -> std::io::Result<Self> {
+        let runners = dir.join("runners");
+        std::fs::create_dir_all(&runners)?;
+        let token = new_id();
+        let path = runners.join(format!("{token}.lock"));
+        let lock = File::create(&path)?;
+        lock.lock()?;
+        Ok(Self {
+            token,
+            path,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the process that owns `token` still runs.
+fn runner_alive(dir: &Path, token: &str) -> bool {
+    match File::open(dir.join("runners").join(format!("{token}.lock"))) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// The launch seam of one process.
+pub struct Launcher {
+    runtime: Runtime,
+    vault: Arc<Mutex<Vault>>,
+    config: LaunchConfig,
+    events: Events,
+    loaded: Mutex<HashMap<String, Arc<LoadedConnector>>>,
+    cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    runner: Runner,
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher")
+            .field("runner", &self.runner.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the connector call came to, before it is recorded.
+enum Ending {
+    Done(Outcome),
+    Failed(RunFailure),
+    Refused(FailureKind, String),
+}
+
+const IN_FLIGHT: &str = "('running', 'waiting_for_owner')";
+
+impl Launcher {
+    /// A launcher for this process. Runs left in flight by a process that
+    /// is gone are marked interrupted first.
+    pub fn new(
+        runtime: Runtime,
+        vault: Arc<Mutex<Vault>>,
+        config: LaunchConfig,
+    ) -> Result<Self, LaunchError> {
+        let runner = {
+            let vault = vault.lock().expect("vault lock");
+            let runner = Runner::start(vault.store().dir()).map_err(LaunchError::Runner)?;
+            recover(vault.store())?;
+            runner
+        };
+        Ok(Self {
+            runtime,
+            vault,
+            config,
+            events: Events::default(),
+            loaded: Mutex::default(),
+            cancels: Mutex::default(),
+            runner,
+        })
+    }
+
+    /// The vault every run resolves from.
+    pub fn vault(&self) -> &Arc<Mutex<Vault>> {
+        &self.vault
+    }
+
+    /// Run events of this process.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// This process's configuration.
+    pub fn config(&self) -> &LaunchConfig {
+        &self.config
+    }
+
+    /// Runs `source`'s connector now and records the run, a refused launch
+    /// included. Refused with [`LaunchError::Busy`] while another run of the
+    /// source is in flight.
+    pub async fn launch(&self, source: &str, trigger: Trigger) -> Result<RunRecord, LaunchError> {
+        let id = new_id();
+        {
+            let vault = self.vault.lock().expect("vault lock");
+            let store = vault.store();
+            let src = store.source(source)?;
+            let inserted = store.conn().execute(
+                &format!(
+                    "INSERT INTO runs (id, source_id, trigger, state, runner, started_at)
+                     SELECT ?1, ?2, ?3, 'running', ?4, ?5
+                     WHERE NOT EXISTS (SELECT 1 FROM runs WHERE source_id = ?2 AND state IN {IN_FLIGHT})"
+                ),
+                params![id, src.source_id, trigger.as_str(), self.runner.token, now_ms()],
+            )?;
+            if inserted == 0 {
+                return Err(busy(store, src.source_id, source)?);
+            }
+        }
+        self.run(&id).await
+    }
+
+    /// Starts a queued run: refused with [`LaunchError::Busy`] (and left
+    /// queued) while another run of its source is in flight; a run that is
+    /// no longer queued (cancelled) is returned as it is.
+    pub async fn execute(&self, run_id: &str) -> Result<RunRecord, LaunchError> {
+        {
+            let vault = self.vault.lock().expect("vault lock");
+            let store = vault.store();
+            let started = store.conn().execute(
+                &format!(
+                    "UPDATE runs SET state = 'running', runner = ?2, started_at = ?3
+                     WHERE id = ?1 AND state = 'queued' AND NOT EXISTS
+                         (SELECT 1 FROM runs o WHERE o.source_id = runs.source_id AND o.state IN {IN_FLIGHT})"
+                ),
+                params![run_id, self.runner.token, now_ms()],
+            )?;
+            if started == 0 {
+                let record = find(store, run_id)?;
+                if record.state == "queued" {
+                    let src = store.source(&record.source)?;
+                    return Err(busy(store, src.source_id, &record.source)?);
+                }
+                return Ok(record);
+            }
+        }
+        self.run(run_id).await
+    }
+
+    /// Asks a run of this process to stop now; other processes' runs stop
+    /// within one poll of [`cancel`].
+    pub fn cancel(&self, run_id: &str) -> Result<RunRecord, LaunchError> {
+        let record = {
+            let vault = self.vault.lock().expect("vault lock");
+            cancel(vault.store(), run_id)?
+        };
+        if let Some(flag) = self.cancels.lock().expect("cancels lock").get(run_id) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        if record.state == "cancelled" {
+            self.events.send(
+                run_id,
+                &record.source,
+                EventKind::State {
+                    state: record.state.clone(),
+                    failure: None,
+                },
+            );
+        }
+        Ok(record)
+    }
+
+    /// Marks this process's runs still in flight interrupted (after they
+    /// were stopped at shutdown).
+    pub fn interrupt_own(&self) -> Result<Vec<String>, StoreError> {
+        let vault = self.vault.lock().expect("vault lock");
+        let store = vault.store();
+        let ids: Vec<String> = store
+            .conn()
+            .prepare(&format!(
+                "SELECT id FROM runs WHERE runner = ?1 AND state IN {IN_FLIGHT}"
+            ))?
+            .query_map([&self.runner.token], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            store.conn().execute(
+                "UPDATE runs SET state = 'interrupted', failure = 'interrupted',
+                 detail = 'the host shut down before this run finished', finished_at = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            store.conn().execute(
+                "UPDATE interactions SET state = 'expired' WHERE run_id = ?1 AND state IN ('pending', 'answered')",
+                [id],
+            )?;
+        }
+        Ok(ids)
+    }
+
+    /// A compiled connector, from this process's cache by component digest.
+    async fn loaded(
+        &self,
+        installed: &catalog::Installed,
+    ) -> Result<Arc<LoadedConnector>, RunFailure> {
+        if let Some(loaded) = self
+            .loaded
+            .lock()
+            .expect("loaded lock")
+            .get(&installed.digest)
+        {
+            return Ok(Arc::clone(loaded));
+        }
+        let component = {
+            let vault = self.vault.lock().expect("vault lock");
+            catalog::component(vault.store(), installed)
+                .map_err(|e| RunFailure::Instantiation(e.to_string()))?
+        };
+        let loaded = Arc::new(
+            self.runtime
+                .load(&component)
+                .await
+                .map_err(|e| RunFailure::Instantiation(e.to_string()))?,
+        );
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .insert(installed.digest.clone(), Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    /// The one body of every run, from the moment it is marked running.
+    async fn run(&self, run_id: &str) -> Result<RunRecord, LaunchError> {
+        let record = {
+            let vault = self.vault.lock().expect("vault lock");
+            find(vault.store(), run_id)?
+        };
+        let trigger = Trigger::parse(&record.trigger).unwrap_or(Trigger::Manual);
+        let source = record.source.clone();
+        self.events.send(
+            run_id,
+            &source,
+            EventKind::State {
+                state: "running".into(),
+                failure: None,
+            },
+        );
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels
+            .lock()
+            .expect("cancels lock")
+            .insert(run_id.to_owned(), Arc::clone(&cancel));
+        let watcher = tokio::spawn(watch_cancel(
+            Arc::clone(&self.vault),
+            run_id.to_owned(),
+            Arc::clone(&cancel),
+            self.config.poll,
+        ));
+        let ending = self.call(run_id, &source, trigger, cancel).await;
+        watcher.abort();
+        self.cancels.lock().expect("cancels lock").remove(run_id);
+        let ending = match ending {
+            Ok(ending) => ending,
+            Err(e) => {
+                let vault = self.vault.lock().expect("vault lock");
+                record_end(
+                    vault.store(),
+                    run_id,
+                    "failed",
+                    None,
+                    Some(&e.to_string()),
+                    0,
+                )?;
+                return Err(e);
+            }
+        };
+        let vault = self.vault.lock().expect("vault lock");
+        let store = vault.store();
+        let source_id = store.source(&source)?.source_id;
+        let (state, kind, detail, records) = match &ending {
+            Ending::Done(Outcome::Collected(summary)) => ("succeeded", None, None, summary.records),
+            Ending::Done(_) => ("succeeded", None, None, 0),
+            Ending::Refused(kind, detail) => ("failed", Some(*kind), Some(detail.clone()), 0),
+            Ending::Failed(failure) => match FailureKind::of(failure) {
+                Some(kind) => ("failed", Some(kind), Some(failure.to_string()), 0),
+                None => ("cancelled", None, Some(failure.to_string()), 0),
+            },
+        };
+        let mut detail = detail;
+        match kind {
+            None if state == "succeeded" => {
+                store.conn().execute(
+                    "UPDATE sources SET needs_reauth = NULL WHERE id = ?1",
+                    [source_id],
+                )?;
+            }
+            Some(FailureKind::AuthRejected) => {
+                store.conn().execute(
+                    "UPDATE sources SET needs_reauth = ?2 WHERE id = ?1",
+                    params![source_id, detail],
+                )?;
+            }
+            Some(FailureKind::UpstreamTransient)
+                if trigger != Trigger::SetupVerification
+                    && record.attempt < self.config.retry.max_attempts =>
+            {
+                let retry_after = match &ending {
+                    Ending::Failed(RunFailure::Connector(ConnectorError::RateLimited(Some(s)))) => {
+                        Some(Duration::from_secs(u64::from(*s)))
+                    }
+                    _ => None,
+                };
+                let delay = self.config.retry.delay(record.attempt, retry_after);
+                let not_before = now_ms() + delay.as_millis() as i64;
+                let root = record.retry_of.clone().unwrap_or_else(|| run_id.to_owned());
+                let retry = enqueue(
+                    store,
+                    &source,
+                    Trigger::Retry,
+                    Some(not_before),
+                    Some(&root),
+                    record.attempt + 1,
+                )?;
+                detail = Some(format!(
+                    "{}; retry {retry} (attempt {}) queued in {} ms",
+                    detail.unwrap_or_default(),
+                    record.attempt + 1,
+                    delay.as_millis()
+                ));
+            }
+            _ => {}
+        }
+        record_end(store, run_id, state, kind, detail.as_deref(), records)?;
+        self.events.send(
+            run_id,
+            &source,
+            EventKind::State {
+                state: state.into(),
+                failure: kind.map(|k| k.as_str().to_owned()),
+            },
+        );
+        Ok(find(store, run_id)?)
+    }
+
+    /// Resolves the source at execution time and calls its connector.
+    async fn call(
+        &self,
+        run_id: &str,
+        source: &str,
+        trigger: Trigger,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Ending, LaunchError> {
+        let setup = {
+            let vault = self.vault.lock().expect("vault lock");
+            let setup = catalog::source_setup(vault.store(), source)?;
+            vault.store().conn().execute(
+                "UPDATE runs SET connector = ?2 WHERE id = ?1",
+                params![
+                    run_id,
+                    format!("{} {}", setup.connector.id, setup.connector.version)
+                ],
+            )?;
+            if let Some(refusal) = refusal(&vault, &setup)? {
+                return Ok(refusal);
+            }
+            setup
+        };
+        let loaded = match self.loaded(&setup.connector).await {
+            Ok(loaded) => loaded,
+            Err(failure) => return Ok(Ending::Failed(failure)),
+        };
+        let binding = Binding {
+            vault: Arc::clone(&self.vault),
+            source: setup.source,
+            setup: setup.setup,
+            run_id: run_id.to_owned(),
+            limits: self.config.limits.clone(),
+            egress_allow: self.config.egress_allow.clone(),
+            control: RunControl {
+                cancel,
+                events: self.events.clone(),
+                interactive: true,
+                interaction_wait: self.config.interaction_wait,
+                poll: self.config.poll,
+            },
+        };
+        let call = match trigger {
+            Trigger::SetupVerification => Call::Verify,
+            _ => Call::Collect(Vec::new()),
+        };
+        Ok(match self.runtime.run(&loaded, binding, call).await {
+            Ok(outcome) => Ending::Done(outcome),
+            Err(failure) => Ending::Failed(failure),
+        })
+    }
+}
+
+/// The typed refusal of a launch whose required credentials are not all
+/// present and usable. Reads metadata only: nothing is decrypted.
+fn refusal(vault: &Vault, setup: &catalog::SourceSetup) -> Result<Option<Ending>, LaunchError> {
+    let source = &setup.source.source;
+    let required: Vec<&str> = setup
+        .connector
+        .manifest
+        .credentials
+        .iter()
+        .filter(|c| c.required)
+        .map(|c| c.name.as_str())
+        .collect();
+    let names = vault.missing(&setup.source, &required)?;
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let revoked = vault
+        .list(Some(&setup.source))?
+        .iter()
+        .any(|m| m.revoked_at.is_some() && names.contains(&m.name));
+    let kind = if revoked {
+        FailureKind::CredentialRevoked
+    } else {
+        FailureKind::CredentialsMissing
+    };
+    Ok(Some(Ending::Refused(
+        kind,
+        format!(
+            "source '{source}' needs {} stored; use `sourcebox credential set {source} NAME --class CLASS`",
+            names.join(", ")
+        ),
+    )))
+}
+
+fn busy(store: &Store, source_id: i64, source: &str) -> Result<LaunchError, StoreError> {
+    let run: String = store
+        .conn()
+        .query_row(
+            &format!("SELECT id FROM runs WHERE source_id = ?1 AND state IN {IN_FLIGHT}"),
+            [source_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
+    Ok(LaunchError::Busy {
+        source_name: source.to_owned(),
+        run,
+    })
+}
+
+/// Sets `cancel` once the run's row asks for it (from any process).
+async fn watch_cancel(
+    vault: Arc<Mutex<Vault>>,
+    run_id: String,
+    cancel: Arc<AtomicBool>,
+    poll: Duration,
+) {
+    loop {
+        tokio::time::sleep(poll).await;
+        let requested = {
+            let vault = vault.lock().expect("vault lock");
+            vault
+                .store()
+                .conn()
+                .query_row(
+                    "SELECT cancel_requested FROM runs WHERE id = ?1",
+                    [&run_id],
+                    |r| r.get::<_, bool>(0),
+                )
+                .unwrap_or(false)
+        };
+        if requested {
+            cancel.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// Queues a run of `source`; the scheduler starts it at `not_before` or
+/// after. Returns its id.
+pub fn enqueue(
     store: &Store,
-    id: &str,
-    source_id: i64,
+    source: &str,
     trigger: Trigger,
-    connector: &str,
-) -> Result<(), StoreError> {
+    not_before: Option<i64>,
+    retry_of: Option<&str>,
+    attempt: u32,
+) -> Result<String, StoreError> {
+    let src = store.source(source)?;
+    let id = new_id();
     store.conn().execute(
-        "INSERT INTO runs (id, source_id, trigger, state, connector, started_at) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
-        params![id, source_id, trigger.as_str(), connector, now_ms()],
+        "INSERT INTO runs (id, source_id, trigger, state, started_at, not_before, retry_of, attempt)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            src.source_id,
+            trigger.as_str(),
+            now_ms(),
+            not_before,
+            retry_of,
+            attempt
+        ],
     )?;
-    Ok(())
+    Ok(id)
+}
+
+/// Cancels a run: a queued one at once, one in flight at its next check
+/// (it ends `cancelled`). A finished run is left as it is.
+pub fn cancel(store: &Store, run_id: &str) -> Result<RunRecord, StoreError> {
+    let record = find(store, run_id)?;
+    match record.state.as_str() {
+        "queued" => {
+            store.conn().execute(
+                "UPDATE runs SET state = 'cancelled', detail = 'cancelled by the owner before it started',
+                 finished_at = ?2 WHERE id = ?1 AND state = 'queued'",
+                params![run_id, now_ms()],
+            )?;
+        }
+        "running" | "waiting_for_owner" => {
+            store.conn().execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
+                [run_id],
+            )?;
+        }
+        state => {
+            return Err(StoreError::Conflict(format!(
+                "run {run_id} already ended ({state}); nothing to cancel"
+            )));
+        }
+    }
+    find(store, run_id)
+}
+
+/// Marks runs whose process is gone interrupted, expires their pending
+/// interactions (and drops any sealed answer), and brings their sources'
+/// schedules due again. Returns the interrupted runs.
+pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
+    let dir = store.dir();
+    let in_flight: Vec<(String, Option<String>, i64)> = store
+        .conn()
+        .prepare(&format!(
+            "SELECT id, runner, source_id FROM runs WHERE state IN {IN_FLIGHT}"
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut interrupted = Vec::new();
+    for (id, runner, source_id) in in_flight {
+        if runner.as_deref().is_some_and(|t| runner_alive(dir, t)) {
+            continue;
+        }
+        let conn = store.conn();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let write = || -> rusqlite::Result<()> {
+            conn.execute(
+                &format!(
+                    "UPDATE runs SET state = 'interrupted', failure = 'interrupted',
+                     detail = 'the host stopped while this run was in flight', finished_at = ?2
+                     WHERE id = ?1 AND state IN {IN_FLIGHT}"
+                ),
+                params![id, now_ms()],
+            )?;
+            conn.execute(
+                "DELETE FROM interaction_answers WHERE interaction_id IN
+                     (SELECT id FROM interactions WHERE run_id = ?1)",
+                [&id],
+            )?;
+            conn.execute(
+                "UPDATE interactions SET state = 'expired' WHERE run_id = ?1 AND state IN ('pending', 'answered')",
+                [&id],
+            )?;
+            conn.execute(
+                "UPDATE schedules SET next_at = MIN(next_at, ?2) WHERE source_id = ?1",
+                params![source_id, now_ms()],
+            )?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        tracing::warn!(run = id, "run interrupted: its process is gone");
+        interrupted.push(id);
+    }
+    // Lock files of runners that are gone.
+    if let Ok(entries) = std::fs::read_dir(dir.join("runners")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(token) = path.file_stem().and_then(|s| s.to_str())
+                && !runner_alive(dir, token)
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(interrupted)
 }
 
 fn record_end(
     store: &Store,
     id: &str,
-    result: Result<(), (FailureKind, &str)>,
+    state: &str,
+    failure: Option<FailureKind>,
+    detail: Option<&str>,
     records: u64,
 ) -> Result<(), StoreError> {
-    let (state, failure, detail) = match result {
-        Ok(()) => ("succeeded", None, None),
-        Err((kind, detail)) => ("failed", Some(kind.as_str()), Some(detail)),
-    };
     store.conn().execute(
         "UPDATE runs SET state = ?2, failure = ?3, detail = ?4, records = ?5, finished_at = ?6 WHERE id = ?1",
-        params![id, state, failure, detail, records as i64, now_ms()],
+        params![
+            id,
+            state,
+            failure.map(FailureKind::as_str),
+            detail,
+            records as i64,
+            now_ms()
+        ],
     )?;
     Ok(())
 }
 
-const SELECT: &str = "SELECT r.id, s.name, r.trigger, r.state, r.failure, r.detail, r.records, r.connector, r.started_at, r.finished_at
+const SELECT: &str =
+    "SELECT r.id, s.name, r.trigger, r.state, r.failure, r.detail, r.records, r.connector,
+     r.attempt, r.retry_of, r.not_before, r.started_at, r.finished_at
      FROM runs r JOIN sources s ON s.id = r.source_id";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -264,15 +929,21 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         detail: r.get(5)?,
         records: r.get::<_, i64>(6)? as u64,
         connector: r.get(7)?,
-        started_at: r.get(8)?,
-        finished_at: r.get(9)?,
+        attempt: r.get(8)?,
+        retry_of: r.get(9)?,
+        not_before: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
     })
 }
 
-fn find(store: &Store, id: &str) -> Result<RunRecord, StoreError> {
-    Ok(store
+/// One run by id.
+pub fn find(store: &Store, id: &str) -> Result<RunRecord, StoreError> {
+    store
         .conn()
-        .query_row(&format!("{SELECT} WHERE r.id = ?1"), [id], run_row)?)
+        .query_row(&format!("{SELECT} WHERE r.id = ?1"), [id], run_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no run '{id}'; see `sourcebox runs`")))
 }
 
 /// Runs of one source, or of all, newest first.

@@ -11,14 +11,16 @@ pub mod api_version;
 mod state;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use state::RunState;
 
+use crate::events::Events;
 use crate::store::SourceRef;
 use crate::vault::Vault;
 
@@ -59,6 +61,9 @@ impl From<bindings::sourcebox::connector::types::CredentialClass>
 
 /// How often the epoch advances; the time limit is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often a running guest is checked for cancellation and its time
+/// limit, and yields to other runs.
+pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Per-run limits. Exceeding one ends the run with
 /// [`RunFailure::ResourceExhausted`].
@@ -156,7 +161,25 @@ pub enum RunFailure {
     /// host does not grant).
     #[error("connector could not be instantiated: {0}")]
     Instantiation(String),
+    /// The owner did not answer an interaction before its deadline.
+    #[error("the owner did not answer interaction {0} before its deadline")]
+    InteractionTimeout(String),
+    /// Cancelled by the owner.
+    #[error("cancelled by the owner")]
+    Cancelled,
 }
+
+/// The error a cancelled run's guest is stopped with.
+#[derive(Debug)]
+pub(crate) struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 /// A compiled connector, ready to instantiate per run.
 pub struct LoadedConnector {
@@ -203,6 +226,36 @@ pub struct Binding {
     pub limits: Limits,
     /// Non-public addresses the operator allowed (`--egress-allow`).
     pub egress_allow: Vec<std::net::SocketAddr>,
+    /// Cancellation, events and owner interactions.
+    pub control: RunControl,
+}
+
+/// How the launch seam steers a run from outside.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    /// Set to end the run at its next check (within [`CHECK_EVERY`]).
+    pub cancel: Arc<AtomicBool>,
+    /// Where the run's events go.
+    pub events: Events,
+    /// Whether the run may ask its owner; `interaction.ask` answers
+    /// `unsupported` otherwise.
+    pub interactive: bool,
+    /// How long an interaction waits for the owner.
+    pub interaction_wait: Duration,
+    /// How often a waiting interaction looks for the answer.
+    pub poll: Duration,
+}
+
+impl Default for RunControl {
+    fn default() -> Self {
+        Self {
+            cancel: Arc::default(),
+            events: Events::default(),
+            interactive: false,
+            interaction_wait: Duration::from_secs(15 * 60),
+            poll: Duration::from_millis(200),
+        }
+    }
 }
 
 /// What a run calls.
@@ -337,13 +390,32 @@ impl Runtime {
         let time = binding.limits.time;
         let authenticating = matches!(call, Call::Authenticate);
         let setup = binding.setup.clone();
+        let cancel = Arc::clone(&binding.control.cancel);
         let mut store = Store::new(
             &self.engine,
             RunState::bound(binding, connector.manifest.clone(), authenticating),
         );
         store.limiter(|s| s);
-        store.set_epoch_deadline(ticks(time));
-        store.epoch_deadline_trap();
+        // The time limit counts the guest's time, not the owner's: time spent
+        // waiting for an interaction answer is left out.
+        let started = Instant::now();
+        store.set_epoch_deadline(ticks(CHECK_EVERY.min(time)));
+        let cancelled = Arc::clone(&cancel);
+        store.epoch_deadline_callback(move |ctx| {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(wasmtime::Error::new(Cancelled));
+            }
+            let active = started.elapsed().saturating_sub(ctx.data().waited());
+            match time.checked_sub(active) {
+                Some(left) if !left.is_zero() => {
+                    Ok(UpdateDeadline::Yield(ticks(CHECK_EVERY.min(left))))
+                }
+                _ => Err(wasmtime::Error::new(Trap::Interrupt)),
+            }
+        });
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RunFailure::Cancelled);
+        }
 
         let result = async {
             let instance = connector
@@ -379,7 +451,12 @@ impl Runtime {
         if let Some(why) = state.egress_denied() {
             return Err(RunFailure::EgressDenied(why));
         }
-        if let (Err(_) | Ok(Err(_)), Some(failure)) = (&result, state.credential_failure()) {
+        if let Err(Failure::Trap(e)) = &result
+            && e.downcast_ref::<Cancelled>().is_some()
+        {
+            return Err(RunFailure::Cancelled);
+        }
+        if let (Err(_) | Ok(Err(_)), Some(failure)) = (&result, state.host_failure()) {
             return Err(failure);
         }
         match (result, exhausted) {

@@ -59,6 +59,12 @@ pub enum StoreError {
         "invalid source name '{0}': use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
     )]
     InvalidSourceName(String),
+    /// An id that names nothing.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
     /// Filesystem failure.
     #[error("data directory I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -86,6 +92,13 @@ pub struct SourceRef {
     pub source_id: i64,
     /// Source name, unique per owner.
     pub source: String,
+}
+
+/// A fresh random id: 16 hex digits.
+pub fn new_id() -> String {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the operating system's random source failed");
+    hex::encode(id)
 }
 
 /// Milliseconds since the Unix epoch.

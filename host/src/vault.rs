@@ -251,6 +251,8 @@ pub struct Vault {
 
 const DATA_KEY_DOMAIN: &[u8] = b"sourcebox/data-key/v1\0";
 const VALUE_DOMAIN: &[u8] = b"sourcebox/credential/v1\0";
+const ANSWER_KEY_DOMAIN: &[u8] = b"sourcebox/answer-key/v1\0";
+const ANSWER_DOMAIN: &[u8] = b"sourcebox/answer/v1\0";
 
 /// Associated data binding a sealed value or wrapped key to its row.
 fn aad(domain: &[u8], source: &SourceRef, name: &str, version: i64) -> Vec<u8> {
@@ -433,6 +435,11 @@ impl Vault {
                 now,
                 expires_at,
             ])?;
+            if new.provenance != Provenance::ConnectorRefresh {
+                // A new value from the owner is what a needs-reauth source waits for.
+                conn.prepare_cached("UPDATE sources SET needs_reauth = NULL WHERE id = ?1")?
+                    .execute([source.source_id])?;
+            }
             audit(
                 conn,
                 actor,
@@ -555,6 +562,124 @@ impl Vault {
             }
         }
         Ok(missing)
+    }
+
+    /// Answers a pending interaction of `source`: seals `answer` under a
+    /// fresh data key bound to (source, interaction) and marks the
+    /// interaction answered, in one audited transaction. Refused unless the
+    /// interaction belongs to `source` and is still pending.
+    pub fn answer_interaction(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        interaction: &str,
+        answer: &Secret,
+    ) -> Result<(), VaultError> {
+        if answer.is_empty() {
+            return Err(VaultError::Invalid(
+                "an empty answer answers nothing; nothing was stored".into(),
+            ));
+        }
+        immediate(self.store.conn(), |conn| {
+            let flipped = conn.execute(
+                "UPDATE interactions SET state = 'answered', answered_at = ?3
+                 WHERE id = ?1 AND source_id = ?2 AND state = 'pending'",
+                params![interaction, source.source_id, now_ms()],
+            )?;
+            if flipped == 0 {
+                return Err(VaultError::Invalid(format!(
+                    "interaction {interaction} of source '{}' is not waiting for an answer; see `sourcebox interaction list`",
+                    source.source
+                )));
+            }
+            let (kek_version, wrapper) = self.keyring.current(conn)?;
+            let data_key = Key256::generate();
+            let sealed = envelope::seal(
+                &data_key,
+                answer.expose_secret(),
+                &aad(ANSWER_DOMAIN, source, interaction, 1),
+            );
+            let wrapped =
+                wrapper.wrap(&data_key, &aad(ANSWER_KEY_DOMAIN, source, interaction, 1))?;
+            conn.execute(
+                "INSERT INTO interaction_answers (interaction_id, owner_id, source_id, kek_version, wrapped_key, sealed_value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![interaction, source.owner_id, source.source_id, kek_version, wrapped, sealed],
+            )?;
+            audit(
+                conn,
+                actor,
+                "interaction.answer",
+                Some(source),
+                None,
+                interaction,
+            )
+        })
+    }
+
+    /// Takes the answer to `source`'s interaction, if there is one: opens it
+    /// and deletes the sealed row, in one audited transaction. An answer
+    /// sealed for another source never opens here.
+    pub fn take_answer(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        interaction: &str,
+    ) -> Result<Option<Secret>, VaultError> {
+        let conn = self.store.conn();
+        let waiting = conn
+            .prepare_cached(
+                "SELECT 1 FROM interaction_answers WHERE interaction_id = ?1 AND source_id = ?2",
+            )?
+            .exists(params![interaction, source.source_id])?;
+        if !waiting {
+            return Ok(None);
+        }
+        immediate(conn, |conn| {
+            let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT kek_version, wrapped_key, sealed_value FROM interaction_answers
+                     WHERE interaction_id = ?1 AND source_id = ?2",
+                    params![interaction, source.source_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((kek_version, wrapped, sealed)) = row else {
+                return Ok(None);
+            };
+            conn.execute(
+                "DELETE FROM interaction_answers WHERE interaction_id = ?1",
+                [interaction],
+            )?;
+            let unrecoverable = |reason| VaultError::Unrecoverable {
+                source_name: source.source.clone(),
+                name: format!("answer to interaction {interaction}"),
+                reason,
+            };
+            let data_key = match self
+                .keyring
+                .wrapper(conn, kek_version)?
+                .unwrap(&wrapped, &aad(ANSWER_KEY_DOMAIN, source, interaction, 1))
+            {
+                Err(VaultError::KeyUnwrap(reason)) => return Err(unrecoverable(reason)),
+                other => other?,
+            };
+            let answer = envelope::open(
+                &data_key,
+                &sealed,
+                &aad(ANSWER_DOMAIN, source, interaction, 1),
+            )
+            .map_err(unrecoverable)?;
+            audit(
+                conn,
+                actor,
+                "interaction.read",
+                Some(source),
+                None,
+                interaction,
+            )?;
+            Ok(Some(answer))
+        })
     }
 
     /// Metadata of every credential, of one source or of all.
@@ -746,6 +871,43 @@ impl Vault {
             }
         }
         immediate(conn, |conn| {
+            // Pending interaction answers are few and short-lived.
+            let answers: Vec<(String, SourceRef, i64, Vec<u8>)> = conn
+                .prepare(
+                    "SELECT a.interaction_id, o.id, o.name, s.id, s.name, a.kek_version, a.wrapped_key
+                     FROM interaction_answers a JOIN sources s ON s.id = a.source_id JOIN owners o ON o.id = a.owner_id
+                     WHERE a.kek_version != ?1",
+                )?
+                .query_map([version], |r| {
+                    Ok((
+                        r.get(0)?,
+                        SourceRef {
+                            owner_id: r.get(1)?,
+                            owner: r.get(2)?,
+                            source_id: r.get(3)?,
+                            source: r.get(4)?,
+                        },
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (interaction, source, old_version, wrapped) in &answers {
+                let key_aad = aad(ANSWER_KEY_DOMAIN, source, interaction, 1);
+                let rewrapped = match self
+                    .keyring
+                    .wrapper(conn, *old_version)?
+                    .unwrap(wrapped, &key_aad)
+                {
+                    Ok(key) => new_wrapper.wrap(&key, &key_aad)?,
+                    // Unreadable already: the waiting run will fail on it.
+                    Err(_) => continue,
+                };
+                conn.execute(
+                    "UPDATE interaction_answers SET kek_version = ?2, wrapped_key = ?3 WHERE interaction_id = ?1",
+                    params![interaction, version, rewrapped],
+                )?;
+            }
             // Revoked rows have no data key left; they just follow along.
             conn.execute(
                 "UPDATE credentials SET kek_version = ?1 WHERE wrapped_key IS NULL",

@@ -193,6 +193,7 @@ impl World {
             run_id: format!("run-{source}"),
             limits: Limits::default(),
             egress_allow: vec![self.addr],
+            control: Default::default(),
         };
         self.runtime.run(&self.github, binding, call).await
     }

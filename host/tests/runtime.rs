@@ -79,6 +79,7 @@ impl World {
             run_id: format!("run-{source}"),
             limits,
             egress_allow: self.egress_allow.clone(),
+            control: Default::default(),
         }
     }
 

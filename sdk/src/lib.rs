@@ -49,6 +49,7 @@ mod secret;
 
 pub mod credentials;
 pub mod http;
+pub mod interaction;
 pub mod log;
 pub mod records;
 

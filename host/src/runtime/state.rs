@@ -3,6 +3,9 @@
 //! created for. No import takes a source id, so an instance cannot even
 //! name another source.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use rusqlite::params;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -17,6 +20,8 @@ use super::bindings::sourcebox::connector::records::{self, RecordError};
 use super::bindings::sourcebox::connector::types::{self, CredentialClass, Manifest};
 use super::{Binding, Exhausted, Limits};
 use crate::egress::{EgressHooks, EgressPolicy};
+use crate::events::EventKind;
+use crate::interactions;
 use crate::store::now_ms;
 use crate::vault::{
     Actor, CredentialClass as VaultClass, NewCredential, Provenance, Secret, VaultError,
@@ -39,6 +44,8 @@ pub struct RunState {
     table: ResourceTable,
     limits: Limits,
     exhausted: Option<Exhausted>,
+    /// Time spent waiting for the owner; not counted against the time limit.
+    waited: Duration,
     bound: Option<Bound>,
 }
 
@@ -51,8 +58,9 @@ struct Bound {
     emitted_bytes: u64,
     /// Values handed out this run, redacted from its log lines.
     resolved: Vec<Secret>,
-    /// A credential the run asked for that was revoked or undecryptable.
-    credential_failure: Option<super::RunFailure>,
+    /// What the host saw go wrong that explains a failed run: a revoked or
+    /// undecryptable credential, an unanswered interaction.
+    host_failure: Option<super::RunFailure>,
 }
 
 impl RunState {
@@ -82,7 +90,7 @@ impl RunState {
                 emitted: 0,
                 emitted_bytes: 0,
                 resolved: Vec::new(),
-                credential_failure: None,
+                host_failure: None,
             }),
         )
     }
@@ -106,8 +114,14 @@ impl RunState {
             table: ResourceTable::new(),
             limits,
             exhausted: None,
+            waited: Duration::ZERO,
             bound,
         }
+    }
+
+    /// Time spent waiting for the owner so far.
+    pub(super) fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// The limit the run hit, if any.
@@ -155,11 +169,10 @@ impl RunState {
         line
     }
 
-    /// A revoked or undecryptable credential the run asked for.
-    pub(super) fn credential_failure(&self) -> Option<super::RunFailure> {
-        self.bound
-            .as_ref()
-            .and_then(|b| b.credential_failure.clone())
+    /// A revoked or undecryptable credential the run asked for, or an
+    /// interaction the owner did not answer in time.
+    pub(super) fn host_failure(&self) -> Option<super::RunFailure> {
+        self.bound.as_ref().and_then(|b| b.host_failure.clone())
     }
 
     /// Why an outbound request was refused, if one was.
@@ -206,6 +219,13 @@ impl RunState {
             }
         }
         bound.pending.clear();
+        bound.binding.control.events.send(
+            &bound.binding.run_id,
+            &bound.binding.source.source,
+            EventKind::Progress {
+                records: bound.emitted,
+            },
+        );
         Ok(())
     }
 }
@@ -302,11 +322,11 @@ impl credentials::Host for RunState {
             },
             Err(VaultError::Missing { .. }) => Ok(Err(CredentialError::Missing)),
             Err(VaultError::Revoked { .. }) => {
-                bound.credential_failure = Some(super::RunFailure::CredentialRevoked(name));
+                bound.host_failure = Some(super::RunFailure::CredentialRevoked(name));
                 Ok(Err(CredentialError::Revoked))
             }
             Err(VaultError::Unrecoverable { .. }) => {
-                bound.credential_failure = Some(super::RunFailure::CredentialUnrecoverable(name));
+                bound.host_failure = Some(super::RunFailure::CredentialUnrecoverable(name));
                 Ok(Err(CredentialError::Unrecoverable))
             }
             // A host fault (audit log, database): stop the run.
@@ -454,6 +474,16 @@ impl log::Host for RunState {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let line = self.redact(&message);
         let (source, run) = self.log_context();
+        if let Some(bound) = &self.bound {
+            bound.binding.control.events.send(
+                run,
+                source,
+                EventKind::Log {
+                    level: format!("{level:?}").to_lowercase(),
+                    line: line.clone(),
+                },
+            );
+        }
         match level {
             Level::Trace => tracing::trace!(source, run, "{line}"),
             Level::Debug => tracing::debug!(source, run, "{line}"),
@@ -466,11 +496,129 @@ impl log::Host for RunState {
 }
 
 impl interaction::Host for RunState {
+    /// Records a durable pending interaction and waits for the owner's
+    /// answer without holding a thread; the answer is taken from the vault
+    /// sealed for this run's source only.
     async fn ask(
         &mut self,
-        _kind: Kind,
-        _prompt: String,
+        kind: Kind,
+        prompt: String,
     ) -> wasmtime::Result<Result<String, InteractionError>> {
-        Ok(Err(InteractionError::Unsupported))
+        let Some(bound) = self.bound.as_mut() else {
+            return Ok(Err(InteractionError::Unsupported));
+        };
+        let control = bound.binding.control.clone();
+        if !control.interactive {
+            return Ok(Err(InteractionError::Unsupported));
+        }
+        let kind = match kind {
+            Kind::Otp => "otp",
+            Kind::Login => "login",
+            Kind::IdentityConfirmation => "identity-confirmation",
+            Kind::Challenge => "challenge",
+        };
+        let prompt: String = prompt.chars().take(MAX_LOG_LINE).collect();
+        let source = bound.binding.source.clone();
+        let run_id = bound.binding.run_id.clone();
+        let vault = std::sync::Arc::clone(&bound.binding.vault);
+        let host_fault = |e: &dyn std::fmt::Display| {
+            wasmtime::Error::msg(format!("interaction could not be kept: {e}"))
+        };
+        let deadline = now_ms() + control.interaction_wait.as_millis() as i64;
+        let id = {
+            let vault = vault.lock().expect("vault lock");
+            interactions::open(
+                vault.store(),
+                &run_id,
+                source.source_id,
+                kind,
+                &prompt,
+                deadline,
+            )
+            .map_err(|e| host_fault(&e))?
+        };
+        tracing::info!(
+            source = source.source,
+            run = run_id,
+            interaction = id,
+            kind,
+            "waiting for the owner"
+        );
+        control.events.send(
+            &run_id,
+            &source.source,
+            EventKind::Interaction {
+                id: id.clone(),
+                kind: kind.to_owned(),
+                prompt,
+            },
+        );
+        control.events.send(
+            &run_id,
+            &source.source,
+            EventKind::State {
+                state: "waiting_for_owner".into(),
+                failure: None,
+            },
+        );
+        let started = Instant::now();
+        let actor = Actor {
+            name: "connector",
+            run_id: Some(&run_id),
+        };
+        let outcome = loop {
+            if control.cancel.load(Ordering::Relaxed) {
+                break Err(None);
+            }
+            let (answer, state) = {
+                let vault = vault.lock().expect("vault lock");
+                let answer = vault
+                    .take_answer(actor, &source, &id)
+                    .map_err(|e| host_fault(&e))?;
+                let state = interactions::state(vault.store(), &id).map_err(|e| host_fault(&e))?;
+                (answer, state)
+            };
+            match (answer, state.as_str()) {
+                (Some(answer), _) => break Ok(answer),
+                (None, "declined") => break Err(Some(InteractionError::Declined)),
+                (None, "pending") if now_ms() < deadline => {}
+                (None, "pending" | "expired") => break Err(Some(InteractionError::Timeout)),
+                // Answered, but the answer is gone: another taker, or a
+                // restart expired it.
+                (None, _) => break Err(Some(InteractionError::Timeout)),
+            }
+            tokio::time::sleep(control.poll).await;
+        };
+        self.waited += started.elapsed();
+        {
+            let vault = vault.lock().expect("vault lock");
+            interactions::close(vault.store(), &id, &run_id).map_err(|e| host_fault(&e))?;
+        }
+        control.events.send(
+            &run_id,
+            &source.source,
+            EventKind::State {
+                state: "running".into(),
+                failure: None,
+            },
+        );
+        let bound = self.bound.as_mut().expect("bound above");
+        match outcome {
+            Ok(answer) => match std::str::from_utf8(answer.expose_secret()) {
+                Ok(text) => {
+                    let text = text.to_owned();
+                    // An answer may be a secret: keep it out of the log.
+                    bound.resolved.push(answer);
+                    Ok(Ok(text))
+                }
+                Err(_) => Ok(Err(InteractionError::Declined)),
+            },
+            Err(None) => Err(wasmtime::Error::new(super::Cancelled)),
+            Err(Some(InteractionError::Timeout)) => {
+                bound.host_failure = Some(super::RunFailure::InteractionTimeout(id));
+                Ok(Err(InteractionError::Timeout))
+            }
+            Err(Some(other)) => Ok(Err(other)),
+        }
     }
 }

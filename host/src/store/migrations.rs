@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_records.sql"),
     include_str!("migrations/0003_connectors.sql"),
     include_str!("migrations/0004_runs.sql"),
+    include_str!("migrations/0005_launch.sql"),
 ];
 
 /// The schema version this build writes.

@@ -6,6 +6,7 @@ use sourcebox_sdk::EgressHost;
 use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::credentials::{self, CredentialError};
 use sourcebox_sdk::http::Request;
+use sourcebox_sdk::interaction::{self, Kind};
 use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
@@ -27,6 +28,7 @@ impl Connector for Echo {
         Manifest::new("echo", "0.1.0", "Echo (test fixture)")
             .stream(Stream::new("items", &["id"]))
             .stream(Stream::new("pages", &["url"]))
+            .stream(Stream::new("answers", &["kind"]))
             .credential(CredentialField::token("token", "Token").hosts(&["127.0.0.1"]))
             .credential(
                 CredentialField::new("password", "Password", CredentialClass::Password).optional(),
@@ -38,6 +40,14 @@ impl Connector for Echo {
             .setup_field(
                 SetupField::new("url", "A page to fetch with the token (optional)")
                     .default_value(""),
+            )
+            .setup_field(
+                SetupField::new("ask", "Ask the owner for an OTP during collection (otp)")
+                    .default_value(""),
+            )
+            .setup_field(
+                SetupField::new("spin_ms", "Busy milliseconds after the checkpoint")
+                    .default_value("0"),
             )
             .egress(EgressHost::FromSetupField("url".into()))
     }
@@ -90,6 +100,20 @@ impl Connector for Echo {
             )?;
         }
         records::checkpoint("items", &format!("emitted-{count}"))?;
+        if setup_value(&request.setup, "ask") == Some("otp") {
+            let code = interaction::ask(Kind::Otp, "Enter the one-time code sent to you")?;
+            records::emit(
+                "answers",
+                &serde_json::json!({"kind": "otp", "fingerprint": fingerprint(code.expose_secret())}),
+            )?;
+        }
+        let spin: u64 = setup_value(&request.setup, "spin_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let start = std::time::Instant::now();
+        while start.elapsed().as_millis() < u128::from(spin) {
+            std::hint::spin_loop();
+        }
         if let Some(url) = setup_value(&request.setup, "url").filter(|u| !u.is_empty()) {
             // The host adds the token; this component never sees it here.
             let response = Request::get(url).bearer_credential("token").send()?;
