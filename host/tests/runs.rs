@@ -1,0 +1,726 @@
+//! The launch seam against real components: owner interactions, retries,
+//! re-auth, cancellation, refusals and eligibility. Runs go through
+//! `Launcher`, the scheduler's queue and the real `sourcebox` binary; the
+//! GitHub connector talks to a scripted loopback fixture.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{local_vault, set};
+use sourcebox::catalog;
+use sourcebox::events::EventKind;
+use sourcebox::interactions;
+use sourcebox::runs::scheduler::{self, Schedule, SchedulerConfig};
+use sourcebox::runs::{self, LaunchConfig, Launcher, RetryPolicy, RunRecord, Trigger};
+use sourcebox::runtime::Runtime;
+use sourcebox::store::Store;
+use sourcebox::vault::{Actor, Secret, Vault, VaultError};
+use tokio::io::AsyncWriteExt;
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+const ALICE: &str = "ghp_aliceAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+const BOB: &str = "ghp_bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+const REJECTED: &str = "ghp_rejectedRRRRRRRRRRRRRRRRRRRRRRRR";
+
+/// FNV-1a, as the echo fixture fingerprints values.
+fn fingerprint(value: &str) -> String {
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for up to `secs`.
+async fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A GitHub-like fixture: the first requests get the scripted statuses
+/// (with headers), then every request is answered normally. A request with
+/// the REJECTED token always gets 401. Records (path, token) of each.
+struct Fixture {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+async fn fixture(script: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> Fixture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let script = Arc::new(Mutex::new(VecDeque::from(script)));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                let Some(head) = common::read_request_head(&mut socket).await else {
+                    return;
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let token = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization: bearer ")
+                            .then(|| l[22..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                log.lock().expect("log").push((path.clone(), token.clone()));
+                let scripted = script.lock().expect("script").pop_front();
+                let (status, headers, body) = match scripted {
+                    _ if token == REJECTED => {
+                        (401, vec![], r#"{"message":"Bad credentials"}"#.to_owned())
+                    }
+                    Some((status, headers)) => {
+                        (status, headers, r#"{"message":"scripted"}"#.to_owned())
+                    }
+                    None if path == "/user" => {
+                        (200, vec![], r#"{"id":1,"login":"alice"}"#.to_owned())
+                    }
+                    None if path.starts_with("/user/repos") => (
+                        200,
+                        vec![],
+                        r#"[{"id":1,"full_name":"alice/one"},{"id":2,"full_name":"alice/two"}]"#
+                            .to_owned(),
+                    ),
+                    None => (200, vec![], "[]".to_owned()),
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    reply.push_str(&format!("{k}: {v}\r\n"));
+                }
+                reply.push_str("\r\n");
+                reply.push_str(&body);
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Fixture { addr, seen }
+}
+
+impl Fixture {
+    fn tokens(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+/// A data directory with github and the echo fixture installed, and a
+/// launcher over it.
+struct Host {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    launcher: Arc<Launcher>,
+}
+
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+async fn host(config: LaunchConfig) -> Host {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let vault = local_vault(&dir);
+    let runtime = Runtime::new(&cache_dir()).expect("runtime");
+    catalog::install_first_party(vault.store(), &runtime)
+        .await
+        .expect("first party");
+    let echo = std::fs::read(ECHO).expect("echo component");
+    let loaded = runtime.load(&echo).await.expect("load echo");
+    catalog::install(
+        vault.store(),
+        &echo,
+        loaded.api_version(),
+        loaded.manifest(),
+    )
+    .expect("install echo");
+    let launcher = Launcher::new(runtime, Arc::new(Mutex::new(vault)), config).expect("launcher");
+    Host {
+        _tmp: tmp,
+        dir,
+        launcher: Arc::new(launcher),
+    }
+}
+
+fn config(allow: &[SocketAddr]) -> LaunchConfig {
+    LaunchConfig {
+        egress_allow: allow.to_vec(),
+        retry: RetryPolicy {
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            max_attempts: 4,
+        },
+        interaction_wait: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
+        ..LaunchConfig::default()
+    }
+}
+
+impl Host {
+    fn vault(&self) -> std::sync::MutexGuard<'_, Vault> {
+        self.launcher.vault().lock().expect("vault lock")
+    }
+
+    fn add(&self, name: &str, connector: &str, setup: &[(&str, &str)], token: Option<&str>) {
+        let vault = self.vault();
+        let values: Vec<(String, String)> = setup
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let added = catalog::add_source(vault.store(), name, connector, &values).expect("add");
+        if let Some(token) = token {
+            set(&vault, &added.source, "token", token.as_bytes());
+        }
+    }
+
+    fn runs(&self, source: &str) -> Vec<RunRecord> {
+        let mut runs = runs::list(self.vault().store(), Some(source)).expect("runs");
+        runs.reverse();
+        runs
+    }
+
+    fn records(&self, source: &str, stream: &str) -> Vec<serde_json::Value> {
+        let vault = self.vault();
+        let mut stmt = vault
+            .store()
+            .conn()
+            .prepare("SELECT r.data FROM records r JOIN sources s ON s.id = r.source_id WHERE s.name = ?1 AND r.stream = ?2 ORDER BY r.key")
+            .expect("query");
+        stmt.query_map([source, stream], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .map(|d| serde_json::from_str(&d.expect("row")).expect("json"))
+            .collect()
+    }
+
+    /// (actor, action, source, run) of every audit row.
+    fn audit(&self) -> Vec<(String, String, Option<String>, Option<String>)> {
+        let vault = self.vault();
+        let mut stmt = vault
+            .store()
+            .conn()
+            .prepare("SELECT actor, action, source, run_id FROM audit ORDER BY seq")
+            .expect("audit");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("audit rows")
+    }
+
+    /// `sourcebox --data-dir DIR ARGS` as another process would run it.
+    async fn cli(&self, args: &[&str], stdin: &[u8]) -> (bool, String) {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir").arg(&self.dir).args(args);
+        let stdin = stdin.to_vec();
+        let out = tokio::task::spawn_blocking(move || common::run(cmd, &stdin))
+            .await
+            .expect("join");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// The pending interaction of `source`, once its run asked.
+async fn pending(host: &Host, source: &str) -> interactions::Interaction {
+    until(20, "the interaction", || {
+        let store = Store::open(&host.dir).expect("open");
+        interactions::list(&store, false)
+            .expect("list")
+            .into_iter()
+            .find(|i| i.source == source)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otp_question_waits_for_the_owner_and_the_run_resumes() {
+    let host = host(config(&[])).await;
+    host.add("bank", "echo", &[("ask", "otp")], Some("bank-token"));
+    let mut events = host.launcher.events().subscribe();
+    let launcher = Arc::clone(&host.launcher);
+    let run = tokio::spawn(async move { launcher.launch("bank", Trigger::Manual).await });
+
+    let asked = pending(&host, "bank").await;
+    assert_eq!(asked.kind, "otp");
+    assert_eq!(asked.prompt, "Enter the one-time code sent to you");
+    let waiting = runs::find(&Store::open(&host.dir).expect("open"), &asked.run).expect("run");
+    assert_eq!(waiting.state, "waiting_for_owner");
+
+    // The owner answers from another process, on standard input.
+    let code = "otp-824613-canary";
+    let (ok, out) = host
+        .cli(&["interaction", "answer", &asked.id], code.as_bytes())
+        .await;
+    assert!(ok, "{out}");
+    assert!(!out.contains(code), "the answer was echoed: {out}");
+
+    let record = run.await.expect("join").expect("launch");
+    assert_eq!(record.state, "succeeded", "{record:?}");
+    assert_eq!(
+        host.records("bank", "answers"),
+        vec![serde_json::json!({"kind": "otp", "fingerprint": fingerprint(code)})]
+    );
+    let store = Store::open(&host.dir).expect("open");
+    assert_eq!(
+        interactions::find(&store, &asked.id).expect("find").state,
+        "answered"
+    );
+    let left: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM interaction_answers", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 0, "the sealed answer outlived its use");
+    let audit = host.audit();
+    for action in ["interaction.answer", "interaction.read"] {
+        assert!(
+            audit
+                .iter()
+                .any(|(_, a, s, _)| a == action && s.as_deref() == Some("bank")),
+            "no {action} audit row"
+        );
+    }
+
+    // The events tell the story, and none carries the answer.
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        assert_eq!(event.source, "bank");
+        let text = serde_json::to_string(&event).expect("json");
+        assert!(!text.contains(code), "the answer reached an event: {text}");
+        seen.push(event.kind);
+    }
+    let states: Vec<&str> = seen
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::State { state, .. } => Some(state.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        ["running", "waiting_for_owner", "running", "succeeded"]
+    );
+    assert!(seen.iter().any(
+        |k| matches!(k, EventKind::Interaction { id, kind, .. } if *id == asked.id && kind == "otp")
+    ));
+    assert!(seen.iter().any(|k| matches!(k, EventKind::Progress { .. })));
+
+    // Nothing on disk holds the answer in any form.
+    for (path, bytes) in common::files_under(&host.dir) {
+        common::assert_no_leak(code.as_bytes(), &bytes, &path.display().to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_question_fails_the_run_with_interaction_timeout() {
+    let host = host(LaunchConfig {
+        interaction_wait: Duration::from_secs(1),
+        ..config(&[])
+    })
+    .await;
+    host.add("bank", "echo", &[("ask", "otp")], Some("bank-token"));
+    let record = host
+        .launcher
+        .launch("bank", Trigger::Manual)
+        .await
+        .expect("launch");
+    assert_eq!(record.state, "failed");
+    assert_eq!(record.failure.as_deref(), Some("interaction_timeout"));
+    let store = Store::open(&host.dir).expect("open");
+    let all = interactions::list(&store, true).expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, "expired");
+    // Too late: the answer is refused and nothing is stored.
+    let (ok, out) = host
+        .cli(&["interaction", "answer", &all[0].id], b"123456")
+        .await;
+    assert!(!ok && out.contains("not waiting for an answer"), "{out}");
+    assert!(host.records("bank", "answers").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_for_one_source_never_reaches_another() {
+    let host = host(config(&[])).await;
+    host.add("a", "echo", &[("ask", "otp")], Some("token-a"));
+    host.add("b", "echo", &[("ask", "otp")], Some("token-b"));
+    let runs: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|source| {
+            let launcher = Arc::clone(&host.launcher);
+            tokio::spawn(async move { launcher.launch(source, Trigger::Manual).await })
+        })
+        .collect();
+    let asked_a = pending(&host, "a").await;
+    let asked_b = pending(&host, "b").await;
+
+    // Answering A's interaction as source B is refused.
+    {
+        let vault = host.vault();
+        let b = vault.store().source("b").expect("b");
+        let refused = vault.answer_interaction(
+            Actor::OWNER_CLI,
+            &b,
+            &asked_a.id,
+            &Secret::from_slice(b"wrong-source"),
+        );
+        assert!(
+            matches!(refused, Err(VaultError::Invalid(_))),
+            "{refused:?}"
+        );
+    }
+    // A's answer reaches A's run only; B keeps waiting for its own.
+    let (ok, out) = host
+        .cli(&["interaction", "answer", &asked_a.id], b"code-for-a")
+        .await;
+    assert!(ok, "{out}");
+    let mut runs = runs.into_iter();
+    let run_a = runs.next().expect("a").await.expect("join").expect("a");
+    assert_eq!(run_a.state, "succeeded");
+    let still =
+        interactions::find(&Store::open(&host.dir).expect("open"), &asked_b.id).expect("find b");
+    assert_eq!(still.state, "pending");
+    let (ok, out) = host
+        .cli(&["interaction", "answer", &asked_b.id], b"code-for-b")
+        .await;
+    assert!(ok, "{out}");
+    let run_b = runs.next().expect("b").await.expect("join").expect("b");
+    assert_eq!(run_b.state, "succeeded");
+    assert_eq!(
+        host.records("a", "answers")[0]["fingerprint"],
+        fingerprint("code-for-a")
+    );
+    assert_eq!(
+        host.records("b", "answers")[0]["fingerprint"],
+        fingerprint("code-for-b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_answer_moved_to_another_source_does_not_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = local_vault(&tmp.path().join("data"));
+    let a = vault.store().add_source("a").expect("a");
+    let b = vault.store().add_source("b").expect("b");
+    let conn = vault.store().conn();
+    conn.execute_batch(&format!(
+        "INSERT INTO runs (id, source_id, trigger, state, started_at) VALUES ('r', {}, 'manual', 'waiting_for_owner', 0);
+         INSERT INTO interactions (id, run_id, source_id, kind, prompt, state, created_at, deadline)
+             VALUES ('i', 'r', {}, 'otp', 'code?', 'pending', 0, 9999999999999);",
+        a.source_id, a.source_id
+    ))
+    .expect("rows");
+    vault
+        .answer_interaction(Actor::OWNER_CLI, &a, "i", &Secret::from_slice(b"000111"))
+        .expect("answer");
+    conn.execute(
+        "UPDATE interaction_answers SET source_id = ?1",
+        [b.source_id],
+    )
+    .expect("move");
+    let moved = vault.take_answer(Actor::OWNER_CLI, &b, "i");
+    assert!(
+        matches!(moved, Err(VaultError::Unrecoverable { .. })),
+        "{moved:?}"
+    );
+    assert!(
+        vault
+            .take_answer(Actor::OWNER_CLI, &a, "i")
+            .expect("take")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_run_and_a_queued_one() {
+    let host = host(config(&[])).await;
+    host.add("slow", "echo", &[("spin_ms", "60000")], Some("t"));
+    let launcher = Arc::clone(&host.launcher);
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { launcher.launch("slow", Trigger::Manual).await });
+    let id = until(20, "the run to start", || {
+        host.runs("slow")
+            .into_iter()
+            .find(|r| r.state == "running")
+            .map(|r| r.id)
+    })
+    .await;
+    // Another process asks; the run's own process notices.
+    let (ok, out) = host.cli(&["cancel", &id], b"").await;
+    assert!(ok && out.contains("asked to stop"), "{out}");
+    let record = run.await.expect("join").expect("launch");
+    assert_eq!(record.state, "cancelled", "{record:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        host.records("slow", "items").len(),
+        3,
+        "records before the cancel stay"
+    );
+
+    let queued = runs::enqueue(host.vault().store(), "slow", Trigger::Manual, None, None, 1)
+        .expect("enqueue");
+    let cancelled = host.launcher.cancel(&queued).expect("cancel");
+    assert_eq!(cancelled.state, "cancelled");
+    let record = host.launcher.execute(&queued).await.expect("execute");
+    assert_eq!(record.state, "cancelled", "a cancelled run never starts");
+    let (ok, out) = host.cli(&["cancel", &queued], b"").await;
+    assert!(!ok && out.contains("already ended"), "{out}");
+}
+
+/// Runs the scheduler until `done` holds for the source's runs.
+async fn schedule_until(host: &Host, source: &str, done: impl Fn(&[RunRecord]) -> bool) {
+    let shutdown = async {
+        until(60, "the runs", || done(&host.runs(source)).then_some(())).await;
+    };
+    scheduler::run(
+        Arc::clone(&host.launcher),
+        SchedulerConfig {
+            tick: Duration::from_millis(50),
+            ..SchedulerConfig::default()
+        },
+        shutdown,
+    )
+    .await
+    .expect("scheduler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_retry_with_backoff_and_then_succeed() {
+    let fx = fixture(vec![(503, vec![]), (429, vec![("retry-after", "1")])]).await;
+    let host = host(config(&[fx.addr])).await;
+    let api = format!("http://{}", fx.addr);
+    host.add("work", "github", &[("api_base_url", &api)], Some(ALICE));
+
+    let first = host
+        .launcher
+        .launch("work", Trigger::Manual)
+        .await
+        .expect("launch");
+    assert_eq!(first.failure.as_deref(), Some("upstream_transient"));
+    schedule_until(&host, "work", |runs| {
+        runs.iter().any(|r| r.state == "succeeded")
+    })
+    .await;
+    let runs = host.runs("work");
+    let shape: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.trigger.as_str(),
+                r.attempt,
+                r.state.as_str(),
+                r.failure.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("manual", 1, "failed", Some("upstream_transient")),
+            ("retry", 2, "failed", Some("upstream_transient")),
+            ("retry", 3, "succeeded", None),
+        ]
+    );
+    assert!(
+        runs[1..]
+            .iter()
+            .all(|r| r.retry_of.as_deref() == Some(first.id.as_str()))
+    );
+    // Backoff after the 503 (100 ms base, jitter in its upper half) ...
+    let waited = runs[1].not_before.expect("not_before") - runs[0].finished_at.expect("end");
+    assert!((50..=150).contains(&waited), "waited {waited} ms");
+    // ... and the provider's retry-after after the 429.
+    let waited = runs[2].not_before.expect("not_before") - runs[1].finished_at.expect("end");
+    assert!(waited >= 1000, "retry-after ignored: waited {waited} ms");
+    assert!(runs[2].started_at >= runs[2].not_before.expect("not_before"));
+    assert_eq!(host.records("work", "repositories").len(), 2);
+    assert!(fx.tokens().iter().all(|t| t == ALICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_is_not_retried_and_the_source_needs_reauth() {
+    let fx = fixture(vec![]).await;
+    let host = host(config(&[fx.addr])).await;
+    let api = format!("http://{}", fx.addr);
+    host.add("work", "github", &[("api_base_url", &api)], Some(REJECTED));
+    let record = host
+        .launcher
+        .launch("work", Trigger::Scheduled)
+        .await
+        .expect("launch");
+    assert_eq!(record.failure.as_deref(), Some("auth_rejected"));
+    assert!(!record.detail.as_deref().unwrap_or("").contains("retry"));
+    let queued: i64 = host
+        .vault()
+        .store()
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE state = 'queued'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(queued, 0, "an auth failure was queued for retry");
+    let why = scheduler::eligible(&host.vault(), "work").expect("eligible");
+    assert!(
+        matches!(&why, Err(reason) if reason.contains("needs re-authentication")),
+        "{why:?}"
+    );
+    // A new token from the owner clears it.
+    {
+        let vault = host.vault();
+        let source = vault.store().source("work").expect("work");
+        set(&vault, &source, "token", ALICE.as_bytes());
+    }
+    assert_eq!(
+        scheduler::eligible(&host.vault(), "work").expect("eligible"),
+        Ok(())
+    );
+    let record = host
+        .launcher
+        .launch("work", Trigger::Manual)
+        .await
+        .expect("launch");
+    assert_eq!(record.state, "succeeded", "{record:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_deleted_credential_refuses_the_scheduled_launch() {
+    let fx = fixture(vec![]).await;
+    let host = host(config(&[fx.addr])).await;
+    let api = format!("http://{}", fx.addr);
+    host.add("work", "github", &[("api_base_url", &api)], Some(ALICE));
+    host.add("other", "github", &[("api_base_url", &api)], Some(BOB));
+    let reads_before = host.audit().len();
+
+    for (how, expected) in [
+        ("revoke", "credential_revoked"),
+        ("remove", "credentials_missing"),
+    ] {
+        // Eligible when queued; the credential goes before it starts.
+        let queued = runs::enqueue(
+            host.vault().store(),
+            "work",
+            Trigger::Scheduled,
+            None,
+            None,
+            1,
+        )
+        .expect("enqueue");
+        {
+            let vault = host.vault();
+            let source = vault.store().source("work").expect("work");
+            if how == "revoke" {
+                vault
+                    .revoke(Actor::OWNER_CLI, &source, "token")
+                    .expect("revoke");
+            } else {
+                vault
+                    .remove(Actor::OWNER_CLI, &source, "token")
+                    .expect("remove");
+            }
+        }
+        let record = host.launcher.execute(&queued).await.expect("execute");
+        assert_eq!(record.trigger, "scheduled");
+        assert_eq!(record.state, "failed");
+        assert_eq!(record.failure.as_deref(), Some(expected), "{record:?}");
+        assert!(fx.tokens().is_empty(), "a refused run reached the network");
+        let audit = host.audit();
+        assert!(
+            !audit[reads_before..]
+                .iter()
+                .any(|(_, action, _, run)| action == "credential.read"
+                    || run.as_deref() == Some(queued.as_str())),
+            "a refused launch read a credential: {audit:?}"
+        );
+        if how == "revoke" {
+            let vault = host.vault();
+            let source = vault.store().source("work").expect("work");
+            set(&vault, &source, "token", ALICE.as_bytes());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eligibility_and_due_schedules_read_no_secret_and_a_missed_schedule_runs_once() {
+    let host = host(config(&[])).await;
+    host.add("stored", "echo", &[], Some("stored-token"));
+    host.add("bare", "echo", &[], None);
+    for source in ["stored", "bare"] {
+        scheduler::set_schedule(
+            host.vault().store(),
+            source,
+            Some(Schedule::Every(Duration::from_secs(60))),
+        )
+        .expect("schedule");
+    }
+    // Ten hours of downtime: hundreds of missed ticks.
+    let ten_hours_ago = sourcebox::store::now_ms() - 10 * 3600 * 1000;
+    host.vault()
+        .store()
+        .conn()
+        .execute("UPDATE schedules SET next_at = ?1", [ten_hours_ago])
+        .expect("backdate");
+    let audit_before = host.audit();
+    assert_eq!(
+        scheduler::eligible(&host.vault(), "stored").expect("eligible"),
+        Ok(())
+    );
+    assert!(
+        scheduler::eligible(&host.vault(), "bare")
+            .expect("eligible")
+            .is_err()
+    );
+    let queued = scheduler::enqueue_due(&host.vault()).expect("due");
+    assert_eq!(queued.len(), 1, "a missed schedule runs once");
+    assert_eq!(host.runs("stored").len(), 1);
+    assert!(
+        host.runs("bare").is_empty(),
+        "an ineligible source was queued"
+    );
+    assert_eq!(host.audit(), audit_before, "eligibility touched the vault");
+    let now = sourcebox::store::now_ms();
+    for row in scheduler::schedules(host.vault().store()).expect("schedules") {
+        assert!(row.next_at > now, "{row:?}");
+    }
+    assert!(
+        scheduler::enqueue_due(&host.vault())
+            .expect("due")
+            .is_empty()
+    );
+
+    // Cron: next occurrence is strictly later and on the minute.
+    let cron = Schedule::Cron("*/5 * * * *".into());
+    let next = cron.next_after(now).expect("next");
+    assert!(next > now && next - now <= 5 * 60 * 1000 && next % 60_000 == 0);
+    assert!(Schedule::Cron("not a cron".into()).check().is_err());
+    assert!(Schedule::Every(Duration::ZERO).check().is_err());
+}
