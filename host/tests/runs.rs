@@ -724,3 +724,301 @@ async fn eligibility_and_due_schedules_read_no_secret_and_a_missed_schedule_runs
     assert!(Schedule::Cron("not a cron".into()).check().is_err());
     assert!(Schedule::Every(Duration::ZERO).check().is_err());
 }
+
+/// A `sourcebox serve` child process.
+struct Serve(Option<std::process::Child>);
+
+impl Serve {
+    fn start(dir: &Path, allow: Option<SocketAddr>, env: &[(&str, Option<&str>)]) -> Self {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir").arg(dir);
+        if let Some(addr) = allow {
+            cmd.arg("--egress-allow").arg(addr.to_string());
+        }
+        cmd.args(["serve", "--tick", "100ms", "--grace", "5s"]);
+        for (key, value) in env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        Self(Some(child))
+    }
+
+    /// SIGTERM, then the output.
+    fn stop(mut self) -> String {
+        let child = self.0.take().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "serve failed: {out:?}");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn runs_of(dir: &Path, source: &str) -> Vec<RunRecord> {
+    let store = Store::open(dir).expect("open");
+    let mut runs = runs::list(&store, Some(source)).expect("runs");
+    runs.reverse();
+    runs
+}
+
+/// `sourcebox --data-dir DIR ARGS` with `stdin`; panics unless it succeeds.
+async fn cli_ok(dir: &Path, allow: Option<SocketAddr>, args: &[&str], stdin: &[u8]) -> String {
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir").arg(dir);
+    if let Some(addr) = allow {
+        cmd.arg("--egress-allow").arg(addr.to_string());
+    }
+    cmd.args(args).env("GITHUB_TOKEN", BOB).env("GH_TOKEN", BOB);
+    let stdin = stdin.to_vec();
+    let out = tokio::task::spawn_blocking(move || common::run(cmd, &stdin))
+        .await
+        .expect("join");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_receive_what_manual_runs_receive_whatever_the_environment_holds() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let allow = Some(fx.addr);
+    let api = format!("api_base_url=http://{}", fx.addr);
+    cli_ok(&dir, None, &["init"], b"").await;
+    cli_ok(
+        &dir,
+        None,
+        &[
+            "source",
+            "add",
+            "work",
+            "--connector",
+            "github",
+            "--set",
+            &api,
+        ],
+        b"",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["credential", "set", "work", "token", "--class", "token"],
+        ALICE.as_bytes(),
+    )
+    .await;
+    cli_ok(&dir, allow, &["run", "work"], b"").await;
+    let manual_records = {
+        let store = Store::open(&dir).expect("open");
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT key, data FROM records ORDER BY stream, key")
+            .expect("q");
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .expect("rows")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("records")
+    };
+    assert!(!manual_records.is_empty());
+    cli_ok(
+        &dir,
+        None,
+        &["source", "schedule", "work", "--every", "1s"],
+        b"",
+    )
+    .await;
+
+    let provider_vars = ["GITHUB_TOKEN", "GH_TOKEN", "GITHUB_PERSONAL_ACCESS_TOKEN"];
+    for empty in [false, true] {
+        let env: Vec<(&str, Option<&str>)> = provider_vars
+            .iter()
+            .map(|k| (*k, empty.then_some("")))
+            .collect();
+        let before = runs_of(&dir, "work").len();
+        let serve = Serve::start(&dir, allow, &env);
+        until(60, "a scheduled run", || {
+            runs_of(&dir, "work")[before..]
+                .iter()
+                .any(|r| r.trigger == "scheduled" && r.state == "succeeded")
+                .then_some(())
+        })
+        .await;
+        let out = serve.stop();
+        common::assert_no_leak(ALICE.as_bytes(), out.as_bytes(), "serve output");
+    }
+
+    let runs = runs_of(&dir, "work");
+    assert_eq!(runs[0].trigger, "manual");
+    let scheduled: Vec<&RunRecord> = runs.iter().filter(|r| r.trigger == "scheduled").collect();
+    assert!(scheduled.len() >= 2);
+    assert!(
+        runs.iter()
+            .all(|r| r.state == "succeeded" && r.connector == runs[0].connector),
+        "{runs:#?}"
+    );
+    // The provider saw only the stored token, from every run.
+    let tokens = fx.tokens();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t == ALICE),
+        "{tokens:?}"
+    );
+    // The same seam: every run resolved the stored credential itself,
+    // audited under its own run id.
+    let store = Store::open(&dir).expect("open");
+    for run in &runs {
+        let reads: i64 = store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE action = 'credential.read' AND actor = 'egress'
+                 AND source = 'work' AND credential = 'token' AND outcome = 'ok' AND run_id = ?1",
+                [&run.id],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert!(
+            reads >= 1,
+            "run {} ({}) did not resolve from the vault",
+            run.id,
+            run.trigger
+        );
+    }
+    // And collected exactly the same data.
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT key, data FROM records ORDER BY stream, key")
+        .expect("q");
+    let now: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("records");
+    assert_eq!(now, manual_records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_mid_run_interrupts_the_run_and_the_source_runs_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    cli_ok(&dir, None, &["init"], b"").await;
+    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
+    cli_ok(
+        &dir,
+        None,
+        &[
+            "source",
+            "add",
+            "slow",
+            "--connector",
+            "echo",
+            "--set",
+            "spin_ms=3000",
+        ],
+        b"",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["credential", "set", "slow", "token", "--class", "token"],
+        b"t0k3n",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["source", "schedule", "slow", "--every", "1h"],
+        b"",
+    )
+    .await;
+    // Due now.
+    Store::open(&dir)
+        .expect("open")
+        .conn()
+        .execute("UPDATE schedules SET next_at = 0", [])
+        .expect("due");
+
+    let mut serve = Serve::start(&dir, None, &[]);
+    let cut = until(30, "a run in flight", || {
+        runs_of(&dir, "slow")
+            .into_iter()
+            .find(|r| r.state == "running")
+    })
+    .await;
+    // Its records are committed before it spins; then the host dies.
+    until(10, "committed records", || {
+        let store = Store::open(&dir).expect("open");
+        let n: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .expect("count");
+        (n == 3).then_some(())
+    })
+    .await;
+    let child = serve.0.as_mut().expect("running");
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert_eq!(
+        runs::find(&Store::open(&dir).expect("open"), &cut.id)
+            .expect("run")
+            .state,
+        "running",
+        "nothing marked it yet"
+    );
+
+    let serve = Serve::start(&dir, None, &[]);
+    let again = until(30, "the source to run again", || {
+        runs_of(&dir, "slow")
+            .into_iter()
+            .find(|r| r.id != cut.id && r.state == "succeeded")
+    })
+    .await;
+    serve.stop();
+    let store = Store::open(&dir).expect("open");
+    let cut = runs::find(&store, &cut.id).expect("run");
+    assert_eq!(cut.state, "interrupted");
+    assert_eq!(cut.failure.as_deref(), Some("interrupted"));
+    assert_eq!(again.trigger, "scheduled");
+    let ok: String = store
+        .conn()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity");
+    assert_eq!(ok, "ok");
+    let items: i64 = store
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM records WHERE stream = 'items'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(items, 3, "records committed before the kill are intact");
+}
