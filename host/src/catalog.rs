@@ -393,21 +393,19 @@ pub fn add_source(
 /// A source's connector version and setup values.
 pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogError> {
     let source = store.source(name)?;
-    let (id, version, setup): (Option<String>, Option<String>, String) = store.conn().query_row(
-        "SELECT connector_id, connector_version, setup FROM sources WHERE id = ?1",
-        [source.source_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (id, version, setup): (Option<String>, Option<String>, String) = store
+        .conn()
+        .prepare_cached("SELECT connector_id, connector_version, setup FROM sources WHERE id = ?1")?
+        .query_row([source.source_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
     let (Some(id), Some(version)) = (id, version) else {
         return Err(CatalogError::NoConnector(name.to_owned()));
     };
     let connector = store
         .conn()
-        .query_row(
-            &format!("{SELECT} WHERE id = ?1 AND version = ?2"),
-            params![id, version],
-            installed_row,
-        )
+        .prepare_cached(&format!("{SELECT} WHERE id = ?1 AND version = ?2"))?
+        .query_row(params![id, version], installed_row)
         .optional()?
         .ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
     let setup: BTreeMap<String, String> = serde_json::from_str(&setup)

@@ -400,30 +400,42 @@ impl Launcher {
     /// source is in flight.
     pub async fn launch(&self, source: &str, trigger: Trigger) -> Result<RunRecord, LaunchError> {
         let id = new_id();
-        {
+        // Resolution, the refusal check and the run record: one transaction.
+        let (record, resolved) = {
             let vault = self.vault.lock().expect("vault lock");
             let store = vault.store();
-            let src = store.source(source)?;
-            let inserted = store.conn().execute(
-                &format!(
-                    "INSERT INTO runs (id, source_id, trigger, state, runner, started_at)
-                     SELECT ?1, ?2, ?3, 'running', ?4, ?5
-                     WHERE NOT EXISTS (SELECT 1 FROM runs WHERE source_id = ?2 AND state IN {IN_FLIGHT})"
-                ),
-                params![id, src.source_id, trigger.as_str(), self.runner.token, now_ms()],
-            )?;
-            if inserted == 0 {
-                return Err(busy(store, src.source_id, source)?);
-            }
-        }
-        self.run(&id).await
+            immediate(store, || {
+                let setup = catalog::source_setup(store, source)?;
+                let inserted = store
+                    .conn()
+                    .prepare_cached(&format!(
+                        "INSERT INTO runs (id, source_id, trigger, state, runner, started_at, connector)
+                         SELECT ?1, ?2, ?3, 'running', ?4, ?5, ?6
+                         WHERE NOT EXISTS (SELECT 1 FROM runs WHERE source_id = ?2 AND state IN {IN_FLIGHT})"
+                    ))?
+                    .execute(params![
+                        id,
+                        setup.source.source_id,
+                        trigger.as_str(),
+                        self.runner.token,
+                        now_ms(),
+                        connector_name(&setup)
+                    ])?;
+                if inserted == 0 {
+                    return Err(busy(store, setup.source.source_id, source)?);
+                }
+                let refusal = refusal(&vault, &setup)?;
+                Ok((find(store, &id)?, (setup, refusal)))
+            })?
+        };
+        self.run(record, Some(resolved)).await
     }
 
     /// Starts a queued run: refused with [`LaunchError::Busy`] (and left
     /// queued) while another run of its source is in flight; a run that is
     /// no longer queued (cancelled) is returned as it is.
     pub async fn execute(&self, run_id: &str) -> Result<RunRecord, LaunchError> {
-        {
+        let record = {
             let vault = self.vault.lock().expect("vault lock");
             let store = vault.store();
             let started = store.conn().execute(
@@ -434,16 +446,17 @@ impl Launcher {
                 ),
                 params![run_id, self.runner.token, now_ms()],
             )?;
+            let record = find(store, run_id)?;
             if started == 0 {
-                let record = find(store, run_id)?;
                 if record.state == "queued" {
                     let src = store.source(&record.source)?;
                     return Err(busy(store, src.source_id, &record.source)?);
                 }
                 return Ok(record);
             }
-        }
-        self.run(run_id).await
+            record
+        };
+        self.run(record, None).await
     }
 
     /// Asks a run of this process to stop now; other processes' runs stop
@@ -527,11 +540,12 @@ impl Launcher {
     }
 
     /// The one body of every run, from the moment it is marked running.
-    async fn run(&self, run_id: &str) -> Result<RunRecord, LaunchError> {
-        let record = {
-            let vault = self.vault.lock().expect("vault lock");
-            find(vault.store(), run_id)?
-        };
+    async fn run(
+        &self,
+        record: RunRecord,
+        resolved: Option<Resolved>,
+    ) -> Result<RunRecord, LaunchError> {
+        let run_id = record.id.as_str();
         let trigger = Trigger::parse(&record.trigger).unwrap_or(Trigger::Manual);
         let source = record.source.clone();
         self.events.send(
@@ -553,9 +567,13 @@ impl Launcher {
             Arc::clone(&cancel),
             self.config.poll,
         ));
-        let ending = self.call(run_id, &source, trigger, cancel).await;
+        let mut connector = resolved.as_ref().map(|(setup, _)| connector_name(setup));
+        let ending = self
+            .call(run_id, &source, trigger, cancel, resolved, &mut connector)
+            .await;
         watcher.abort();
         self.cancels.lock().expect("cancels lock").remove(run_id);
+        let connector = connector.as_deref();
         let ending = match ending {
             Ok(ending) => ending,
             Err(e) => {
@@ -563,17 +581,43 @@ impl Launcher {
                 record_end(
                     vault.store(),
                     run_id,
-                    "failed",
-                    None,
-                    Some(&e.to_string()),
-                    0,
+                    (connector, "failed", None, Some(&e.to_string()), 0),
                 )?;
                 return Err(e);
             }
         };
         let vault = self.vault.lock().expect("vault lock");
         let store = vault.store();
-        let source_id = store.source(&source)?.source_id;
+        // The run's end, the source's re-auth state and any retry: one
+        // transaction.
+        let record = immediate(store, || {
+            let source_id = store.source(&source)?.source_id;
+            self.end(store, &record, source_id, trigger, connector, &ending)?;
+            Ok(find(store, run_id)?)
+        })?;
+        self.events.send(
+            run_id,
+            &source,
+            EventKind::State {
+                state: record.state.clone(),
+                failure: record.failure.clone(),
+            },
+        );
+        Ok(record)
+    }
+
+    /// Records how a run ended (inside the caller's transaction).
+    fn end(
+        &self,
+        store: &Store,
+        record: &RunRecord,
+        source_id: i64,
+        trigger: Trigger,
+        connector: Option<&str>,
+        ending: &Ending,
+    ) -> Result<(), LaunchError> {
+        let run_id = record.id.as_str();
+        let source = record.source.as_str();
         let (state, kind, detail, records) = match &ending {
             Ending::Done(Outcome::Collected(summary)) => ("succeeded", None, None, summary.records),
             Ending::Done(_) => ("succeeded", None, None, 0),
@@ -586,10 +630,12 @@ impl Launcher {
         let mut detail = detail;
         match kind {
             None if state == "succeeded" => {
-                store.conn().execute(
-                    "UPDATE sources SET needs_reauth = NULL WHERE id = ?1",
-                    [source_id],
-                )?;
+                store
+                    .conn()
+                    .prepare_cached(
+                        "UPDATE sources SET needs_reauth = NULL WHERE id = ?1 AND needs_reauth IS NOT NULL",
+                    )?
+                    .execute([source_id])?;
             }
             Some(FailureKind::AuthRejected) => {
                 store.conn().execute(
@@ -601,7 +647,7 @@ impl Launcher {
                 if trigger != Trigger::SetupVerification
                     && record.attempt < self.config.retry.max_attempts =>
             {
-                let retry_after = match &ending {
+                let retry_after = match ending {
                     Ending::Failed(RunFailure::Connector(ConnectorError::RateLimited(Some(s)))) => {
                         Some(Duration::from_secs(u64::from(*s)))
                     }
@@ -612,7 +658,7 @@ impl Launcher {
                 let root = record.retry_of.clone().unwrap_or_else(|| run_id.to_owned());
                 let retry = enqueue(
                     store,
-                    &source,
+                    source,
                     Trigger::Retry,
                     Some(not_before),
                     Some(&root),
@@ -627,16 +673,12 @@ impl Launcher {
             }
             _ => {}
         }
-        record_end(store, run_id, state, kind, detail.as_deref(), records)?;
-        self.events.send(
+        record_end(
+            store,
             run_id,
-            &source,
-            EventKind::State {
-                state: state.into(),
-                failure: kind.map(|k| k.as_str().to_owned()),
-            },
-        );
-        Ok(find(store, run_id)?)
+            (connector, state, kind, detail.as_deref(), records),
+        )?;
+        Ok(())
     }
 
     /// Resolves the source at execution time and calls its connector.
@@ -646,22 +688,22 @@ impl Launcher {
         source: &str,
         trigger: Trigger,
         cancel: Arc<AtomicBool>,
+        resolved: Option<Resolved>,
+        connector: &mut Option<String>,
     ) -> Result<Ending, LaunchError> {
-        let setup = {
-            let vault = self.vault.lock().expect("vault lock");
-            let setup = catalog::source_setup(vault.store(), source)?;
-            vault.store().conn().execute(
-                "UPDATE runs SET connector = ?2 WHERE id = ?1",
-                params![
-                    run_id,
-                    format!("{} {}", setup.connector.id, setup.connector.version)
-                ],
-            )?;
-            if let Some(refusal) = refusal(&vault, &setup)? {
-                return Ok(refusal);
+        let (setup, refused) = match resolved {
+            Some(resolved) => resolved,
+            None => {
+                let vault = self.vault.lock().expect("vault lock");
+                let setup = catalog::source_setup(vault.store(), source)?;
+                *connector = Some(connector_name(&setup));
+                let refused = refusal(&vault, &setup)?;
+                (setup, refused)
             }
-            setup
         };
+        if let Some(refused) = refused {
+            return Ok(refused);
+        }
         let loaded = match self.loaded(&setup.connector).await {
             Ok(loaded) => loaded,
             Err(failure) => return Ok(Ending::Failed(failure)),
@@ -689,6 +731,33 @@ impl Launcher {
             Ok(outcome) => Ending::Done(outcome),
             Err(failure) => Ending::Failed(failure),
         })
+    }
+}
+
+/// A source resolved at execution time, and the refusal of its launch if
+/// its required credentials are not all there.
+type Resolved = (catalog::SourceSetup, Option<Ending>);
+
+fn connector_name(setup: &catalog::SourceSetup) -> String {
+    format!("{} {}", setup.connector.id, setup.connector.version)
+}
+
+/// Runs `f` inside `BEGIN IMMEDIATE`, committing on success.
+fn immediate<T>(
+    store: &Store,
+    f: impl FnOnce() -> Result<T, LaunchError>,
+) -> Result<T, LaunchError> {
+    let conn = store.conn();
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    match f() {
+        Ok(value) => {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
 }
 
@@ -892,25 +961,32 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
     Ok(interrupted)
 }
 
-fn record_end(
-    store: &Store,
-    id: &str,
-    state: &str,
-    failure: Option<FailureKind>,
-    detail: Option<&str>,
-    records: u64,
-) -> Result<(), StoreError> {
-    store.conn().execute(
-        "UPDATE runs SET state = ?2, failure = ?3, detail = ?4, records = ?5, finished_at = ?6 WHERE id = ?1",
-        params![
+/// (connector, state, failure, detail, records) of an ended run.
+type End<'a> = (
+    Option<&'a str>,
+    &'a str,
+    Option<FailureKind>,
+    Option<&'a str>,
+    u64,
+);
+
+fn record_end(store: &Store, id: &str, end: End<'_>) -> Result<(), StoreError> {
+    let (connector, state, failure, detail, records) = end;
+    store
+        .conn()
+        .prepare_cached(
+            "UPDATE runs SET state = ?2, failure = ?3, detail = ?4, records = ?5, finished_at = ?6,
+             connector = COALESCE(?7, connector) WHERE id = ?1",
+        )?
+        .execute(params![
             id,
             state,
             failure.map(FailureKind::as_str),
             detail,
             records as i64,
-            now_ms()
-        ],
-    )?;
+            now_ms(),
+            connector
+        ])?;
     Ok(())
 }
 
@@ -941,7 +1017,8 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
 pub fn find(store: &Store, id: &str) -> Result<RunRecord, StoreError> {
     store
         .conn()
-        .query_row(&format!("{SELECT} WHERE r.id = ?1"), [id], run_row)
+        .prepare_cached(&format!("{SELECT} WHERE r.id = ?1"))?
+        .query_row([id], run_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no run '{id}'; see `sourcebox runs`")))
 }

@@ -224,12 +224,11 @@ impl Store {
     /// Looks up a source of the default owner by name.
     pub fn source(&self, name: &str) -> Result<SourceRef, StoreError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT o.id, o.name, s.id, s.name FROM sources s JOIN owners o ON o.id = s.owner_id
                  WHERE o.name = ?1 AND s.name = ?2",
-                params![DEFAULT_OWNER, name],
-                source_ref,
-            )
+            )?
+            .query_row(params![DEFAULT_OWNER, name], source_ref)
             .optional()?
             .ok_or_else(|| StoreError::UnknownSource(name.to_owned()))
     }
@@ -274,6 +273,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement the vault, the runtime and the launch seam
+    // prepare on their hot paths; the default (16) evicts them in turn.
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
 

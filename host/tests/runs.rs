@@ -1022,3 +1022,74 @@ async fn kill_9_of_serve_mid_run_interrupts_the_run_and_the_source_runs_again() 
         .expect("count");
     assert_eq!(items, 3, "records committed before the kill are intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_keeps_global_and_per_connector_limits_without_starving_a_connector() {
+    let fx = fixture(vec![]).await;
+    let host = host(config(&[fx.addr])).await;
+    let api = format!("http://{}", fx.addr);
+    let echoes = ["e1", "e2", "e3", "e4"];
+    for name in echoes {
+        host.add(name, "echo", &[("spin_ms", "300")], Some("t"));
+    }
+    host.add("gh", "github", &[("api_base_url", &api)], Some(ALICE));
+    // The github run is queued last, behind every echo run.
+    for name in echoes.iter().chain(&["gh"]) {
+        runs::enqueue(
+            host.vault().store(),
+            name,
+            Trigger::Scheduled,
+            None,
+            None,
+            1,
+        )
+        .expect("enqueue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = || {
+        let mut runs = runs::list(host.vault().store(), None).expect("runs");
+        runs.sort_by_key(|r| r.started_at);
+        runs
+    };
+    let shutdown = async {
+        until(60, "every run", || {
+            all().iter().all(|r| r.state == "succeeded").then_some(())
+        })
+        .await;
+    };
+    scheduler::run(
+        Arc::clone(&host.launcher),
+        SchedulerConfig {
+            tick: Duration::from_millis(20),
+            max_concurrent: 2,
+            per_connector: 1,
+            grace: Duration::from_secs(5),
+        },
+        shutdown,
+    )
+    .await
+    .expect("scheduler");
+    let runs = all();
+    assert_eq!(runs.len(), 5);
+    let span = |r: &RunRecord| (r.started_at, r.finished_at.expect("finished"));
+    let overlap = |a: &RunRecord, b: &RunRecord| {
+        let ((s1, e1), (s2, e2)) = (span(a), span(b));
+        s1 < e2 && s2 < e1
+    };
+    let echo_runs: Vec<&RunRecord> = runs.iter().filter(|r| r.source != "gh").collect();
+    for (i, a) in echo_runs.iter().enumerate() {
+        for b in &echo_runs[i + 1..] {
+            assert!(!overlap(a, b), "two echo runs at once: {a:?} {b:?}");
+        }
+    }
+    for r in &runs {
+        let at_once = runs.iter().filter(|o| overlap(r, o)).count();
+        assert!(at_once <= 2, "more than two runs at once around {r:?}");
+    }
+    let gh = runs.iter().find(|r| r.source == "gh").expect("gh");
+    let last_echo = echo_runs.last().expect("echo");
+    assert!(
+        gh.started_at < last_echo.started_at,
+        "the github run waited behind the echo queue: {runs:#?}"
+    );
+}

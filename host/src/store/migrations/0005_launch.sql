@@ -8,6 +8,11 @@ ALTER TABLE runs ADD COLUMN not_before INTEGER;
 ALTER TABLE runs ADD COLUMN runner TEXT;
 ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_by_state ON runs (state, not_before);
+-- "Is a run of this source in flight?" on every launch; it also serves the
+-- runs of one source, so the older (source_id, started_at) index goes: one
+-- index fewer to write per run.
+CREATE INDEX runs_by_source_state ON runs (source_id, state);
+DROP INDEX runs_by_source;
 
 -- Set when a run failed with auth_rejected; cleared when the owner stores a
 -- credential for the source.
@@ -27,6 +32,8 @@ CREATE TABLE interactions (
     answered_at INTEGER
 ) STRICT;
 CREATE INDEX interactions_by_state ON interactions (state, source_id);
+-- Child-key index: inserting or deleting a run checks interactions by run.
+CREATE INDEX interactions_by_run ON interactions (run_id);
 
 -- An answer waiting for its run, sealed under a data key bound to
 -- (source, interaction). Deleted when the run takes it.

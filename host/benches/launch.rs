@@ -1,0 +1,154 @@
+//! Launch overhead: the whole seam (run record, source and connector
+//! lookup, credential presence check, cached component, instantiation,
+//! one call that resolves a credential, the run's end recorded) beside the
+//! same call made straight on the runtime, in the same run.
+//! `BENCHMARKS.md` has the figures and the command.
+
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sourcebox::catalog;
+use sourcebox::runs::{LaunchConfig, Launcher, Trigger};
+use sourcebox::runtime::{Binding, Call, Limits, Runtime};
+use sourcebox::store::Store;
+use sourcebox::vault::{
+    Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
+};
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+
+fn percentiles(name: &str, mut ns: Vec<u64>) {
+    ns.sort_unstable();
+    let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} runs)",
+        pct(0.5),
+        pct(0.99),
+        ns.len()
+    );
+}
+
+fn launch(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = Store::init(&dir, &pairs).expect("init");
+    let keyring = Keyring::create_first(&store, None).expect("keyring");
+    let vault = Vault::new(store, keyring);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let cache = tmp.path().join("cache");
+    let runtime = Runtime::new(&cache).expect("runtime");
+    let echo = std::fs::read(ECHO).expect("echo component");
+    let loaded = rt.block_on(runtime.load(&echo)).expect("load");
+    catalog::install(
+        vault.store(),
+        &echo,
+        loaded.api_version(),
+        loaded.manifest(),
+    )
+    .expect("install");
+    let added = catalog::add_source(vault.store(), "a", "echo", &[]).expect("source");
+    vault
+        .set(
+            Actor::OWNER_CLI,
+            &added.source,
+            NewCredential {
+                name: "token",
+                class: CredentialClass::Token,
+                provenance: Provenance::Owner,
+                value: Secret::from_slice(b"bench-token"),
+                expires_at: None,
+            },
+        )
+        .expect("token");
+    // A source with no token: its launch is refused before any instance,
+    // so it measures the seam's bookkeeping alone.
+    catalog::add_source(vault.store(), "bare", "echo", &[]).expect("source");
+    let vault = Arc::new(Mutex::new(vault));
+    let baseline = Binding {
+        vault: Arc::clone(&vault),
+        source: added.source.clone(),
+        setup: added.setup.clone(),
+        run_id: "baseline".into(),
+        limits: Limits::default(),
+        egress_allow: Vec::new(),
+        control: Default::default(),
+    };
+    let launcher = Launcher::new(
+        Runtime::new(&cache).expect("runtime"),
+        Arc::clone(&vault),
+        LaunchConfig::default(),
+    )
+    .expect("launcher");
+    // Warm the launcher's component cache.
+    let first = rt
+        .block_on(launcher.launch("a", Trigger::SetupVerification))
+        .expect("launch");
+    assert_eq!(first.state, "succeeded", "{first:?}");
+
+    let seam = || {
+        let record = rt
+            .block_on(launcher.launch("a", Trigger::SetupVerification))
+            .expect("launch");
+        debug_assert_eq!(record.state, "succeeded");
+        black_box(record)
+    };
+    let direct = || {
+        black_box(
+            rt.block_on(runtime.run(&loaded, baseline.clone(), Call::Verify))
+                .expect("run"),
+        )
+    };
+    let refused = || {
+        let record = rt
+            .block_on(launcher.launch("bare", Trigger::SetupVerification))
+            .expect("launch");
+        debug_assert_eq!(record.failure.as_deref(), Some("credentials_missing"));
+        black_box(record)
+    };
+    let mut group = c.benchmark_group("launch");
+    group.bench_function("launch_refused_bookkeeping_only", |b| b.iter(refused));
+    group.bench_function("baseline_runtime_run_verify", |b| b.iter(direct));
+    group.bench_function("launch_setup_verification", |b| b.iter(seam));
+    group.finish();
+    let sample = |f: &dyn Fn()| {
+        (0..3_000)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_nanos() as u64
+            })
+            .collect::<Vec<_>>()
+    };
+    percentiles(
+        "baseline: runtime.run(verify)",
+        sample(&|| {
+            direct();
+        }),
+    );
+    percentiles(
+        "launch refused (bookkeeping only)",
+        sample(&|| {
+            refused();
+        }),
+    );
+    percentiles(
+        "launch(setup_verification)",
+        sample(&|| {
+            seam();
+        }),
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(5));
+    targets = launch
+}
+criterion_main!(benches);
