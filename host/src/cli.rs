@@ -538,18 +538,41 @@ fn source(
             Ok(())
         }
         SourceCommand::List { json } => {
-            let names: Vec<String> = Store::open(dir)?
-                .sources()?
-                .into_iter()
-                .map(|s| s.source)
-                .collect();
+            let sources = scheduler::statuses(&Store::open(dir)?)?;
             if json {
-                writeln_out(out, format_args!("{}", serde_json::json!(names)))
-            } else {
-                names
-                    .iter()
-                    .try_for_each(|n| writeln_out(out, format_args!("{n}")))
+                let doc =
+                    serde_json::to_string(&sources).map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
             }
+            for s in &sources {
+                let schedule = match &s.schedule {
+                    Some(row) => match (&row.every_secs, &row.cron) {
+                        (Some(secs), _) => format!(
+                            "every {}",
+                            humantime::format_duration(Duration::from_secs(*secs))
+                        ),
+                        (None, Some(expr)) => format!("cron '{expr}'"),
+                        (None, None) => "-".into(),
+                    },
+                    None => "unscheduled".into(),
+                };
+                let state = match &s.needs_reauth {
+                    Some(why) => format!(
+                        "needs re-auth ({why}); store a new credential with `sourcebox credential set {} NAME`",
+                        s.name
+                    ),
+                    None => "ok".into(),
+                };
+                writeln_out(
+                    out,
+                    format_args!(
+                        "{}  {}  {schedule}  {state}",
+                        s.name,
+                        s.connector.as_deref().unwrap_or("(no connector)")
+                    ),
+                )?;
+            }
+            Ok(())
         }
         SourceCommand::Schedule {
             name,

@@ -589,6 +589,16 @@ async fn a_401_is_not_retried_and_the_source_needs_reauth() {
         )
         .expect("count");
     assert_eq!(queued, 0, "an auth failure was queued for retry");
+    let (ok, listed) = host.cli(&["source", "list", "--json"], b"").await;
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed[0]["name"], "work");
+    assert!(
+        listed[0]["needs_reauth"]
+            .as_str()
+            .is_some_and(|why| why.contains("401")),
+        "{listed}"
+    );
     let why = scheduler::eligible(&host.vault(), "work").expect("eligible");
     assert!(
         matches!(&why, Err(reason) if reason.contains("needs re-authentication")),

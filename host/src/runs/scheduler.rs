@@ -132,6 +132,44 @@ pub fn schedules(store: &Store) -> Result<Vec<ScheduleRow>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A source as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// `id version` of its connector, if it has one.
+    pub connector: Option<String>,
+    /// Why it needs re-authentication, if it does (a run's auth_rejected);
+    /// storing a new credential clears it.
+    pub needs_reauth: Option<String>,
+    /// Its schedule, if it has one.
+    pub schedule: Option<ScheduleRow>,
+}
+
+/// Every source of the default owner with its connector, re-auth state and
+/// schedule, by name.
+pub fn statuses(store: &Store) -> Result<Vec<SourceStatus>, StoreError> {
+    let schedules = schedules(store)?;
+    let mut stmt = store.conn().prepare(
+        "SELECT s.name, s.connector_id || ' ' || s.connector_version, s.needs_reauth
+         FROM sources s JOIN owners o ON o.id = s.owner_id WHERE o.name = ?1 ORDER BY s.name",
+    )?;
+    let rows = stmt.query_map([crate::store::DEFAULT_OWNER], |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.map(|row| {
+        let (name, connector, needs_reauth) = row?;
+        let schedule = schedules.iter().find(|s| s.source == name).cloned();
+        Ok(SourceStatus {
+            name,
+            connector,
+            needs_reauth,
+            schedule,
+        })
+    })
+    .collect()
+}
+
 /// Whether `source` may be launched unattended: it has a connector, every
 /// required credential is present and not revoked, and it does not need
 /// re-authentication. Reads metadata only: nothing is decrypted and no
