@@ -398,6 +398,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Interaction(cmd) => interaction(dir, cli.unlock_fd, cmd, out),
         Command::Runs { source, json } => {
             let store = Store::open(dir)?;
+            // Runs whose process is gone are shown as what they are.
+            runs::recover(&store)?;
             print_runs(&runs::list(&store, source.as_deref())?, json, out)
         }
         Command::Records {
@@ -796,7 +798,10 @@ fn interaction(
 ) -> Result<(), CliError> {
     match cmd {
         InteractionCommand::List { all, json } => {
-            let list = interactions::list(&Store::open(dir)?, all)?;
+            let store = Store::open(dir)?;
+            // A question whose run's process is gone can no longer be answered.
+            runs::recover(&store)?;
+            let list = interactions::list(&store, all)?;
             if json {
                 let doc = serde_json::to_string(&list).map_err(|e| CliError::Io(e.to_string()))?;
                 return writeln_out(out, format_args!("{doc}"));
@@ -823,6 +828,7 @@ fn interaction(
         }
         InteractionCommand::Answer { id, keep } => {
             let vault = open_vault(dir, unlock_fd)?;
+            runs::recover(vault.store())?;
             let asked = interactions::find(vault.store(), &id)?;
             let source = vault.store().source(&asked.source)?;
             let class = match &keep {

@@ -1103,3 +1103,176 @@ async fn the_scheduler_keeps_global_and_per_connector_limits_without_starving_a_
         "the github run waited behind the echo queue: {runs:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_kept_as_a_credential_belongs_to_its_source_only() {
+    let host = host(config(&[])).await;
+    host.add("a", "echo", &[("ask", "otp")], Some("token-a"));
+    host.add("b", "echo", &[], Some("token-b"));
+    let launcher = Arc::clone(&host.launcher);
+    let run = tokio::spawn(async move { launcher.launch("a", Trigger::Manual).await });
+    let asked = pending(&host, "a").await;
+    // A name the connector does not declare is refused before anything is
+    // stored, and the question stays open.
+    let (ok, out) = host
+        .cli(
+            &["interaction", "answer", &asked.id, "--keep", "nope"],
+            b"s3ss10n",
+        )
+        .await;
+    assert!(
+        !ok && out.contains("declares no credential 'nope'"),
+        "{out}"
+    );
+    let (ok, out) = host
+        .cli(
+            &["interaction", "answer", &asked.id, "--keep", "session"],
+            b"s3ss10n-kept",
+        )
+        .await;
+    assert!(ok && out.contains("kept it as a/session"), "{out}");
+    assert_eq!(run.await.expect("join").expect("launch").state, "succeeded");
+    let vault = host.vault();
+    let metas = vault.list(None).expect("list");
+    let kept: Vec<_> = metas.iter().filter(|m| m.name == "session").collect();
+    assert_eq!(kept.len(), 1, "{metas:?}");
+    assert_eq!(kept[0].source, "a");
+    assert_eq!(kept[0].provenance.as_str(), "interaction");
+    let a = vault.store().source("a").expect("a");
+    assert_eq!(common::get(&vault, &a, "session"), b"s3ss10n-kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_expires_the_questions_of_runs_that_were_cut_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    cli_ok(&dir, None, &["init"], b"").await;
+    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
+    cli_ok(
+        &dir,
+        None,
+        &[
+            "source",
+            "add",
+            "bank",
+            "--connector",
+            "echo",
+            "--set",
+            "ask=otp",
+        ],
+        b"",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["credential", "set", "bank", "token", "--class", "token"],
+        b"t",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["source", "schedule", "bank", "--every", "1h"],
+        b"",
+    )
+    .await;
+    Store::open(&dir)
+        .expect("open")
+        .conn()
+        .execute("UPDATE schedules SET next_at = 0", [])
+        .expect("due");
+    let mut serve = Serve::start(&dir, None, &[]);
+    let asked = until(30, "the question", || {
+        let store = Store::open(&dir).expect("open");
+        interactions::list(&store, false)
+            .expect("list")
+            .into_iter()
+            .next()
+    })
+    .await;
+    let child = serve.0.as_mut().expect("running");
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    // Nothing is waiting any more: listing shows no question, answering is
+    // refused, and the run is interrupted.
+    let listed = cli_ok(&dir, None, &["interaction", "list"], b"").await;
+    assert!(listed.contains("no interaction is waiting"), "{listed}");
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .args(["interaction", "answer", &asked.id]);
+    let out = tokio::task::spawn_blocking(move || common::run(cmd, b"123456"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    let store = Store::open(&dir).expect("open");
+    assert_eq!(
+        interactions::find(&store, &asked.id).expect("find").state,
+        "expired"
+    );
+    let run = runs::find(&store, &asked.run).expect("run");
+    assert_eq!(
+        (run.state.as_str(), run.failure.as_deref()),
+        ("interrupted", Some("interrupted"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shuts_down_gracefully_and_marks_what_it_stopped_interrupted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    cli_ok(&dir, None, &["init"], b"").await;
+    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
+    cli_ok(
+        &dir,
+        None,
+        &[
+            "source",
+            "add",
+            "slow",
+            "--connector",
+            "echo",
+            "--set",
+            "spin_ms=120000",
+        ],
+        b"",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["credential", "set", "slow", "token", "--class", "token"],
+        b"t",
+    )
+    .await;
+    cli_ok(
+        &dir,
+        None,
+        &["source", "schedule", "slow", "--every", "1h"],
+        b"",
+    )
+    .await;
+    Store::open(&dir)
+        .expect("open")
+        .conn()
+        .execute("UPDATE schedules SET next_at = 0", [])
+        .expect("due");
+    let serve = Serve::start(&dir, None, &[]);
+    let running = until(30, "a run in flight", || {
+        runs_of(&dir, "slow")
+            .into_iter()
+            .find(|r| r.state == "running")
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    let out = serve.stop(); // SIGTERM; the grace period is 5 s
+    assert!(stopping.elapsed() < Duration::from_secs(30), "{out}");
+    assert!(out.contains("sourcebox stopped"), "{out}");
+    let run = runs::find(&Store::open(&dir).expect("open"), &running.id).expect("run");
+    assert_eq!(run.state, "interrupted");
+    assert!(
+        run.detail.as_deref().unwrap_or("").contains("shut down"),
+        "{run:?}"
+    );
+}
