@@ -53,7 +53,11 @@ fn launch(c: &mut Criterion) {
         loaded.manifest(),
     )
     .expect("install");
-    let added = catalog::add_source(vault.store(), "a", "echo", &[]).expect("source");
+    let unproven = catalog::AddOptions {
+        allow_unproven: true,
+        ..Default::default()
+    };
+    let added = catalog::add_source(vault.store(), "a", "echo", &[], unproven).expect("source");
     vault
         .set(
             Actor::OWNER_CLI,
@@ -69,7 +73,7 @@ fn launch(c: &mut Criterion) {
         .expect("token");
     // A source with no token: its launch is refused before any instance,
     // so it measures the seam's bookkeeping alone.
-    catalog::add_source(vault.store(), "bare", "echo", &[]).expect("source");
+    catalog::add_source(vault.store(), "bare", "echo", &[], unproven).expect("source");
     let vault = Arc::new(Mutex::new(vault));
     let baseline = Binding {
         vault: Arc::clone(&vault),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -77,6 +78,19 @@ pub struct CatalogEntry {
     pub egress: Vec<EgressHost>,
     /// Approved by default at install.
     pub approved: Approved,
+    /// Setup modalities proven for this version before it shipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proven: Vec<CatalogProof>,
+}
+
+/// A modality the catalog ships as proven, and by what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogProof {
+    /// static-secret, oauth, browser-login or local-import.
+    pub modality: String,
+    /// The end-to-end check that proved it.
+    pub evidence: String,
 }
 
 /// A credential field in a catalog entry.
@@ -113,7 +127,17 @@ impl CatalogEntry {
                 .collect(),
             egress: manifest.setup.egress.clone(),
             approved: approval_for(manifest),
+            proven: Vec::new(),
         }
+    }
+
+    /// Whether `manifest` describes exactly this entry's capabilities
+    /// (the shipped proofs aside).
+    pub fn describes(&self, manifest: &Manifest) -> bool {
+        Self {
+            proven: Vec::new(),
+            ..self.clone()
+        } == Self::of(manifest)
     }
 }
 
@@ -130,18 +154,21 @@ pub async fn install_first_party(
             continue;
         }
         let loaded = runtime.load(component).await?;
-        if CatalogEntry::of(loaded.manifest()) != entry {
+        if !entry.describes(loaded.manifest()) {
             return Err(CatalogError::Setup(format!(
                 "first-party connector {} does not match its catalog entry",
                 entry.id
             )));
         }
-        installed.push(install(
-            store,
-            component,
-            loaded.api_version(),
-            loaded.manifest(),
-        )?);
+        let done = install(store, component, loaded.api_version(), loaded.manifest())?;
+        for proof in &entry.proven {
+            store.conn().execute(
+                "INSERT OR IGNORE INTO proofs (connector_id, version, modality, evidence, proven_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![done.id, done.version, proof.modality, proof.evidence, now_ms()],
+            )?;
+        }
+        installed.push(done);
     }
     Ok(installed)
 }
@@ -360,27 +387,44 @@ pub fn validate_setup(
     Ok(setup)
 }
 
+/// How a source is added.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddOptions<'a> {
+    /// The setup modality; by default the first proven one the connector
+    /// declares.
+    pub modality: Option<&'a str>,
+    /// Allow a modality not proven for this connector version.
+    pub allow_unproven: bool,
+    /// Non-public addresses the operator allowed (`--egress-allow`): a
+    /// URL setup field may use plain http only to one of these.
+    pub egress_allow: &'a [SocketAddr],
+}
+
 /// Adds a source that runs the latest installed version of `connector`.
 pub fn add_source(
     store: &Store,
     name: &str,
     connector: &str,
     values: &[(String, String)],
+    options: AddOptions<'_>,
 ) -> Result<SourceSetup, CatalogError> {
     let installed = latest(store, connector)?;
     let setup = validate_setup(&installed.manifest, values)?;
+    check_urls(&installed.manifest, &setup, options.egress_allow)?;
+    let modality = choose_modality(store, &installed, options)?;
     let source = store.add_source(name)?;
     let setup_json: BTreeMap<&str, &str> = setup
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     store.conn().execute(
-        "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4 WHERE id = ?1",
+        "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4, modality = ?5 WHERE id = ?1",
         params![
             source.source_id,
             installed.id,
             installed.version,
-            serde_json::to_string(&setup_json).expect("json")
+            serde_json::to_string(&setup_json).expect("json"),
+            modality
         ],
     )?;
     Ok(SourceSetup {
@@ -388,6 +432,107 @@ pub fn add_source(
         connector: installed,
         setup,
     })
+}
+
+/// The modality a new source uses: the one asked for, or the first proven
+/// one; an unproven one only when the operator allows it.
+fn choose_modality(
+    store: &Store,
+    installed: &Installed,
+    options: AddOptions<'_>,
+) -> Result<String, CatalogError> {
+    let declared: Vec<&str> = installed
+        .manifest
+        .setup
+        .modalities
+        .iter()
+        .map(|m| crate::setup::modality_name(*m))
+        .collect();
+    let proven: Vec<String> = store
+        .conn()
+        .prepare("SELECT modality FROM proofs WHERE connector_id = ?1 AND version = ?2")?
+        .query_map(params![installed.id, installed.version], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let states = declared
+        .iter()
+        .map(|m| {
+            let state = if proven.iter().any(|p| p == m) {
+                "proven"
+            } else {
+                "unproven"
+            };
+            format!("{m} ({state})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let chosen = match options.modality {
+        Some(wanted) if !declared.contains(&wanted) => {
+            return Err(CatalogError::Setup(format!(
+                "{} {} cannot be set up with '{wanted}'; it offers: {states}",
+                installed.id, installed.version
+            )));
+        }
+        Some(wanted) => wanted,
+        None => match declared
+            .iter()
+            .find(|m| proven.iter().any(|p| p == *m))
+            .or(declared.first().filter(|_| options.allow_unproven))
+        {
+            Some(m) => m,
+            None => {
+                return Err(CatalogError::Setup(format!(
+                    "{} {} has no proven setup modality yet ({states}); pass --allow-unproven to set a source up anyway (its first verification and successful run prove the modality)",
+                    installed.id, installed.version
+                )));
+            }
+        },
+    };
+    if !options.allow_unproven && !proven.iter().any(|p| p == chosen) {
+        return Err(CatalogError::Setup(format!(
+            "setting up {} {} with '{chosen}' is unproven ({states}); pass --allow-unproven to use it anyway",
+            installed.id, installed.version
+        )));
+    }
+    Ok(chosen.to_owned())
+}
+
+/// A setup field the connector takes an egress host from must be an https
+/// URL, or plain http to an address the operator allowed.
+fn check_urls(
+    manifest: &Manifest,
+    setup: &[(String, String)],
+    egress_allow: &[SocketAddr],
+) -> Result<(), CatalogError> {
+    for host in &manifest.setup.egress {
+        let EgressHost::FromSetupField(field) = host else {
+            continue;
+        };
+        let Some((_, value)) = setup.iter().find(|(k, _)| k == field) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let uri: http::Uri = value.parse().map_err(|_| {
+            CatalogError::Setup(format!(
+                "setup field '{field}' must be a URL such as https://api.example.com, not '{value}'"
+            ))
+        })?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        match uri.scheme_str() {
+            Some("https") if !authority.is_empty() => {}
+            Some("http")
+                if authority
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| egress_allow.contains(&a)) => {}
+            _ => {
+                return Err(CatalogError::Setup(format!(
+                    "setup field '{field}' must be an https URL ('{value}' is not); plain http is accepted only for an address allowed with --egress-allow ADDR:PORT"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A source's connector version and setup values.

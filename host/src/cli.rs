@@ -16,6 +16,7 @@ use crate::runs::scheduler::{self, Schedule};
 use crate::runs::{self, LaunchError};
 use crate::runtime::bindings::sourcebox::connector::types::EgressHost;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::setup::{self, SetupError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
 use crate::vault::{
@@ -42,6 +43,9 @@ pub enum CliError {
     /// A refused launch.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// A setup step.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// A request that cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -234,6 +238,14 @@ pub enum ConnectorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show what setting up a source of a connector takes.
+    Show {
+        /// Connector id.
+        id: String,
+        /// JSON output: the connector view document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `source` subcommands.
@@ -249,6 +261,47 @@ pub enum SourceCommand {
         /// A setup field value, FIELD=VALUE (repeatable; never a secret).
         #[arg(long = "set", value_name = "FIELD=VALUE", requires = "connector")]
         set: Vec<String>,
+        /// How to set it up (static-secret, oauth, browser-login,
+        /// local-import); by default the first proven one.
+        #[arg(long, requires = "connector")]
+        modality: Option<String>,
+        /// Allow a modality not yet proven for this connector version.
+        #[arg(long, requires = "connector")]
+        allow_unproven: bool,
+        /// JSON output: the source's setup view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a source's setup state and what to do next.
+    Show {
+        /// Source name.
+        name: String,
+        /// JSON output: the setup view document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk a source's next setup steps: ask for missing credentials
+    /// (secret ones without echo), then verify them.
+    Setup {
+        /// Source name.
+        name: String,
+        /// JSON output: the final setup view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the stored credentials: which account they belong to.
+    Verify {
+        /// Source name.
+        name: String,
+        /// JSON output: the setup view afterwards.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm that a source may connect an account another source of the
+    /// same connector is already connected to.
+    Confirm {
+        /// Source name.
+        name: String,
     },
     /// List sources.
     List {
@@ -373,7 +426,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Init(args) => init(dir, cli.unlock_fd, args, out),
         Command::Connector(cmd) => connector(dir, cmd, out),
-        Command::Source(cmd) => source(dir, cli.unlock_fd, cmd, out),
+        Command::Source(cmd) => source(dir, cli.unlock_fd, &cli.egress_allow, cmd, out),
         Command::Run { source, json } => run_source(
             open_vault(dir, cli.unlock_fd)?,
             &source,
@@ -485,6 +538,7 @@ fn init(
 fn source(
     dir: &Path,
     unlock_fd: Option<u32>,
+    egress_allow: &[std::net::SocketAddr],
     cmd: SourceCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -501,6 +555,9 @@ fn source(
             name,
             connector: Some(connector),
             set,
+            modality,
+            allow_unproven,
+            json,
         } => {
             let values = set
                 .iter()
@@ -510,34 +567,37 @@ fn source(
                         .ok_or_else(|| CliError::Usage(format!("--set {kv}: expected FIELD=VALUE")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let added = catalog::add_source(&Store::open(dir)?, &name, &connector, &values)?;
-            writeln_out(
-                out,
-                format_args!(
-                    "added source {} running {} {}",
-                    added.source.source, added.connector.id, added.connector.version
-                ),
+            let vault = open_vault(dir, unlock_fd)?;
+            catalog::add_source(
+                vault.store(),
+                &name,
+                &connector,
+                &values,
+                catalog::AddOptions {
+                    modality: modality.as_deref(),
+                    allow_unproven,
+                    egress_allow,
+                },
             )?;
-            for field in added
-                .connector
-                .manifest
-                .credentials
-                .iter()
-                .filter(|c| c.required)
-            {
-                writeln_out(
-                    out,
-                    format_args!(
-                        "  needs credential '{}' ({}): sourcebox credential set {} {} --class {}",
-                        field.name,
-                        field.label,
-                        name,
-                        field.name,
-                        CredentialClass::from(field.class)
-                    ),
-                )?;
-            }
-            Ok(())
+            print_view(&setup::source_view(&vault, &name)?, json, out)
+        }
+        SourceCommand::Show { name, json } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            print_view(&setup::source_view(&vault, &name)?, json, out)
+        }
+        SourceCommand::Verify { name, json } => {
+            let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
+            async_runtime()?.block_on(launcher.launch(&name, runs::Trigger::SetupVerification))?;
+            let vault = launcher.vault().lock().expect("vault lock");
+            print_view(&setup::source_view(&vault, &name)?, json, out)
+        }
+        SourceCommand::Setup { name, json } => {
+            let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
+            walk_setup(&launcher, &name, json, out)
+        }
+        SourceCommand::Confirm { name } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            print_view(&setup::confirm_identity(&vault, &name)?, false, out)
         }
         SourceCommand::List { json } => {
             let sources = scheduler::statuses(&Store::open(dir)?)?;
@@ -690,6 +750,15 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 ),
             )
         }
+        ConnectorCommand::Show { id, json } => {
+            let view = setup::connector_view(&Store::open(dir)?, &id)?;
+            if json {
+                let doc = serde_json::to_string(&view).map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            write!(out, "{}", render_connector(&view))
+                .map_err(|e| CliError::Io(format!("cannot write output: {e}")))
+        }
         ConnectorCommand::List { json } => {
             let installed = catalog::list(&store)?;
             if json {
@@ -714,6 +783,226 @@ fn launcher(vault: Vault, config: runs::LaunchConfig) -> Result<Arc<runs::Launch
         Arc::new(Mutex::new(vault)),
         config,
     )?))
+}
+
+fn launch_config(egress_allow: &[std::net::SocketAddr]) -> runs::LaunchConfig {
+    runs::LaunchConfig {
+        egress_allow: egress_allow.to_vec(),
+        ..runs::LaunchConfig::default()
+    }
+}
+
+fn print_view(view: &setup::SourceView, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    if json {
+        let doc = serde_json::to_string(view).map_err(|e| CliError::Io(e.to_string()))?;
+        return writeln_out(out, format_args!("{doc}"));
+    }
+    write!(out, "{}", render_source(view))
+        .map_err(|e| CliError::Io(format!("cannot write output: {e}")))
+}
+
+/// The text form of a source's setup view: a rendering of the document
+/// and nothing else.
+pub fn render_source(view: &setup::SourceView) -> String {
+    use setup::NextStep;
+    let name = &view.source;
+    let mut text = format!(
+        "source {name}: {}\n",
+        serde_json::to_value(view.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    if let Some(connector) = &view.connector {
+        text += &format!(
+            "  connector: {connector} ({})\n",
+            view.modality.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(identity) = &view.identity {
+        text += &format!(
+            "  account: {} (provider id {})\n",
+            identity.display, identity.id
+        );
+    }
+    for field in &view.setup {
+        text += &format!(
+            "  setup {}: {}\n",
+            field.name,
+            field.value.as_deref().unwrap_or("-")
+        );
+    }
+    for c in &view.credentials {
+        text += &format!(
+            "  credential {} ({}, {}): {}\n",
+            c.field.name,
+            c.field.class,
+            if c.field.required {
+                "required"
+            } else {
+                "optional"
+            },
+            if c.stored { "stored" } else { "missing" }
+        );
+    }
+    text += &match &view.next_step {
+        NextStep::ChooseConnector => format!(
+            "next: choose a connector: sourcebox source rm {name}, then sourcebox source add {name} --connector ID\n"
+        ),
+        NextStep::ProvideCredentials { fields, reason } => {
+            let mut step = String::new();
+            if let Some(reason) = reason {
+                step += &format!("  refused: {reason}\n");
+            }
+            step += &format!("next: provide credentials: sourcebox source setup {name}\n");
+            for f in fields {
+                step += &format!(
+                    "  {} — {}{}{}\n    or: sourcebox credential set {name} {} --class {}\n",
+                    f.name,
+                    f.label,
+                    if f.help.is_empty() { "" } else { ": " },
+                    f.help,
+                    f.name,
+                    f.class
+                );
+            }
+            step
+        }
+        NextStep::Authorize { .. } => {
+            "next: authorize with the provider (OAuth authorization is not available on this host yet)\n".to_owned()
+        }
+        NextStep::BrowserLogin { .. } => {
+            "next: log in through a browser (browser login is not available on this host yet)\n".to_owned()
+        }
+        NextStep::Verify => format!("next: verify the credentials: sourcebox source verify {name}\n"),
+        NextStep::Wait { run } => format!("next: wait for verification run {run}\n"),
+        NextStep::AnswerInteraction { id, kind, prompt } => format!(
+            "next: answer the {kind} question \"{prompt}\": sourcebox interaction answer {id}\n"
+        ),
+        NextStep::ConfirmIdentity { identity, existing } => format!(
+            "next: this account ({}) is already connected as '{existing}'; if that is intended: sourcebox source confirm {name}\n",
+            identity.display
+        ),
+        NextStep::Inspect { failure, detail } => format!(
+            "next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n"
+        ),
+        NextStep::None => format!("ready: sourcebox run {name}\n"),
+    };
+    text
+}
+
+/// The text form of a connector view.
+pub fn render_connector(view: &setup::ConnectorView) -> String {
+    let mut text = format!("{} {} ({})\n", view.id, view.version, view.name);
+    for m in &view.modalities {
+        text += &format!(
+            "  modality {}: {}{}\n",
+            m.modality,
+            m.support,
+            m.evidence
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    for c in &view.credentials {
+        text += &format!(
+            "  credential {} ({}, {}{}): {}\n",
+            c.name,
+            c.class,
+            if c.required { "required" } else { "optional" },
+            if c.secret { ", secret" } else { "" },
+            c.label
+        );
+    }
+    for f in &view.setup_fields {
+        text += &format!(
+            "  setup {} ({}): default {}\n",
+            f.name,
+            f.label,
+            f.value.as_deref().unwrap_or("-")
+        );
+    }
+    for h in &view.hosts {
+        text += &format!("  host {h}\n");
+    }
+    text
+}
+
+/// Walks the next steps the engine names: missing credentials are asked
+/// for (one line each from a pipe, a hidden prompt on a terminal for secret
+/// ones) and stored, then verified; stops at any step the owner must take
+/// elsewhere.
+fn walk_setup(
+    launcher: &runs::Launcher,
+    name: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let rt = async_runtime()?;
+    for _ in 0..4 {
+        let view = {
+            let vault = launcher.vault().lock().expect("vault lock");
+            setup::source_view(&vault, name)?
+        };
+        match &view.next_step {
+            setup::NextStep::ProvideCredentials { fields, reason } => {
+                if let Some(reason) = reason {
+                    writeln_out(out, format_args!("refused: {reason}"))?;
+                }
+                let vault = launcher.vault().lock().expect("vault lock");
+                let source = vault.store().source(name)?;
+                for field in fields {
+                    let value = read_field(field)?;
+                    let class: CredentialClass = field.class.parse()?;
+                    let meta = vault.set(
+                        Actor::OWNER_CLI,
+                        &source,
+                        NewCredential {
+                            name: &field.name,
+                            class,
+                            provenance: Provenance::Owner,
+                            value,
+                            expires_at: None,
+                        },
+                    )?;
+                    writeln_out(
+                        out,
+                        format_args!("stored {}/{} ({})", meta.source, meta.name, meta.hint),
+                    )?;
+                }
+            }
+            setup::NextStep::Verify => {
+                rt.block_on(launcher.launch(name, runs::Trigger::SetupVerification))?;
+            }
+            _ => return print_view(&view, json, out),
+        }
+    }
+    let vault = launcher.vault().lock().expect("vault lock");
+    print_view(&setup::source_view(&vault, name)?, json, out)
+}
+
+/// One credential field's value: a hidden prompt (secret) or an echoed
+/// line on a terminal, one line from a pipe.
+fn read_field(field: &setup::CredentialFieldView) -> Result<Secret, CliError> {
+    let label = format!("{} ({}): ", field.label, field.name);
+    if std::io::stdin().is_terminal() {
+        if field.secret {
+            return prompt(&label, "value");
+        }
+        eprint!("{label}");
+    }
+    let mut line = Zeroizing::new(Vec::new());
+    std::io::BufRead::read_until(&mut std::io::stdin().lock(), b'\n', &mut line)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", field.name)))?;
+    let value = Secret::from_slice(trim_newline(&line));
+    if value.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no value for {} ({}); nothing was stored for it",
+            field.name, field.label
+        )));
+    }
+    Ok(value)
 }
 
 fn run_source(

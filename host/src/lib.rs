@@ -11,6 +11,7 @@
 //! - [`runs`]: `launch`, the one way a connector runs, the scheduler and
 //!   retries;
 //! - [`interactions`]: questions a run asks its owner;
+//! - [`setup`]: the setup engine: lifecycle, next steps, views;
 //! - [`events`]: run events for live streams;
 //! - [`cli`]: the operator's command line over all of them.
 #![forbid(unsafe_code)]
@@ -22,5 +23,6 @@ pub mod events;
 pub mod interactions;
 pub mod runs;
 pub mod runtime;
+pub mod setup;
 pub mod store;
 pub mod vault;

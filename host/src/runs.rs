@@ -33,6 +33,7 @@ use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use crate::runtime::{
     Binding, Call, Limits, LoadedConnector, Outcome, RunControl, RunFailure, Runtime, RuntimeError,
 };
+use crate::setup;
 use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{Vault, VaultError};
 
@@ -628,6 +629,26 @@ impl Launcher {
             },
         };
         let mut detail = detail;
+        if trigger == Trigger::SetupVerification {
+            match (ending, kind) {
+                (Ending::Done(Outcome::Verified(identity)), _) => setup::record_verification(
+                    store,
+                    source_id,
+                    Ok(&setup::Identity {
+                        id: identity.id.clone(),
+                        display: identity.display.clone(),
+                    }),
+                )?,
+                (_, Some(kind)) => setup::record_verification(
+                    store,
+                    source_id,
+                    Err((kind.as_str(), detail.as_deref().unwrap_or(""))),
+                )?,
+                _ => {}
+            }
+        } else if state == "succeeded" {
+            setup::record_proof(store, source_id, run_id)?;
+        }
         match kind {
             None if state == "succeeded" => {
                 store
@@ -637,7 +658,8 @@ impl Launcher {
                     )?
                     .execute([source_id])?;
             }
-            Some(FailureKind::AuthRejected) => {
+            // A verification's refusal is setup's business, not a re-auth.
+            Some(FailureKind::AuthRejected) if trigger != Trigger::SetupVerification => {
                 store.conn().execute(
                     "UPDATE sources SET needs_reauth = ?2 WHERE id = ?1",
                     params![source_id, detail],

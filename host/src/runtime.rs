@@ -146,7 +146,7 @@ pub enum RunFailure {
     #[error("connector trapped: {0}")]
     ConnectorTrap(String),
     /// The connector returned an error.
-    #[error("connector error: {0:?}")]
+    #[error("{}", connector_message(.0))]
     Connector(ConnectorError),
     /// A request to a host or address the run may not reach.
     #[error("egress denied: {0}")]
@@ -167,6 +167,23 @@ pub enum RunFailure {
     /// Cancelled by the owner.
     #[error("cancelled by the owner")]
     Cancelled,
+}
+
+/// A connector's error in words: the connector's own message, with what
+/// kind of failure it is.
+fn connector_message(e: &ConnectorError) -> String {
+    match e {
+        ConnectorError::AuthRejected(m) => format!("the provider refused the credentials: {m}"),
+        ConnectorError::AuthInsufficient(m) => {
+            format!("the credentials lack a permission: {m}")
+        }
+        ConnectorError::RateLimited(Some(secs)) => {
+            format!("rate limited by the provider; retry after {secs} s")
+        }
+        ConnectorError::RateLimited(None) => "rate limited by the provider".to_owned(),
+        ConnectorError::UpstreamTransient(m) => format!("temporary provider failure: {m}"),
+        ConnectorError::Fatal(m) => format!("the connector gave up: {m}"),
+    }
 }
 
 /// The error a cancelled run's guest is stopped with.

@@ -637,6 +637,7 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
                     "echo",
                     "--set",
                     "count=2",
+                    "--allow-unproven",
                 ],
                 b"",
             ),
@@ -654,7 +655,14 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     ok(
         cli(
             &dir,
-            &["source", "add", "spare", "--connector", "echo"],
+            &[
+                "source",
+                "add",
+                "spare",
+                "--connector",
+                "echo",
+                "--allow-unproven",
+            ],
             b"",
         ),
         "add spare",
@@ -788,6 +796,7 @@ fn guest_output_reaches_the_host_log_with_secrets_redacted() {
                 "loud",
                 "--connector",
                 "hostile",
+                "--allow-unproven",
                 "--set",
                 "attack=print",
             ],

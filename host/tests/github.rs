@@ -416,9 +416,8 @@ async fn the_catalog_entry_matches_what_the_component_describes() {
         serde_json::from_str(include_str!("../../manifests/github.json"))
             .expect("manifests/github.json parses");
     let described = sourcebox::catalog::CatalogEntry::of(w.github.manifest());
-    assert_eq!(
-        described,
-        entry,
+    assert!(
+        entry.describes(w.github.manifest()),
         "manifests/github.json no longer matches the component; review the change, then make it read:\n{}",
         serde_json::to_string_pretty(&described).expect("json")
     );

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,12 +19,9 @@ use sourcebox::runs::{self, LaunchConfig, Launcher, RetryPolicy, RunRecord, Trig
 use sourcebox::runtime::Runtime;
 use sourcebox::store::Store;
 use sourcebox::vault::{Actor, Secret, Vault, VaultError};
-use tokio::io::AsyncWriteExt;
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
-const ALICE: &str = "ghp_aliceAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-const BOB: &str = "ghp_bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
-const REJECTED: &str = "ghp_rejectedRRRRRRRRRRRRRRRRRRRRRRRR";
+use common::{ALICE, BOB, REJECTED, fixture};
 
 /// FNV-1a, as the echo fixture fingerprints values.
 fn fingerprint(value: &str) -> String {
@@ -47,86 +43,6 @@ async fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T 
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A GitHub-like fixture: the first requests get the scripted statuses
-/// (with headers), then every request is answered normally. A request with
-/// the REJECTED token always gets 401. Records (path, token) of each.
-struct Fixture {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-async fn fixture(script: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> Fixture {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let script = Arc::new(Mutex::new(VecDeque::from(script)));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let log = Arc::clone(&log);
-            let script = Arc::clone(&script);
-            tokio::spawn(async move {
-                let Some(head) = common::read_request_head(&mut socket).await else {
-                    return;
-                };
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let token = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .starts_with("authorization: bearer ")
-                            .then(|| l[22..].trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                log.lock().expect("log").push((path.clone(), token.clone()));
-                let scripted = script.lock().expect("script").pop_front();
-                let (status, headers, body) = match scripted {
-                    _ if token == REJECTED => {
-                        (401, vec![], r#"{"message":"Bad credentials"}"#.to_owned())
-                    }
-                    Some((status, headers)) => {
-                        (status, headers, r#"{"message":"scripted"}"#.to_owned())
-                    }
-                    None if path == "/user" => {
-                        (200, vec![], r#"{"id":1,"login":"alice"}"#.to_owned())
-                    }
-                    None if path.starts_with("/user/repos") => (
-                        200,
-                        vec![],
-                        r#"[{"id":1,"full_name":"alice/one"},{"id":2,"full_name":"alice/two"}]"#
-                            .to_owned(),
-                    ),
-                    None => (200, vec![], "[]".to_owned()),
-                };
-                let mut reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    reply.push_str(&format!("{k}: {v}\r\n"));
-                }
-                reply.push_str("\r\n");
-                reply.push_str(&body);
-                let _ = socket.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    Fixture { addr, seen }
-}
-
-impl Fixture {
-    fn tokens(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .map(|(_, t)| t.clone())
-            .collect()
     }
 }
 
@@ -192,7 +108,19 @@ impl Host {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let added = catalog::add_source(vault.store(), name, connector, &values).expect("add");
+        let allow: Vec<SocketAddr> = self.launcher.config().egress_allow.clone();
+        let added = catalog::add_source(
+            vault.store(),
+            name,
+            connector,
+            &values,
+            catalog::AddOptions {
+                allow_unproven: true,
+                egress_allow: &allow,
+                ..Default::default()
+            },
+        )
+        .expect("add");
         if let Some(token) = token {
             set(&vault, &added.source, "token", token.as_bytes());
         }
@@ -826,7 +754,7 @@ async fn scheduled_runs_receive_what_manual_runs_receive_whatever_the_environmen
     cli_ok(&dir, None, &["init"], b"").await;
     cli_ok(
         &dir,
-        None,
+        allow,
         &[
             "source",
             "add",
@@ -949,6 +877,7 @@ async fn kill_9_of_serve_mid_run_interrupts_the_run_and_the_source_runs_again() 
             "slow",
             "--connector",
             "echo",
+            "--allow-unproven",
             "--set",
             "spin_ms=3000",
         ],
@@ -1157,6 +1086,7 @@ async fn a_restart_expires_the_questions_of_runs_that_were_cut_off() {
             "bank",
             "--connector",
             "echo",
+            "--allow-unproven",
             "--set",
             "ask=otp",
         ],
@@ -1233,6 +1163,7 @@ async fn serve_shuts_down_gracefully_and_marks_what_it_stopped_interrupted() {
             "slow",
             "--connector",
             "echo",
+            "--allow-unproven",
             "--set",
             "spin_ms=120000",
         ],

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_connectors.sql"),
     include_str!("migrations/0004_runs.sql"),
     include_str!("migrations/0005_launch.sql"),
+    include_str!("migrations/0006_setup.sql"),
 ];
 
 /// The schema version this build writes.

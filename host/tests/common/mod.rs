@@ -198,3 +198,106 @@ pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<Str
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// A token the GitHub fixture answers as account alice (id 1).
+pub const ALICE: &str = "ghp_aliceAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+/// A token the GitHub fixture answers as account bob (id 2).
+pub const BOB: &str = "ghp_bobBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+/// A token the GitHub fixture always refuses with 401.
+pub const REJECTED: &str = "ghp_rejectedRRRRRRRRRRRRRRRRRRRRRRRR";
+
+/// A GitHub-like fixture: the first requests get the scripted statuses
+/// (with headers), then every request is answered normally. A request with
+/// the REJECTED token always gets 401. Records (path, token) of each.
+pub struct Fixture {
+    pub addr: std::net::SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// Set to refuse every token from now on, as a provider does once a
+    /// token is revoked on its side.
+    pub revoked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn fixture(script: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> Fixture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = std::sync::Arc::default();
+    let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        script,
+    )));
+    let log = std::sync::Arc::clone(&seen);
+    let revoked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusing = std::sync::Arc::clone(&revoked);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = std::sync::Arc::clone(&log);
+            let script = std::sync::Arc::clone(&script);
+            let revoked = std::sync::Arc::clone(&refusing);
+            tokio::spawn(async move {
+                let Some(head) = read_request_head(&mut socket).await else {
+                    return;
+                };
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let token = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization: bearer ")
+                            .then(|| l[22..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                log.lock().expect("log").push((path.clone(), token.clone()));
+                let scripted = script.lock().expect("script").pop_front();
+                let revoked = revoked.load(std::sync::atomic::Ordering::Relaxed);
+                let (status, headers, body) = match scripted {
+                    _ if token == REJECTED || revoked => {
+                        (401, vec![], r#"{"message":"Bad credentials"}"#.to_owned())
+                    }
+                    Some((status, headers)) => {
+                        (status, headers, r#"{"message":"scripted"}"#.to_owned())
+                    }
+                    None if path == "/user" && token == BOB => {
+                        (200, vec![], r#"{"id":2,"login":"bob"}"#.to_owned())
+                    }
+                    None if path == "/user" => {
+                        (200, vec![], r#"{"id":1,"login":"alice"}"#.to_owned())
+                    }
+                    None if path.starts_with("/user/repos") => (
+                        200,
+                        vec![],
+                        r#"[{"id":1,"full_name":"alice/one"},{"id":2,"full_name":"alice/two"}]"#
+                            .to_owned(),
+                    ),
+                    None => (200, vec![], "[]".to_owned()),
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    reply.push_str(&format!("{k}: {v}\r\n"));
+                }
+                reply.push_str("\r\n");
+                reply.push_str(&body);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, reply.as_bytes()).await;
+            });
+        }
+    });
+    Fixture {
+        addr,
+        seen,
+        revoked,
+    }
+}
+
+impl Fixture {
+    pub fn tokens(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}

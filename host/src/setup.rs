@@ -1,0 +1,582 @@
+//! The setup engine: everything about setting a source up is decided here,
+//! as a [`SourceView`] or [`ConnectorView`] document. The CLI (and the HTTP
+//! API) render these documents and nothing else; `--json` prints them as
+//! they are.
+//!
+//! A source's lifecycle state is derived, never stored: from what the
+//! vault holds for it (metadata only, nothing is decrypted), its last
+//! verification, its runs and its pending interactions.
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, CatalogError, Installed};
+use crate::interactions;
+use crate::runtime::bindings::sourcebox::connector::types::{Manifest, Modality};
+use crate::store::{Store, StoreError, now_ms};
+use crate::vault::{CredentialClass, Provenance, Vault, VaultError};
+
+/// Why a view could not be built or a setup step taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The catalog.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The vault.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A step that does not apply in the source's state.
+    #[error("{0}")]
+    NotNow(String),
+}
+
+impl From<rusqlite::Error> for SetupError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// Where a source is in its setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// No connector chosen yet.
+    Draft,
+    /// Required credentials are not stored (static secret).
+    NeedsCredentials,
+    /// The provider's OAuth authorization has not been given.
+    NeedsAuthorization,
+    /// The owner has not logged in through the browser.
+    NeedsBrowserLogin,
+    /// Credentials are stored but not yet (or being) verified.
+    Verifying,
+    /// The owner must answer a question or confirm something.
+    WaitingForOwner,
+    /// Verified; runs may collect.
+    Ready,
+    /// A run's credentials were refused; new ones are needed.
+    NeedsReauth,
+    /// A connector upgrade asks for more than was approved.
+    NeedsApproval,
+    /// Verification failed for a reason new credentials would not fix.
+    Failed,
+}
+
+/// What the owner must do next, exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum NextStep {
+    /// Pick a connector for the source.
+    ChooseConnector,
+    /// Provide these credential fields (rendered from the connector's
+    /// credentials schema).
+    ProvideCredentials {
+        /// The fields still missing.
+        fields: Vec<CredentialFieldView>,
+        /// Why, when a verification or run refused the previous ones.
+        reason: Option<String>,
+    },
+    /// Authorize with the provider (OAuth).
+    Authorize {
+        /// The provider authorization is not available on this host yet.
+        supported: bool,
+    },
+    /// Log in through a browser.
+    BrowserLogin {
+        /// Browser login is not available on this host yet.
+        supported: bool,
+    },
+    /// Run the setup verification.
+    Verify,
+    /// A verification run is in flight.
+    Wait {
+        /// The run.
+        run: String,
+    },
+    /// Answer the interaction a run asked.
+    AnswerInteraction {
+        /// Interaction id.
+        id: String,
+        /// otp, login, identity-confirmation or challenge.
+        kind: String,
+        /// What the connector asked.
+        prompt: String,
+    },
+    /// Confirm that this source is another connection to an account that
+    /// is already connected.
+    ConfirmIdentity {
+        /// The account this source's credentials belong to.
+        identity: Identity,
+        /// The source already connected to it.
+        existing: String,
+    },
+    /// Look at the failed verification.
+    Inspect {
+        /// The failure kind.
+        failure: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Nothing: the source is ready.
+    None,
+}
+
+/// The account a source's credentials belong to, as the provider reported
+/// it at verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable provider-side id.
+    pub id: String,
+    /// Human-readable name.
+    pub display: String,
+}
+
+/// One credential field, from the connector's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialFieldView {
+    /// Name to store it under.
+    pub name: String,
+    /// Label to show.
+    pub label: String,
+    /// Where to find it.
+    pub help: String,
+    /// Credential class, as the vault names it.
+    pub class: String,
+    /// Never echoed back when true.
+    pub secret: bool,
+    /// Whether runs need it.
+    pub required: bool,
+    /// A regular expression the value must match.
+    pub pattern: Option<String>,
+}
+
+/// One non-secret setup field, from the connector's setup descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupFieldView {
+    /// Name.
+    pub name: String,
+    /// Label to show.
+    pub label: String,
+    /// Help text.
+    pub help: String,
+    /// Whether it must be given.
+    pub required: bool,
+    /// The source's value (filled in for a source view).
+    pub value: Option<String>,
+}
+
+/// A setup modality and whether it is proven for this connector version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModalityView {
+    /// static-secret, oauth, browser-login or local-import.
+    pub modality: String,
+    /// `proven` once a source set up this way verified and collected (or
+    /// the catalog ships such a proof); otherwise `unproven`.
+    pub support: String,
+    /// What proved it.
+    pub evidence: Option<String>,
+}
+
+/// Everything about setting up sources of one connector version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorView {
+    /// Connector id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Display name.
+    pub name: String,
+    /// Ways to set up a source, with their support state.
+    pub modalities: Vec<ModalityView>,
+    /// The credentials a source needs.
+    pub credentials: Vec<CredentialFieldView>,
+    /// Non-secret setup fields.
+    pub setup_fields: Vec<SetupFieldView>,
+    /// Hosts it may reach (fixed, and `field:NAME` for hosts taken from a
+    /// setup field).
+    pub hosts: Vec<String>,
+}
+
+/// Everything about one source's setup, and what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceView {
+    /// Source name.
+    pub source: String,
+    /// `id version` of its connector.
+    pub connector: Option<String>,
+    /// How it is set up.
+    pub modality: Option<String>,
+    /// Where it is.
+    pub state: Lifecycle,
+    /// The account its credentials belong to, once verified.
+    pub identity: Option<Identity>,
+    /// Credential fields, and whether each is stored for this source.
+    pub credentials: Vec<CredentialStatus>,
+    /// Setup field values.
+    pub setup: Vec<SetupFieldView>,
+    /// What the owner must do next.
+    pub next_step: NextStep,
+}
+
+/// A credential field of a source and whether it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// The field.
+    #[serde(flatten)]
+    pub field: CredentialFieldView,
+    /// Stored, usable (not revoked) for this source.
+    pub stored: bool,
+}
+
+/// The stored name of a modality.
+pub fn modality_name(modality: Modality) -> &'static str {
+    match modality {
+        Modality::StaticSecret => "static-secret",
+        Modality::Oauth => "oauth",
+        Modality::BrowserLogin => "browser-login",
+        Modality::LocalImport => "local-import",
+    }
+}
+
+fn field_views(manifest: &Manifest) -> Vec<CredentialFieldView> {
+    manifest
+        .credentials
+        .iter()
+        .map(|c| CredentialFieldView {
+            name: c.name.clone(),
+            label: c.label.clone(),
+            help: c.help.clone(),
+            class: CredentialClass::from(c.class).as_str().to_owned(),
+            secret: c.secret,
+            required: c.required,
+            pattern: c.pattern.clone(),
+        })
+        .collect()
+}
+
+/// Proofs of a connector version, by modality: (modality, evidence).
+fn proofs(store: &Store, installed: &Installed) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT modality, evidence FROM proofs WHERE connector_id = ?1 AND version = ?2",
+    )?;
+    let rows = stmt.query_map(params![installed.id, installed.version], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The view of the latest installed version of connector `id`.
+pub fn connector_view(store: &Store, id: &str) -> Result<ConnectorView, SetupError> {
+    let installed = catalog::latest(store, id)?;
+    let proven = proofs(store, &installed)?;
+    let manifest = &installed.manifest;
+    Ok(ConnectorView {
+        id: installed.id.clone(),
+        version: installed.version.clone(),
+        name: manifest.name.clone(),
+        modalities: manifest
+            .setup
+            .modalities
+            .iter()
+            .map(|m| {
+                let name = modality_name(*m);
+                let evidence = proven
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map(|(_, e)| e.clone());
+                ModalityView {
+                    modality: name.to_owned(),
+                    support: if evidence.is_some() {
+                        "proven"
+                    } else {
+                        "unproven"
+                    }
+                    .to_owned(),
+                    evidence,
+                }
+            })
+            .collect(),
+        credentials: field_views(manifest),
+        setup_fields: manifest
+            .setup
+            .fields
+            .iter()
+            .map(|f| SetupFieldView {
+                name: f.name.clone(),
+                label: f.label.clone(),
+                help: f.help.clone(),
+                required: f.required,
+                value: f.default_value.clone(),
+            })
+            .collect(),
+        hosts: installed.approved.hosts.clone(),
+    })
+}
+
+/// What the store says about a source's setup.
+struct Facts {
+    modality: Option<String>,
+    identity: Option<Identity>,
+    verified_at: Option<i64>,
+    failure: Option<(String, String, i64)>,
+    confirmed_identity: Option<String>,
+    needs_reauth: Option<String>,
+}
+
+/// The view of source `name`.
+pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
+    let store = vault.store();
+    let source = store.source(name)?;
+    let setup = match catalog::source_setup(store, name) {
+        Ok(setup) => setup,
+        Err(CatalogError::NoConnector(_)) => {
+            return Ok(SourceView {
+                source: name.to_owned(),
+                connector: None,
+                modality: None,
+                state: Lifecycle::Draft,
+                identity: None,
+                credentials: Vec::new(),
+                setup: Vec::new(),
+                next_step: NextStep::ChooseConnector,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let facts = store.conn().query_row(
+        "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
+                verify_failure, verify_failed_at, confirmed_identity, needs_reauth
+         FROM sources WHERE id = ?1",
+        [source.source_id],
+        |r| {
+            let identity = match (r.get::<_, Option<String>>(1)?, r.get(2)?) {
+                (Some(id), Some(display)) => Some(Identity { id, display }),
+                _ => None,
+            };
+            let failure = match (r.get(4)?, r.get(5)?, r.get(6)?) {
+                (Some(kind), Some(detail), Some(at)) => Some((kind, detail, at)),
+                _ => None,
+            };
+            Ok(Facts {
+                modality: r.get(0)?,
+                identity,
+                verified_at: r.get(3)?,
+                failure,
+                confirmed_identity: r.get(7)?,
+                needs_reauth: r.get(8)?,
+            })
+        },
+    )?;
+    let manifest = &setup.connector.manifest;
+    let metas = vault.list(Some(&source))?;
+    let credentials: Vec<CredentialStatus> = field_views(manifest)
+        .into_iter()
+        .map(|field| CredentialStatus {
+            stored: metas
+                .iter()
+                .any(|m| m.name == field.name && m.revoked_at.is_none()),
+            field,
+        })
+        .collect();
+    // The newest value the owner stored: a verification older than it
+    // says nothing about the credentials now held.
+    let last_write = metas
+        .iter()
+        .filter(|m| m.revoked_at.is_none() && m.provenance != Provenance::ConnectorRefresh)
+        .map(|m| m.rotated_at)
+        .max()
+        .unwrap_or(0);
+    let missing: Vec<CredentialFieldView> = credentials
+        .iter()
+        .filter(|c| c.field.required && !c.stored)
+        .map(|c| c.field.clone())
+        .collect();
+    let pending = interactions::list(store, false)?
+        .into_iter()
+        .find(|i| i.source == name);
+    let verifying: Option<String> = store
+        .conn()
+        .query_row(
+            "SELECT id FROM runs WHERE source_id = ?1 AND trigger = 'setup_verification'
+             AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1",
+            [source.source_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let verified = facts.verified_at.is_some_and(|at| at >= last_write);
+    let duplicate = match (&facts.identity, verified) {
+        (Some(identity), true) => store
+            .conn()
+            .query_row(
+                "SELECT name FROM sources WHERE connector_id = ?1 AND identity_id = ?2
+                 AND id < ?3 AND verified_at IS NOT NULL ORDER BY id LIMIT 1",
+                params![setup.connector.id, identity.id, source.source_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .filter(|_| facts.confirmed_identity.as_deref() != Some(identity.id.as_str())),
+        _ => None,
+    };
+
+    let (state, next_step) = if let Some(asked) = pending {
+        (
+            Lifecycle::WaitingForOwner,
+            NextStep::AnswerInteraction {
+                id: asked.id,
+                kind: asked.kind,
+                prompt: asked.prompt,
+            },
+        )
+    } else if let Some(run) = verifying {
+        (Lifecycle::Verifying, NextStep::Wait { run })
+    } else if let Some(reason) = facts.needs_reauth.clone() {
+        (
+            Lifecycle::NeedsReauth,
+            NextStep::ProvideCredentials {
+                fields: field_views(manifest)
+                    .into_iter()
+                    .filter(|f| f.required)
+                    .collect(),
+                reason: Some(reason),
+            },
+        )
+    } else if !missing.is_empty() {
+        match facts.modality.as_deref() {
+            Some("oauth") => (
+                Lifecycle::NeedsAuthorization,
+                NextStep::Authorize { supported: false },
+            ),
+            Some("browser-login") => (
+                Lifecycle::NeedsBrowserLogin,
+                NextStep::BrowserLogin { supported: false },
+            ),
+            _ => (
+                Lifecycle::NeedsCredentials,
+                NextStep::ProvideCredentials {
+                    fields: missing,
+                    reason: None,
+                },
+            ),
+        }
+    } else if let Some((kind, detail, _)) = facts
+        .failure
+        .clone()
+        .filter(|(_, _, at)| *at >= last_write && !verified)
+    {
+        if kind == "auth_rejected" || kind.starts_with("credential") {
+            (
+                Lifecycle::NeedsCredentials,
+                NextStep::ProvideCredentials {
+                    fields: field_views(manifest)
+                        .into_iter()
+                        .filter(|f| f.required)
+                        .collect(),
+                    reason: Some(detail),
+                },
+            )
+        } else {
+            (
+                Lifecycle::Failed,
+                NextStep::Inspect {
+                    failure: kind,
+                    detail,
+                },
+            )
+        }
+    } else if !verified {
+        (Lifecycle::Verifying, NextStep::Verify)
+    } else if let (Some(existing), Some(identity)) = (duplicate, facts.identity.clone()) {
+        (
+            Lifecycle::WaitingForOwner,
+            NextStep::ConfirmIdentity { identity, existing },
+        )
+    } else {
+        (Lifecycle::Ready, NextStep::None)
+    };
+
+    Ok(SourceView {
+        source: name.to_owned(),
+        connector: Some(format!(
+            "{} {}",
+            setup.connector.id, setup.connector.version
+        )),
+        modality: facts.modality,
+        state,
+        identity: facts.identity.filter(|_| verified),
+        credentials,
+        setup: manifest
+            .setup
+            .fields
+            .iter()
+            .map(|f| SetupFieldView {
+                name: f.name.clone(),
+                label: f.label.clone(),
+                help: f.help.clone(),
+                required: f.required,
+                value: setup
+                    .setup
+                    .iter()
+                    .find(|(k, _)| *k == f.name)
+                    .map(|(_, v)| v.clone()),
+            })
+            .collect(),
+        next_step,
+    })
+}
+
+/// The owner confirms that `name` may connect the same account as another
+/// source of its connector.
+pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
+    let view = source_view(vault, name)?;
+    let NextStep::ConfirmIdentity { identity, .. } = &view.next_step else {
+        return Err(SetupError::NotNow(format!(
+            "source '{name}' has no identity to confirm (it is {:?})",
+            view.state
+        )));
+    };
+    vault.store().conn().execute(
+        "UPDATE sources SET confirmed_identity = ?2 WHERE name = ?1",
+        params![name, identity.id],
+    )?;
+    source_view(vault, name)
+}
+
+/// Records what a setup verification found, inside the caller's
+/// transaction: the identity on success, the failure otherwise.
+pub(crate) fn record_verification(
+    store: &Store,
+    source_id: i64,
+    outcome: Result<&Identity, (&str, &str)>,
+) -> Result<(), StoreError> {
+    match outcome {
+        Ok(identity) => store.conn().execute(
+            "UPDATE sources SET identity_id = ?2, identity_display = ?3, verified_at = ?4,
+                 verify_failure_kind = NULL, verify_failure = NULL, verify_failed_at = NULL
+             WHERE id = ?1",
+            params![source_id, identity.id, identity.display, now_ms()],
+        )?,
+        Err((kind, detail)) => store.conn().execute(
+            "UPDATE sources SET verified_at = NULL, verify_failure_kind = ?2, verify_failure = ?3,
+                 verify_failed_at = ?4 WHERE id = ?1",
+            params![source_id, kind, detail, now_ms()],
+        )?,
+    };
+    Ok(())
+}
+
+/// Records, inside the caller's transaction, that a collection succeeded
+/// for a verified source: its connector version's modality is proven.
+pub(crate) fn record_proof(store: &Store, source_id: i64, run_id: &str) -> Result<(), StoreError> {
+    store.conn().execute(
+        "INSERT OR IGNORE INTO proofs (connector_id, version, modality, evidence, proven_at)
+         SELECT connector_id, connector_version, modality, 'verified, then collected in run ' || ?2, ?3
+         FROM sources WHERE id = ?1 AND verified_at IS NOT NULL AND modality IS NOT NULL
+             AND connector_id IS NOT NULL",
+        params![source_id, run_id, now_ms()],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The setup engine, through the real `sourcebox` binary: the GitHub
+//! connector against a loopback fixture from add to ready, identity echo,
+//! per-source credentials in both directions, modality proofs, and golden
+//! views of each lifecycle state that the CLI's text only renders.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use common::{ALICE, BOB, REJECTED, fixture};
+use sourcebox::setup::{ConnectorView, Lifecycle, NextStep, SourceView};
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+
+struct Dir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+    allow: Option<SocketAddr>,
+}
+
+impl Dir {
+    async fn new(allow: Option<SocketAddr>) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("data");
+        let dir = Self {
+            _tmp: tmp,
+            path,
+            allow,
+        };
+        dir.ok(&["init"], b"").await;
+        dir
+    }
+
+    /// `sourcebox --data-dir DIR [--egress-allow A] ARGS` with `stdin`.
+    async fn cli(&self, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir").arg(&self.path);
+        if let Some(addr) = self.allow {
+            cmd.arg("--egress-allow").arg(addr.to_string());
+        }
+        cmd.args(args);
+        let stdin = stdin.to_vec();
+        let out = tokio::task::spawn_blocking(move || common::run(cmd, &stdin))
+            .await
+            .expect("join");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
+        let (ok, stdout, stderr) = self.cli(args, stdin).await;
+        assert!(ok, "{args:?}: {stdout}{stderr}");
+        stdout
+    }
+
+    async fn view(&self, source: &str) -> SourceView {
+        let json = self.ok(&["source", "show", source, "--json"], b"").await;
+        serde_json::from_str(&json).expect("view json")
+    }
+
+    /// The view as JSON, checked against `golden/setup/NAME.json`, and
+    /// the text `source show` prints checked to be its rendering.
+    async fn golden(&self, source: &str, name: &str) -> SourceView {
+        let json = self.ok(&["source", "show", source, "--json"], b"").await;
+        let view: SourceView = serde_json::from_str(&json).expect("view json");
+        let text = self.ok(&["source", "show", source], b"").await;
+        assert_eq!(
+            text,
+            sourcebox::cli::render_source(&view),
+            "the CLI printed something the engine did not decide"
+        );
+        let mut doc: serde_json::Value = serde_json::from_str(&json).expect("json");
+        normalize(&mut doc, self.allow);
+        let pretty = serde_json::to_string_pretty(&doc).expect("pretty") + "\n";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/setup")
+            .join(format!("{name}.json"));
+        if std::env::var_os("SOURCEBOX_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &pretty).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            pretty,
+            expected,
+            "{} differs; review, then rerun with SOURCEBOX_UPDATE_GOLDEN=1",
+            path.display()
+        );
+        view
+    }
+}
+
+/// Replaces what differs between runs: the fixture's address.
+fn normalize(doc: &mut serde_json::Value, allow: Option<SocketAddr>) {
+    match doc {
+        serde_json::Value::String(s) => {
+            if let Some(addr) = allow {
+                *s = s.replace(&addr.to_string(), "FIXTURE");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| normalize(v, allow)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| normalize(v, allow)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_goes_from_add_to_ready_with_the_account_echoed() {
+    let fx = fixture(vec![]).await;
+    let dir = Dir::new(Some(fx.addr)).await;
+    let api = format!("api_base_url=http://{}", fx.addr);
+
+    dir.ok(&["source", "add", "bare"], b"").await;
+    let draft = dir.golden("bare", "draft").await;
+    assert_eq!(draft.next_step, NextStep::ChooseConnector);
+
+    let added = dir
+        .ok(
+            &[
+                "source",
+                "add",
+                "work",
+                "--connector",
+                "github",
+                "--set",
+                &api,
+            ],
+            b"",
+        )
+        .await;
+    assert!(added.contains("source work: needs_credentials"), "{added}");
+    let view = dir.golden("work", "needs_credentials").await;
+    assert_eq!(view.state, Lifecycle::NeedsCredentials);
+    assert_eq!(view.modality.as_deref(), Some("static-secret"));
+    let NextStep::ProvideCredentials { fields, reason } = &view.next_step else {
+        panic!("{view:?}");
+    };
+    assert!(reason.is_none());
+    assert_eq!(fields.len(), 1);
+    assert_eq!(fields[0].name, "token");
+    assert_eq!(fields[0].label, "Personal access token");
+    assert!(fields[0].secret && fields[0].required);
+
+    // A token the provider refuses: captured, verified, refused with the
+    // connector's reason, and the source asks for credentials again.
+    dir.ok(
+        &["credential", "set", "work", "token", "--class", "token"],
+        REJECTED.as_bytes(),
+    )
+    .await;
+    let view = dir.golden("work", "verifying").await;
+    assert_eq!(
+        (view.state, &view.next_step),
+        (Lifecycle::Verifying, &NextStep::Verify)
+    );
+    dir.ok(&["source", "verify", "work"], b"").await;
+    let view = dir.golden("work", "needs_credentials_refused").await;
+    assert_eq!(view.state, Lifecycle::NeedsCredentials);
+    assert!(
+        matches!(&view.next_step, NextStep::ProvideCredentials { reason: Some(r), .. } if r.contains("401")),
+        "{view:?}"
+    );
+    assert!(view.identity.is_none());
+
+    // `source setup` asks for the token again (one line from the pipe),
+    // stores it and verifies it.
+    let out = dir
+        .ok(
+            &["source", "setup", "work"],
+            format!("{ALICE}\n").as_bytes(),
+        )
+        .await;
+    assert!(out.contains("source work: ready"), "{out}");
+    assert!(out.contains("account: alice (provider id 1)"), "{out}");
+    common::assert_no_leak(ALICE.as_bytes(), out.as_bytes(), "setup output");
+    let view = dir.golden("work", "ready").await;
+    assert_eq!(view.state, Lifecycle::Ready);
+    assert_eq!(
+        view.identity.as_ref().map(|i| i.display.as_str()),
+        Some("alice")
+    );
+    let runs = dir.ok(&["runs", "work", "--json"], b"").await;
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs).expect("runs");
+    assert!(runs.iter().all(|r| r["trigger"] == "setup_verification"));
+    // And it collects: the end-to-end proof manifests/github.json cites.
+    let out = dir.ok(&["run", "work"], b"").await;
+    assert!(out.contains("collected 2 records"), "{out}");
+    let repos = dir
+        .ok(&["records", "work", "repositories", "--json"], b"")
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&repos)
+            .expect("records")
+            .len(),
+        2
+    );
+    assert_eq!(dir.view("work").await.state, Lifecycle::Ready);
+    assert!(fx.tokens().iter().all(|t| t == ALICE || t == REJECTED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_source_of_the_same_account_needs_the_owner_to_confirm() {
+    let fx = fixture(vec![]).await;
+    let dir = Dir::new(Some(fx.addr)).await;
+    let api = format!("api_base_url=http://{}", fx.addr);
+    for source in ["work", "again"] {
+        dir.ok(
+            &[
+                "source",
+                "add",
+                source,
+                "--connector",
+                "github",
+                "--set",
+                &api,
+            ],
+            b"",
+        )
+        .await;
+        dir.ok(
+            &["source", "setup", source],
+            format!("{ALICE}\n").as_bytes(),
+        )
+        .await;
+    }
+    assert_eq!(dir.view("work").await.state, Lifecycle::Ready);
+    let view = dir.golden("again", "waiting_for_owner_identity").await;
+    assert_eq!(view.state, Lifecycle::WaitingForOwner);
+    let NextStep::ConfirmIdentity { identity, existing } = &view.next_step else {
+        panic!("{view:?}");
+    };
+    assert_eq!(
+        (identity.display.as_str(), existing.as_str()),
+        ("alice", "work")
+    );
+    let text = dir.ok(&["source", "show", "again"], b"").await;
+    assert!(text.contains("already connected as 'work'"), "{text}");
+    let confirmed = dir.ok(&["source", "confirm", "again"], b"").await;
+    assert!(confirmed.contains("source again: ready"), "{confirmed}");
+    // Nothing to confirm any more.
+    let (ok, _, err) = dir.cli(&["source", "confirm", "again"], b"").await;
+    assert!(!ok && err.contains("no identity to confirm"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_stored_for_one_source_never_sets_up_another() {
+    let fx = fixture(vec![]).await;
+    let dir = Dir::new(Some(fx.addr)).await;
+    let api = format!("api_base_url=http://{}", fx.addr);
+    for source in ["a", "b"] {
+        dir.ok(
+            &[
+                "source",
+                "add",
+                source,
+                "--connector",
+                "github",
+                "--set",
+                &api,
+            ],
+            b"",
+        )
+        .await;
+    }
+    // A has a token; B does not, and cannot be verified with A's.
+    dir.ok(&["source", "setup", "a"], format!("{ALICE}\n").as_bytes())
+        .await;
+    assert_eq!(dir.view("a").await.state, Lifecycle::Ready);
+    let before = fx.tokens().len();
+    let (ok, _, err) = dir.cli(&["source", "verify", "b"], b"").await;
+    assert!(ok, "{err}");
+    let b = dir.view("b").await;
+    assert_eq!(b.state, Lifecycle::NeedsCredentials);
+    assert!(b.identity.is_none() && !b.credentials[0].stored);
+    assert_eq!(
+        fx.tokens().len(),
+        before,
+        "B's verification reached the provider"
+    );
+    let runs = dir.ok(&["runs", "b", "--json"], b"").await;
+    assert!(runs.contains("credentials_missing"), "{runs}");
+
+    // The other direction: B's own token makes B bob; A stays alice, and
+    // revoking A's leaves B ready.
+    dir.ok(&["source", "setup", "b"], format!("{BOB}\n").as_bytes())
+        .await;
+    let b = dir.view("b").await;
+    assert_eq!(b.state, Lifecycle::Ready, "{b:?}");
+    assert_eq!(b.identity.as_ref().map(|i| i.display.as_str()), Some("bob"));
+    assert_eq!(
+        dir.view("a").await.identity.map(|i| i.display),
+        Some("alice".to_owned())
+    );
+    dir.ok(&["credential", "revoke", "a", "token"], b"").await;
+    assert_eq!(dir.view("a").await.state, Lifecycle::NeedsCredentials);
+    assert_eq!(dir.view("b").await.state, Lifecycle::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproven_modality_is_offered_only_after_a_recorded_proof() {
+    let dir = Dir::new(None).await;
+    dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
+    let show = dir.ok(&["connector", "show", "echo", "--json"], b"").await;
+    let view: ConnectorView = serde_json::from_str(&show).expect("json");
+    assert_eq!(view.modalities.len(), 1);
+    assert_eq!(
+        (
+            view.modalities[0].modality.as_str(),
+            view.modalities[0].support.as_str()
+        ),
+        ("static-secret", "unproven")
+    );
+    let text = dir.ok(&["connector", "show", "echo"], b"").await;
+    assert_eq!(text, sourcebox::cli::render_connector(&view));
+
+    let (ok, _, err) = dir
+        .cli(&["source", "add", "x", "--connector", "echo"], b"")
+        .await;
+    assert!(!ok && err.contains("--allow-unproven"), "{err}");
+    let (ok, _, _) = dir.cli(&["source", "show", "x"], b"").await;
+    assert!(!ok, "a refused add left a source behind");
+
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "x",
+            "--connector",
+            "echo",
+            "--allow-unproven",
+        ],
+        b"",
+    )
+    .await;
+    dir.ok(&["source", "setup", "x"], b"echo-token\n").await;
+    assert_eq!(dir.view("x").await.state, Lifecycle::Ready);
+    // Verified is not yet proven: a first collection must succeed.
+    let (ok, _, _) = dir
+        .cli(&["source", "add", "y", "--connector", "echo"], b"")
+        .await;
+    assert!(!ok);
+    dir.ok(&["run", "x"], b"").await;
+    let show = dir.ok(&["connector", "show", "echo", "--json"], b"").await;
+    let view: ConnectorView = serde_json::from_str(&show).expect("json");
+    assert_eq!(view.modalities[0].support, "proven");
+    assert!(
+        view.modalities[0]
+            .evidence
+            .as_deref()
+            .is_some_and(|e| e.contains("collected in run")),
+        "{view:?}"
+    );
+    dir.ok(&["source", "add", "y", "--connector", "echo"], b"")
+        .await;
+
+    // GitHub ships with its static-secret proof.
+    let show = dir
+        .ok(&["connector", "show", "github", "--json"], b"")
+        .await;
+    let view: ConnectorView = serde_json::from_str(&show).expect("json");
+    assert_eq!(view.modalities[0].support, "proven");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_run_and_a_sandbox_failure_show_as_their_own_states() {
+    let fx = fixture(vec![]).await;
+    let dir = Dir::new(Some(fx.addr)).await;
+    let api = format!("api_base_url=http://{}", fx.addr);
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "work",
+            "--connector",
+            "github",
+            "--set",
+            &api,
+        ],
+        b"",
+    )
+    .await;
+    dir.ok(
+        &["source", "setup", "work"],
+        format!("{ALICE}\n").as_bytes(),
+    )
+    .await;
+    // The provider revokes the token on its side: the next run gets 401.
+    fx.revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, _, err) = dir.cli(&["run", "work"], b"").await;
+    assert!(!ok && err.contains("auth_rejected"), "{err}");
+    let view = dir.golden("work", "needs_reauth").await;
+    assert_eq!(view.state, Lifecycle::NeedsReauth);
+
+    // https is required for the API URL unless the address is allowed, and
+    // a public-looking https URL that resolves to loopback is refused at
+    // egress: a failure new credentials would not fix.
+    let strict = Dir::new(None).await;
+    let (ok, _, err) = strict
+        .cli(
+            &[
+                "source",
+                "add",
+                "plain",
+                "--connector",
+                "github",
+                "--set",
+                &api,
+            ],
+            b"",
+        )
+        .await;
+    assert!(!ok && err.contains("must be an https URL"), "{err}");
+    strict
+        .ok(
+            &[
+                "source",
+                "add",
+                "local",
+                "--connector",
+                "github",
+                "--set",
+                "api_base_url=https://127.0.0.1:9",
+            ],
+            b"",
+        )
+        .await;
+    strict
+        .ok(
+            &["credential", "set", "local", "token", "--class", "token"],
+            ALICE.as_bytes(),
+        )
+        .await;
+    strict.ok(&["source", "verify", "local"], b"").await;
+    let view = strict.golden("local", "failed").await;
+    assert!(
+        matches!(&view.next_step, NextStep::Inspect { failure, .. } if failure == "egress_denied"),
+        "{view:?}"
+    );
+}
