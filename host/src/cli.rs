@@ -339,9 +339,10 @@ pub enum CredentialCommand {
         source: String,
         /// Credential name, as the connector declares it.
         name: String,
-        /// Credential class.
+        /// Credential class; taken from the connector's schema when the
+        /// source has a connector.
         #[arg(long, value_enum)]
-        class: ClassArg,
+        class: Option<ClassArg>,
         /// Expiry, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
         #[arg(long, value_name = "TIME")]
         expires: Option<String>,
@@ -951,20 +952,16 @@ fn walk_setup(
                     writeln_out(out, format_args!("refused: {reason}"))?;
                 }
                 let vault = launcher.vault().lock().expect("vault lock");
-                let source = vault.store().source(name)?;
                 for field in fields {
                     let value = read_field(field)?;
-                    let class: CredentialClass = field.class.parse()?;
-                    let meta = vault.set(
+                    let meta = setup::capture_credential(
+                        &vault,
                         Actor::OWNER_CLI,
-                        &source,
-                        NewCredential {
-                            name: &field.name,
-                            class,
-                            provenance: Provenance::Owner,
-                            value,
-                            expires_at: None,
-                        },
+                        name,
+                        &field.name,
+                        None,
+                        value,
+                        None,
                     )?;
                     writeln_out(
                         out,
@@ -1248,7 +1245,6 @@ fn credential(vault: &Vault, cmd: CredentialCommand, out: &mut dyn Write) -> Res
             class,
             expires,
         } => {
-            let source_ref = vault.store().source(&source)?;
             let expires_at = expires
                 .map(|t| {
                     humantime::parse_rfc3339_weak(&t)
@@ -1256,24 +1252,23 @@ fn credential(vault: &Vault, cmd: CredentialCommand, out: &mut dyn Write) -> Res
                         .map_err(|_| CliError::Usage(format!("--expires '{t}' is not an RFC 3339 time such as 2027-01-31T00:00:00Z")))
                 })
                 .transpose()?;
+            vault.store().source(&source)?;
             let value = read_value(&format!("value for {source}/{name}: "))?;
-            let class = match class {
+            let class = class.map(|class| match class {
                 ClassArg::Password => CredentialClass::Password,
                 ClassArg::Token => CredentialClass::Token,
                 ClassArg::Session => CredentialClass::Session,
                 ClassArg::OtpSeed => CredentialClass::OtpSeed,
                 ClassArg::Oauth => CredentialClass::Oauth,
-            };
-            let meta = vault.set(
+            });
+            let meta = setup::capture_credential(
+                vault,
                 Actor::OWNER_CLI,
-                &source_ref,
-                NewCredential {
-                    name: &name,
-                    class,
-                    provenance: Provenance::Owner,
-                    value,
-                    expires_at,
-                },
+                &source,
+                &name,
+                class,
+                value,
+                expires_at,
             )?;
             tracing::info!(source = %meta.source, name = %meta.name, version = meta.version, "credential stored");
             writeln_out(

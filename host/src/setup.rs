@@ -528,6 +528,83 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
     })
 }
 
+/// Stores a credential the owner provides for `source`, checked against
+/// its connector's credentials schema first: the name must be declared,
+/// the class must be the declared one (taken from the schema when not
+/// given), and the value must match the declared pattern. Errors name the
+/// field and the rule, never the value. A source without a connector takes
+/// any name, with the class given.
+pub fn capture_credential(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    source: &str,
+    name: &str,
+    class: Option<CredentialClass>,
+    value: crate::vault::Secret,
+    expires_at: Option<i64>,
+) -> Result<crate::vault::CredentialMeta, SetupError> {
+    let source_ref = vault.store().source(source)?;
+    let class = match catalog::source_setup(vault.store(), source) {
+        Ok(setup) => {
+            let manifest = &setup.connector.manifest;
+            let Some(field) = manifest.credentials.iter().find(|c| c.name == name) else {
+                let declared: Vec<&str> = manifest
+                    .credentials
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                return Err(SetupError::NotNow(format!(
+                    "connector {} declares no credential '{name}'; it declares: {}; nothing was stored",
+                    setup.connector.id,
+                    declared.join(", ")
+                )));
+            };
+            let declared = CredentialClass::from(field.class);
+            if let Some(given) = class.filter(|c| *c != declared) {
+                return Err(SetupError::NotNow(format!(
+                    "connector {} declares '{name}' as class {declared}, not {given}; nothing was stored",
+                    setup.connector.id
+                )));
+            }
+            if let Some(pattern) = &field.pattern {
+                let re = regex::Regex::new(pattern).map_err(|e| {
+                    SetupError::NotNow(format!(
+                        "connector {} declares an invalid pattern for '{name}' ({e}); nothing was stored",
+                        setup.connector.id
+                    ))
+                })?;
+                let matches = std::str::from_utf8(value.expose_secret())
+                    .map(|text| re.is_match(text))
+                    .unwrap_or(false);
+                if !matches {
+                    return Err(SetupError::NotNow(format!(
+                        "the value for '{name}' does not look like a {} (it must match {pattern}); nothing was stored",
+                        field.label
+                    )));
+                }
+            }
+            declared
+        }
+        Err(CatalogError::NoConnector(_)) => class.ok_or_else(|| {
+            SetupError::NotNow(format!(
+                "source '{source}' has no connector to declare '{name}'; pass --class"
+            ))
+        })?,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(vault.set(
+        actor,
+        &source_ref,
+        crate::vault::NewCredential {
+            name,
+            class,
+            provenance: Provenance::Owner,
+            value,
+            expires_at,
+        },
+    )?)
+}
+
 /// The owner confirms that `name` may connect the same account as another
 /// source of its connector.
 pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {

@@ -144,6 +144,34 @@ async fn github_goes_from_add_to_ready_with_the_account_echoed() {
     assert_eq!(fields[0].label, "Personal access token");
     assert!(fields[0].secret && fields[0].required);
 
+    // The schema is enforced before anything is stored, and the errors
+    // never repeat the value.
+    for (args, value, expected) in [
+        (
+            vec!["token"],
+            "not-a-github-token",
+            "does not look like a Personal access token",
+        ),
+        (
+            vec!["tokn"],
+            ALICE,
+            "declares no credential 'tokn'; it declares: token",
+        ),
+        (
+            vec!["token", "--class", "password"],
+            ALICE,
+            "declares 'token' as class token, not password",
+        ),
+    ] {
+        let mut cmd = vec!["credential", "set", "work"];
+        cmd.extend(args);
+        let (ok, out, err) = dir.cli(&cmd, value.as_bytes()).await;
+        assert!(!ok && err.contains(expected), "{cmd:?}: {err}");
+        assert!(err.contains("nothing was stored"), "{err}");
+        common::assert_no_leak(value.as_bytes(), format!("{out}{err}").as_bytes(), "error");
+    }
+    assert_eq!(dir.view("work").await.state, Lifecycle::NeedsCredentials);
+
     // A token the provider refuses: captured, verified, refused with the
     // connector's reason, and the source asks for credentials again.
     dir.ok(
