@@ -11,6 +11,7 @@ use std::process::Command;
 const COMPONENTS: &[&str] = &[
     "sourcebox-connector-github",
     "sourcebox-fixture-echo",
+    "sourcebox-fixture-echo-next",
     "sourcebox-fixture-hostile",
 ];
 

@@ -238,6 +238,15 @@ pub enum ConnectorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve an upgrade that asks for more (new credentials, hosts,
+    /// modalities): the source moves to the new version.
+    Approve {
+        /// Connector id.
+        id: String,
+        /// Only this source (default: every source waiting on one).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Show what setting up a source of a connector takes.
     Show {
         /// Connector id.
@@ -749,7 +758,49 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     "installed {} {} (sha256 {})",
                     installed.id, installed.version, installed.digest
                 ),
-            )
+            )?;
+            for upgrade in catalog::offer_upgrade(&store, &installed)? {
+                if upgrade.changes.is_empty() {
+                    writeln_out(
+                        out,
+                        format_args!(
+                            "  source {} upgraded from {} to {} (it asks for nothing more)",
+                            upgrade.source, upgrade.from, upgrade.to
+                        ),
+                    )?;
+                } else {
+                    writeln_out(
+                        out,
+                        format_args!(
+                            "  source {} needs approval to move from {} to {}; it keeps running {} meanwhile. {} asks for: {}. Approve with: sourcebox connector approve {} --source {}",
+                            upgrade.source,
+                            upgrade.from,
+                            upgrade.to,
+                            upgrade.from,
+                            upgrade.to,
+                            upgrade.changes.join("; "),
+                            installed.id,
+                            upgrade.source
+                        ),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        ConnectorCommand::Approve { id, source } => {
+            for upgrade in catalog::approve_upgrade(&store, &id, source.as_deref())? {
+                writeln_out(
+                    out,
+                    format_args!(
+                        "source {} now runs {id} {} (was {}); approved: {}",
+                        upgrade.source,
+                        upgrade.to,
+                        upgrade.from,
+                        upgrade.changes.join("; ")
+                    ),
+                )?;
+            }
+            Ok(())
         }
         ConnectorCommand::Show { id, json } => {
             let view = setup::connector_view(&Store::open(dir)?, &id)?;
@@ -887,6 +938,22 @@ pub fn render_source(view: &setup::SourceView) -> String {
         NextStep::Inspect { failure, detail } => format!(
             "next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n"
         ),
+        NextStep::ApproveUpgrade {
+            from, to, changes, ..
+        } => {
+            let connector = view
+                .connector
+                .as_deref()
+                .and_then(|c| c.split(' ').next())
+                .unwrap_or("");
+            let mut step = format!(
+                "next: approve {connector} {to}, which asks for more than {from}; until then the source keeps running {from}\n"
+            );
+            for change in changes {
+                step += &format!("  {change}\n");
+            }
+            step + &format!("  approve: sourcebox connector approve {connector} --source {name}\n")
+        }
         NextStep::None => format!("ready: sourcebox run {name}\n"),
     };
     text

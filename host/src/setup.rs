@@ -121,6 +121,19 @@ pub enum NextStep {
         /// What happened.
         detail: String,
     },
+    /// Approve what a newer version of the connector asks for beyond the
+    /// version the source runs.
+    ApproveUpgrade {
+        /// The version the source runs, and keeps running meanwhile.
+        from: String,
+        /// The version waiting for approval.
+        to: String,
+        /// What it asks for beyond `from`.
+        changes: Vec<String>,
+        /// What happens until then: `keeps_running_from` (runs go on with
+        /// `from`).
+        meanwhile: String,
+    },
     /// Nothing: the source is ready.
     None,
 }
@@ -325,6 +338,7 @@ struct Facts {
     failure: Option<(String, String, i64)>,
     confirmed_identity: Option<String>,
     needs_reauth: Option<String>,
+    pending: Option<(String, Vec<String>)>,
 }
 
 /// The view of source `name`.
@@ -349,7 +363,8 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
     };
     let facts = store.conn().query_row(
         "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
-                verify_failure, verify_failed_at, confirmed_identity, needs_reauth
+                verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
+                pending_version, pending_changes
          FROM sources WHERE id = ?1",
         [source.source_id],
         |r| {
@@ -368,6 +383,15 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
                 failure,
                 confirmed_identity: r.get(7)?,
                 needs_reauth: r.get(8)?,
+                pending: match (
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                ) {
+                    (Some(version), Some(changes)) => {
+                        Some((version, serde_json::from_str(&changes).unwrap_or_default()))
+                    }
+                    _ => None,
+                },
             })
         },
     )?;
@@ -429,6 +453,16 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
                 id: asked.id,
                 kind: asked.kind,
                 prompt: asked.prompt,
+            },
+        )
+    } else if let Some((to, changes)) = facts.pending.clone() {
+        (
+            Lifecycle::NeedsApproval,
+            NextStep::ApproveUpgrade {
+                from: setup.connector.version.clone(),
+                to,
+                changes,
+                meanwhile: "keeps_running_from".to_owned(),
             },
         )
     } else if let Some(run) = verifying {

@@ -12,6 +12,7 @@ use common::{ALICE, BOB, REJECTED, fixture};
 use sourcebox::setup::{ConnectorView, Lifecycle, NextStep, SourceView};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+const ECHO_NEXT: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO_NEXT");
 
 struct Dir {
     _tmp: tempfile::TempDir,
@@ -467,4 +468,101 @@ async fn a_refused_run_and_a_sandbox_failure_show_as_their_own_states() {
         matches!(&view.next_step, NextStep::Inspect { failure, .. } if failure == "egress_denied"),
         "{view:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_version_keeps_running()
+{
+    let (addr, seen) = common::fixture_server().await;
+    let dir = Dir::new(Some(addr)).await;
+    let to_localhost = || {
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .filter(|head| head.to_ascii_lowercase().contains("\nhost: localhost"))
+            .count()
+    };
+    let last_connector = |runs: String| {
+        let runs: Vec<serde_json::Value> = serde_json::from_str(&runs).expect("runs");
+        runs[0]["connector"].as_str().unwrap_or("").to_owned()
+    };
+    dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
+    let url = format!("url=http://{addr}/page");
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "x",
+            "--connector",
+            "echo",
+            "--allow-unproven",
+            "--set",
+            &url,
+        ],
+        b"",
+    )
+    .await;
+    dir.ok(&["source", "setup", "x"], b"t0k3n\n").await;
+    dir.ok(&["run", "x"], b"").await;
+    assert_eq!(dir.view("x").await.state, Lifecycle::Ready);
+
+    let installed = dir
+        .ok(&["connector", "install", ECHO_NEXT, "--yes"], b"")
+        .await;
+    assert!(
+        installed.contains("source x needs approval to move from 0.1.0 to 0.2.0")
+            && installed.contains("new credential 'api_key' (token)")
+            && installed.contains("new network host localhost"),
+        "{installed}"
+    );
+    let view = dir.golden("x", "needs_approval").await;
+    assert_eq!(view.state, Lifecycle::NeedsApproval);
+    assert!(matches!(
+        &view.next_step,
+        NextStep::ApproveUpgrade { from, to, meanwhile, .. }
+            if from == "0.1.0" && to == "0.2.0" && meanwhile == "keeps_running_from"
+    ));
+
+    // Until approved, runs go on with 0.1.0 and nothing reaches the new host.
+    dir.ok(&["run", "x"], b"").await;
+    assert_eq!(
+        last_connector(dir.ok(&["runs", "x", "--json"], b"").await),
+        "echo 0.1.0"
+    );
+    assert_eq!(to_localhost(), 0, "the unapproved host was reached");
+
+    let approved = dir
+        .ok(&["connector", "approve", "echo", "--source", "x"], b"")
+        .await;
+    assert!(
+        approved.contains("source x now runs echo 0.2.0"),
+        "{approved}"
+    );
+    assert_eq!(dir.view("x").await.state, Lifecycle::Ready);
+    dir.ok(&["run", "x"], b"").await;
+    assert_eq!(
+        last_connector(dir.ok(&["runs", "x", "--json"], b"").await),
+        "echo 0.2.0"
+    );
+    assert!(to_localhost() >= 1, "the approved host was not reached");
+    let (ok, _, err) = dir.cli(&["connector", "approve", "echo"], b"").await;
+    assert!(
+        !ok && err.contains("no source has an upgrade of echo waiting"),
+        "{err}"
+    );
+
+    // A source added after the install runs the new version at once.
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "y",
+            "--connector",
+            "echo",
+            "--allow-unproven",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(dir.view("y").await.connector.as_deref(), Some("echo 0.2.0"));
 }

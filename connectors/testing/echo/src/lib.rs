@@ -15,6 +15,13 @@ use sourcebox_sdk::{
 
 struct Echo;
 
+/// 0.2.0 when built as the `next` fixture.
+const VERSION: &str = if cfg!(feature = "next") {
+    "0.2.0"
+} else {
+    "0.1.0"
+};
+
 /// FNV-1a: a fingerprint that identifies the token without revealing it.
 fn fingerprint(value: &str) -> String {
     let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -25,7 +32,7 @@ fn fingerprint(value: &str) -> String {
 
 impl Connector for Echo {
     fn describe() -> Manifest {
-        Manifest::new("echo", "0.1.0", "Echo (test fixture)")
+        let manifest = Manifest::new("echo", VERSION, "Echo (test fixture)")
             .stream(Stream::new("items", &["id"]))
             .stream(Stream::new("pages", &["url"]))
             .stream(Stream::new("answers", &["kind"]))
@@ -49,7 +56,15 @@ impl Connector for Echo {
                 SetupField::new("spin_ms", "Busy milliseconds after the checkpoint")
                     .default_value("0"),
             )
-            .egress(EgressHost::FromSetupField("url".into()))
+            .egress(EgressHost::FromSetupField("url".into()));
+        if cfg!(feature = "next") {
+            // What an upgrade asks for beyond 0.1.0.
+            manifest
+                .credential(CredentialField::token("api_key", "API key").optional())
+                .egress(EgressHost::Fixed("localhost".into()))
+        } else {
+            manifest
+        }
     }
 
     fn verify(_setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
@@ -120,6 +135,17 @@ impl Connector for Echo {
             records::emit(
                 "pages",
                 &serde_json::json!({"url": url, "status": response.status, "body": String::from_utf8_lossy(&response.body)}),
+            )?;
+        }
+        if cfg!(feature = "next")
+            && let Some(url) = setup_value(&request.setup, "url").filter(|u| !u.is_empty())
+        {
+            // 0.2.0 also reaches the same service as `localhost`.
+            let next = url.replacen("127.0.0.1", "localhost", 1);
+            let response = Request::get(&next).send()?;
+            records::emit(
+                "pages",
+                &serde_json::json!({"url": next, "status": response.status}),
             )?;
         }
         log::info(&format!("emitted {count} records"));

@@ -21,3 +21,9 @@ CREATE TABLE proofs (
     proven_at    INTEGER NOT NULL,
     PRIMARY KEY (connector_id, version, modality)
 ) STRICT;
+
+-- A newer installed version that asks for more than the source's version
+-- did, waiting for the owner's approval; the source keeps running its
+-- current version meanwhile. `pending_changes` lists what it asks for (JSON).
+ALTER TABLE sources ADD COLUMN pending_version TEXT;
+ALTER TABLE sources ADD COLUMN pending_changes TEXT;
