@@ -935,6 +935,14 @@ pub fn render_source(view: &setup::SourceView) -> String {
             "next: this account ({}) is already connected as '{existing}'; if that is intended: sourcebox source confirm {name}\n",
             identity.display
         ),
+        NextStep::ConfirmAccountChange {
+            previous,
+            identity,
+            records,
+        } => format!(
+            "next: the credentials now belong to {} (provider id {}), but this source holds {records} records of {previous}; to keep both accounts apart, add {} as a new source; to switch this source: sourcebox source confirm {name}\n",
+            identity.display, identity.id, identity.display
+        ),
         NextStep::Inspect { failure, detail } => format!(
             "next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n"
         ),

@@ -114,6 +114,17 @@ pub enum NextStep {
         /// The source already connected to it.
         existing: String,
     },
+    /// The credentials now belong to another account than the one this
+    /// source's records came from: confirm the switch, or add the new
+    /// account as a source of its own.
+    ConfirmAccountChange {
+        /// The account the source was connected to.
+        previous: String,
+        /// The account the credentials belong to now.
+        identity: Identity,
+        /// Records the source holds from before.
+        records: u64,
+    },
     /// Look at the failed verification.
     Inspect {
         /// The failure kind.
@@ -339,6 +350,8 @@ struct Facts {
     confirmed_identity: Option<String>,
     needs_reauth: Option<String>,
     pending: Option<(String, Vec<String>)>,
+    changed_from: Option<String>,
+    records: u64,
 }
 
 /// The view of source `name`.
@@ -364,7 +377,8 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
     let facts = store.conn().query_row(
         "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
                 verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
-                pending_version, pending_changes
+                pending_version, pending_changes, identity_changed_from,
+                (SELECT COUNT(*) FROM records WHERE source_id = sources.id)
          FROM sources WHERE id = ?1",
         [source.source_id],
         |r| {
@@ -392,6 +406,8 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
                     }
                     _ => None,
                 },
+                changed_from: r.get(11)?,
+                records: r.get::<_, i64>(12)? as u64,
             })
         },
     )?;
@@ -523,6 +539,19 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
         }
     } else if !verified {
         (Lifecycle::Verifying, NextStep::Verify)
+    } else if let (Some(previous), Some(identity), true) = (
+        facts.changed_from.clone(),
+        facts.identity.clone(),
+        facts.records > 0,
+    ) {
+        (
+            Lifecycle::WaitingForOwner,
+            NextStep::ConfirmAccountChange {
+                previous,
+                identity,
+                records: facts.records,
+            },
+        )
     } else if let (Some(existing), Some(identity)) = (duplicate, facts.identity.clone()) {
         (
             Lifecycle::WaitingForOwner,
@@ -643,16 +672,23 @@ pub fn capture_credential(
 /// source of its connector.
 pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
     let view = source_view(vault, name)?;
-    let NextStep::ConfirmIdentity { identity, .. } = &view.next_step else {
-        return Err(SetupError::NotNow(format!(
-            "source '{name}' has no identity to confirm (it is {:?})",
-            view.state
-        )));
+    let source_id = vault.store().source(name)?.source_id;
+    match &view.next_step {
+        NextStep::ConfirmAccountChange { .. } => vault.store().conn().execute(
+            "UPDATE sources SET identity_changed_from = NULL WHERE id = ?1",
+            [source_id],
+        )?,
+        NextStep::ConfirmIdentity { identity, .. } => vault.store().conn().execute(
+            "UPDATE sources SET confirmed_identity = ?2 WHERE id = ?1",
+            params![source_id, identity.id],
+        )?,
+        _ => {
+            return Err(SetupError::NotNow(format!(
+                "source '{name}' has no identity to confirm (it is {:?})",
+                view.state
+            )));
+        }
     };
-    vault.store().conn().execute(
-        "UPDATE sources SET confirmed_identity = ?2 WHERE name = ?1",
-        params![name, identity.id],
-    )?;
     source_view(vault, name)
 }
 
@@ -665,7 +701,13 @@ pub(crate) fn record_verification(
 ) -> Result<(), StoreError> {
     match outcome {
         Ok(identity) => store.conn().execute(
-            "UPDATE sources SET identity_id = ?2, identity_display = ?3, verified_at = ?4,
+            "UPDATE sources SET
+                 identity_changed_from = CASE
+                     WHEN identity_id IS NOT NULL AND identity_id != ?2
+                         AND EXISTS (SELECT 1 FROM records WHERE source_id = sources.id)
+                         THEN identity_display || ' (provider id ' || identity_id || ')'
+                     ELSE identity_changed_from END,
+                 identity_id = ?2, identity_display = ?3, verified_at = ?4,
                  verify_failure_kind = NULL, verify_failure = NULL, verify_failed_at = NULL
              WHERE id = ?1",
             params![source_id, identity.id, identity.display, now_ms()],

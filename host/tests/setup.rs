@@ -228,6 +228,41 @@ async fn github_goes_from_add_to_ready_with_the_account_echoed() {
     );
     assert_eq!(dir.view("work").await.state, Lifecycle::Ready);
     assert!(fx.tokens().iter().all(|t| t == ALICE || t == REJECTED));
+
+    // Another account's token for a source that holds alice's data: the
+    // view tells the switch apart from adding an account, and it waits for
+    // the owner before anything collects into it again.
+    dir.ok(&["credential", "set", "work", "token"], BOB.as_bytes())
+        .await;
+    dir.ok(&["source", "verify", "work"], b"").await;
+    let view = dir.golden("work", "waiting_for_owner_account_change").await;
+    let NextStep::ConfirmAccountChange {
+        previous,
+        identity,
+        records,
+    } = &view.next_step
+    else {
+        panic!("{view:?}");
+    };
+    assert_eq!(previous, "alice (provider id 1)");
+    assert_eq!(identity.display, "bob");
+    assert!(*records >= 2);
+    let text = dir.ok(&["source", "show", "work"], b"").await;
+    assert!(text.contains("add bob as a new source"), "{text}");
+    let store = sourcebox::store::Store::open(&dir.path).expect("open");
+    let keyring = sourcebox::vault::Keyring::unlock(&store, None).expect("unlock");
+    let vault = sourcebox::vault::Vault::new(store, keyring);
+    let eligible = sourcebox::runs::scheduler::eligible(&vault, "work").expect("eligible");
+    assert!(
+        matches!(&eligible, Err(why) if why.contains("the owner must confirm")),
+        "{eligible:?}"
+    );
+    let confirmed = dir.ok(&["source", "confirm", "work"], b"").await;
+    assert!(confirmed.contains("source work: ready"), "{confirmed}");
+    assert_eq!(
+        sourcebox::runs::scheduler::eligible(&vault, "work").expect("eligible"),
+        Ok(())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,13 +182,19 @@ pub fn eligible(vault: &Vault, source: &str) -> Result<Result<(), String>, Launc
         }
         Err(e) => return Err(e.into()),
     };
-    let reauth: Option<String> = vault.store().conn().query_row(
-        "SELECT needs_reauth FROM sources WHERE id = ?1",
+    let (reauth, changed_from): (Option<String>, Option<String>) = vault.store().conn().query_row(
+        "SELECT needs_reauth, identity_changed_from FROM sources WHERE id = ?1",
         [setup.source.source_id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     if let Some(reason) = reauth {
         return Ok(Err(format!("it needs re-authentication ({reason})")));
+    }
+    if let Some(previous) = changed_from {
+        // Never collect another account's data into this one unattended.
+        return Ok(Err(format!(
+            "its credentials now belong to another account than {previous}; the owner must confirm"
+        )));
     }
     let required: Vec<&str> = setup
         .connector

@@ -27,3 +27,7 @@ CREATE TABLE proofs (
 -- current version meanwhile. `pending_changes` lists what it asks for (JSON).
 ALTER TABLE sources ADD COLUMN pending_version TEXT;
 ALTER TABLE sources ADD COLUMN pending_changes TEXT;
+
+-- Set when a verification found a different account than the source was
+-- connected to; cleared when the owner confirms the switch.
+ALTER TABLE sources ADD COLUMN identity_changed_from TEXT;
