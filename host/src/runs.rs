@@ -583,6 +583,7 @@ impl Launcher {
                     vault.store(),
                     run_id,
                     (connector, "failed", None, Some(&e.to_string()), 0),
+                    now_ms(),
                 )?;
                 return Err(e);
             }
@@ -619,6 +620,7 @@ impl Launcher {
     ) -> Result<(), LaunchError> {
         let run_id = record.id.as_str();
         let source = record.source.as_str();
+        let ended_at = now_ms();
         let (state, kind, detail, records) = match &ending {
             Ending::Done(Outcome::Collected(summary)) => ("succeeded", None, None, summary.records),
             Ending::Done(_) => ("succeeded", None, None, 0),
@@ -676,7 +678,8 @@ impl Launcher {
                     _ => None,
                 };
                 let delay = self.config.retry.delay(record.attempt, retry_after);
-                let not_before = now_ms() + delay.as_millis() as i64;
+                // Counted from the run's recorded end.
+                let not_before = ended_at + delay.as_millis() as i64;
                 let root = record.retry_of.clone().unwrap_or_else(|| run_id.to_owned());
                 let retry = enqueue(
                     store,
@@ -699,6 +702,7 @@ impl Launcher {
             store,
             run_id,
             (connector, state, kind, detail.as_deref(), records),
+            ended_at,
         )?;
         Ok(())
     }
@@ -992,7 +996,7 @@ type End<'a> = (
     u64,
 );
 
-fn record_end(store: &Store, id: &str, end: End<'_>) -> Result<(), StoreError> {
+fn record_end(store: &Store, id: &str, end: End<'_>, at: i64) -> Result<(), StoreError> {
     let (connector, state, failure, detail, records) = end;
     store
         .conn()
@@ -1006,7 +1010,7 @@ fn record_end(store: &Store, id: &str, end: End<'_>) -> Result<(), StoreError> {
             failure.map(FailureKind::as_str),
             detail,
             records as i64,
-            now_ms(),
+            at,
             connector
         ])?;
     Ok(())

@@ -600,4 +600,116 @@ async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_vers
     )
     .await;
     assert_eq!(dir.view("y").await.connector.as_deref(), Some("echo 0.2.0"));
+
+    // 0.2.0 also offers OAuth and browser login, unproven; chosen anyway,
+    // each names its own next step.
+    for (source, modality, golden) in [
+        ("viaoauth", "oauth", "needs_authorization"),
+        ("viabrowser", "browser-login", "needs_browser_login"),
+    ] {
+        let (ok, _, err) = dir
+            .cli(
+                &[
+                    "source",
+                    "add",
+                    source,
+                    "--connector",
+                    "echo",
+                    "--modality",
+                    modality,
+                ],
+                b"",
+            )
+            .await;
+        assert!(!ok && err.contains("unproven"), "{err}");
+        dir.ok(
+            &[
+                "source",
+                "add",
+                source,
+                "--connector",
+                "echo",
+                "--modality",
+                modality,
+                "--allow-unproven",
+            ],
+            b"",
+        )
+        .await;
+        let view = dir.golden(source, golden).await;
+        assert_eq!(view.modality.as_deref(), Some(modality));
+    }
+    let (ok, _, err) = dir
+        .cli(
+            &[
+                "source",
+                "add",
+                "z",
+                "--connector",
+                "echo",
+                "--modality",
+                "carrier-pigeon",
+                "--allow-unproven",
+            ],
+            b"",
+        )
+        .await;
+    assert!(
+        !ok && err.contains("cannot be set up with 'carrier-pigeon'"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
+    let dir = Dir::new(None).await;
+    dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "bank",
+            "--connector",
+            "echo",
+            "--allow-unproven",
+            "--set",
+            "ask=otp",
+        ],
+        b"",
+    )
+    .await;
+    dir.ok(&["source", "setup", "bank"], b"bank-token\n").await;
+    // `sourcebox run` waits for the answer in its own process.
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir").arg(&dir.path).args(["run", "bank"]);
+    let run = tokio::task::spawn_blocking(move || common::run(cmd, b""));
+    let started = std::time::Instant::now();
+    let view = loop {
+        let view = dir.view("bank").await;
+        if view.state == Lifecycle::WaitingForOwner {
+            break view;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the run never asked: {view:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let NextStep::AnswerInteraction { id, kind, prompt } = &view.next_step else {
+        panic!("{view:?}");
+    };
+    assert_eq!(
+        (kind.as_str(), prompt.as_str()),
+        ("otp", "Enter the one-time code sent to you")
+    );
+    let text = dir.ok(&["source", "show", "bank"], b"").await;
+    assert_eq!(text, sourcebox::cli::render_source(&view));
+    assert!(
+        text.contains(&format!("sourcebox interaction answer {id}")),
+        "{text}"
+    );
+    dir.ok(&["interaction", "answer", id], b"424242").await;
+    let out = run.await.expect("join");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(dir.view("bank").await.state, Lifecycle::Ready);
 }

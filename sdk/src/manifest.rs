@@ -69,6 +69,22 @@ impl Manifest {
         self
     }
 
+    /// Offers a setup modality (static secret, OAuth, browser login, local
+    /// import); the host shows it as unproven until a source set up this
+    /// way verifies and collects.
+    ///
+    /// ```
+    /// # use sourcebox_sdk::{Manifest, Modality};
+    /// let m = Manifest::new("x", "0.1.0", "X").modality(Modality::Oauth);
+    /// assert_eq!(m.setup.modalities, vec![Modality::Oauth]);
+    /// ```
+    pub fn modality(mut self, modality: Modality) -> Self {
+        if !self.setup.modalities.contains(&modality) {
+            self.setup.modalities.push(modality);
+        }
+        self
+    }
+
     /// Declares a host the connector may reach.
     ///
     /// ```

@@ -10,7 +10,7 @@ use sourcebox_sdk::interaction::{self, Kind};
 use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
-    Manifest, RunSummary, SetupField, Stream, export_connector, log, records,
+    Manifest, Modality, RunSummary, SetupField, Stream, export_connector, log, records,
 };
 
 struct Echo;
@@ -62,6 +62,8 @@ impl Connector for Echo {
             manifest
                 .credential(CredentialField::token("api_key", "API key").optional())
                 .egress(EgressHost::Fixed("localhost".into()))
+                .modality(Modality::Oauth)
+                .modality(Modality::BrowserLogin)
         } else {
             manifest
         }
