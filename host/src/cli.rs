@@ -162,6 +162,14 @@ pub struct ServeArgs {
     /// On shutdown, how long runs in flight may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// Where the HTTP API listens (port 0 picks a free port; the address
+    /// is printed).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7780")]
+    pub listen: std::net::SocketAddr,
+    /// Allow listening on a non-loopback address without TLS (tokens
+    /// would cross the network in clear text).
+    #[arg(long)]
+    pub insecure_listen: bool,
 }
 
 /// `interaction` subcommands.
@@ -444,12 +452,29 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             json,
             out,
         ),
-        Command::Serve(args) => serve(
-            open_vault(dir, cli.unlock_fd)?,
-            &cli.egress_allow,
-            args,
-            out,
-        ),
+        Command::Serve(args) => {
+            if !dir.exists() {
+                // First start on a fresh data directory: make it (development
+                // key wrapper; `sourcebox init` offers the others).
+                init(
+                    dir,
+                    cli.unlock_fd,
+                    InitArgs {
+                        key_wrapper: WrapperArg::Local,
+                        production: false,
+                        pkcs11_module: None,
+                        pkcs11_token: None,
+                    },
+                    out,
+                )?;
+            }
+            serve(
+                open_vault(dir, cli.unlock_fd)?,
+                &cli.egress_allow,
+                args,
+                out,
+            )
+        }
         Command::Cancel { run } => {
             let record = runs::cancel(&Store::open(dir)?, &run)?;
             let what = match record.state.as_str() {
@@ -1116,6 +1141,22 @@ fn serve(
         interaction_wait: args.interaction_wait,
         ..runs::LaunchConfig::default()
     };
+    if !args.listen.ip().is_loopback() && !args.insecure_listen {
+        return Err(CliError::Usage(format!(
+            "{} is not a loopback address and this server has no TLS; tokens would cross the network in clear text. Listen on 127.0.0.1, or pass --insecure-listen to do it anyway",
+            args.listen
+        )));
+    }
+    if let Some(token) = crate::tokens::ensure_owner_token(vault.store())? {
+        // The one time it is shown; only its hash is kept.
+        writeln_out(
+            out,
+            format_args!(
+                "owner token (shown once, keep it safe): {}",
+                String::from_utf8_lossy(token.expose_secret())
+            ),
+        )?;
+    }
     let dir = vault.store().dir().to_owned();
     let launcher = launcher(vault, config)?;
     let scheduler = scheduler::SchedulerConfig {
@@ -1124,29 +1165,56 @@ fn serve(
         per_connector: args.per_connector.into(),
         grace: args.grace,
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("cannot start the async runtime: {e}")))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", args.listen)))?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(%local, "listening on a non-loopback address without TLS");
+        writeln_out(
+            out,
+            format_args!("warning: {local} is reachable from the network and has no TLS"),
+        )?;
+    }
     writeln_out(
         out,
         format_args!(
-            "sourcebox serving {}: scheduled and retried runs; stop with Ctrl-C",
+            "sourcebox serving {} on http://{local}: the HTTP API, scheduled and retried runs; stop with Ctrl-C",
             dir.display()
         ),
     )?;
     out.flush()
         .map_err(|e| CliError::Io(format!("cannot write output: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Io(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
-        let shutdown = async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
             }
+            let _ = stop.send(true);
         };
-        scheduler::run(launcher, scheduler, shutdown).await
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let app = crate::api::router(crate::api::Api::new(Arc::clone(&launcher)))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
+        let (_, served, scheduled) = tokio::join!(
+            signal,
+            server,
+            scheduler::run(launcher, scheduler, wait(stopped))
+        );
+        served.map_err(|e| CliError::Io(format!("the HTTP server failed: {e}")))?;
+        scheduled.map_err(CliError::from)
     })?;
     writeln_out(out, format_args!("sourcebox stopped"))
 }

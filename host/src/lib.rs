@@ -13,9 +13,11 @@
 //! - [`interactions`]: questions a run asks its owner;
 //! - [`setup`]: the setup engine: lifecycle, next steps, views;
 //! - [`events`]: run events for live streams;
+//! - [`api`] and [`tokens`]: the owner and client HTTP surfaces;
 //! - [`cli`]: the operator's command line over all of them.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod egress;
@@ -25,4 +27,5 @@ pub mod runs;
 pub mod runtime;
 pub mod setup;
 pub mod store;
+pub mod tokens;
 pub mod vault;

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_runs.sql"),
     include_str!("migrations/0005_launch.sql"),
     include_str!("migrations/0006_setup.sql"),
+    include_str!("migrations/0007_api.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,193 @@
+//! API tokens: owner tokens for the owner surface, client tokens for the
+//! read surface, each scoped to one source and some of its streams. Only a
+//! SHA-256 hash of a token is stored; the token itself is shown once, when
+//! it is created.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Store, StoreError, new_id, now_ms};
+use crate::vault::Secret;
+
+/// Prefix of owner tokens.
+pub const OWNER_PREFIX: &str = "sbo_";
+/// Prefix of client tokens.
+pub const CLIENT_PREFIX: &str = "sbc_";
+
+/// Who a presented token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The owner.
+    Owner {
+        /// Token id.
+        id: String,
+    },
+    /// A client allowed to read `streams` of `source`.
+    Client(Grant),
+}
+
+/// What a client token may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// Token id.
+    pub id: String,
+    /// Source name.
+    pub source: String,
+    /// Source row id.
+    #[serde(skip)]
+    pub source_id: i64,
+    /// Streams it may read.
+    pub streams: Vec<String>,
+    /// Label the owner gave it.
+    pub label: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_at: i64,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_at: Option<i64>,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+}
+
+fn hash(token: &[u8]) -> Vec<u8> {
+    Sha256::digest(token).to_vec()
+}
+
+fn fresh(prefix: &str) -> Secret {
+    use base64::Engine;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut()).expect("the operating system's random source failed");
+    let mut token = zeroize::Zeroizing::new(prefix.to_owned());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&bytes[..], &mut token);
+    Secret::from_slice(token.as_bytes())
+}
+
+/// Creates the owner token if there is none yet; returns it (to be shown
+/// once) or `None` when one exists.
+pub fn ensure_owner_token(store: &Store) -> Result<Option<Secret>, StoreError> {
+    let exists: bool = store.conn().query_row(
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE kind = 'owner' AND revoked_at IS NULL)",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists {
+        return Ok(None);
+    }
+    let token = fresh(OWNER_PREFIX);
+    store.conn().execute(
+        "INSERT INTO api_tokens (id, kind, hash, owner_id, created_at)
+         SELECT ?1, 'owner', ?2, id, ?3 FROM owners WHERE name = ?4",
+        params![
+            new_id(),
+            hash(token.expose_secret()),
+            now_ms(),
+            crate::store::DEFAULT_OWNER
+        ],
+    )?;
+    Ok(Some(token))
+}
+
+/// Creates a client token for `streams` of `source`, expiring after
+/// `ttl_secs` if given. Returns the token (shown once) and its grant.
+pub fn create_client(
+    store: &Store,
+    source: &str,
+    streams: &[String],
+    label: Option<&str>,
+    ttl_secs: Option<u64>,
+) -> Result<(Secret, Grant), StoreError> {
+    let src = store.source(source)?;
+    let token = fresh(CLIENT_PREFIX);
+    let id = new_id();
+    let now = now_ms();
+    store.conn().execute(
+        "INSERT INTO api_tokens (id, kind, hash, owner_id, source_id, streams, label, created_at, expires_at)
+         VALUES (?1, 'client', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            id,
+            hash(token.expose_secret()),
+            src.owner_id,
+            src.source_id,
+            serde_json::to_string(streams).expect("json"),
+            label,
+            now,
+            ttl_secs.map(|s| now + (s as i64).saturating_mul(1000))
+        ],
+    )?;
+    let grant = clients(store)?
+        .into_iter()
+        .find(|g| g.id == id)
+        .ok_or_else(|| StoreError::NotFound(format!("client token {id} vanished")))?;
+    Ok((token, grant))
+}
+
+const CLIENT_SELECT: &str =
+    "SELECT t.id, s.name, s.id, t.streams, t.label, t.created_at, t.expires_at, t.revoked_at
+     FROM api_tokens t JOIN sources s ON s.id = t.source_id WHERE t.kind = 'client'";
+
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        source_id: r.get(2)?,
+        streams: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+        label: r.get(4)?,
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+/// Every client token's grant, newest first.
+pub fn clients(store: &Store) -> Result<Vec<Grant>, StoreError> {
+    let mut stmt = store
+        .conn()
+        .prepare(&format!("{CLIENT_SELECT} ORDER BY t.created_at DESC"))?;
+    let rows = stmt.query_map([], grant_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revokes a client token.
+pub fn revoke_client(store: &Store, id: &str) -> Result<Grant, StoreError> {
+    let changed = store.conn().execute(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND kind = 'client' AND revoked_at IS NULL",
+        params![id, now_ms()],
+    )?;
+    let grant = store
+        .conn()
+        .query_row(&format!("{CLIENT_SELECT} AND t.id = ?1"), [id], grant_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no client token '{id}'")))?;
+    if changed == 0 {
+        return Err(StoreError::Conflict(format!(
+            "client token {id} is already revoked"
+        )));
+    }
+    Ok(grant)
+}
+
+/// Who `token` belongs to, if it is a live token.
+pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, StoreError> {
+    let row: Option<(String, String, Option<i64>, Option<i64>)> = store
+        .conn()
+        .prepare_cached("SELECT id, kind, expires_at, revoked_at FROM api_tokens WHERE hash = ?1")?
+        .query_row([hash(token)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((id, kind, expires_at, revoked_at)) = row else {
+        return Ok(None);
+    };
+    if revoked_at.is_some() || expires_at.is_some_and(|at| at <= now_ms()) {
+        return Ok(None);
+    }
+    Ok(match kind.as_str() {
+        "owner" => Some(Principal::Owner { id }),
+        _ => store
+            .conn()
+            .prepare_cached(&format!("{CLIENT_SELECT} AND t.id = ?1"))?
+            .query_row([&id], grant_row)
+            .optional()?
+            .map(Principal::Client),
+    })
+}

@@ -1,0 +1,421 @@
+//! The HTTP API over loopback with the real binary: the README walkthrough
+//! (add a GitHub source, capture its token, verify, run, read records with
+//! a client token), token separation between the surfaces, client scopes,
+//! the one error shape, and a canary token that never comes back.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{ALICE, fixture};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `sourcebox serve` on a fresh data directory.
+struct Server {
+    child: Option<Child>,
+    addr: SocketAddr,
+    owner: String,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(dir: &Path, allow: SocketAddr) -> Self {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .arg("--egress-allow")
+            .arg(allow.to_string())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tick",
+                "50ms",
+                "--grace",
+                "5s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn serve");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut owner, mut addr) = (None, None);
+        while addr.is_none() {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).expect("read") > 0,
+                "serve exited"
+            );
+            if let Some(token) = line
+                .trim()
+                .strip_prefix("owner token (shown once, keep it safe): ")
+            {
+                owner = Some(token.to_owned());
+            }
+            if let Some(rest) = line.split("on http://").nth(1) {
+                addr = rest
+                    .split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .parse()
+                    .ok();
+            }
+            output.lock().expect("output").push_str(&line);
+        }
+        for (stream, sink) in [
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                std::sync::Arc::clone(&output),
+            ),
+            (
+                Box::new(child.stderr.take().expect("stderr")),
+                std::sync::Arc::clone(&output),
+            ),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    sink.lock().expect("output").push_str(&(line + "\n"));
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            addr: addr.expect("address"),
+            owner: owner.expect("a fresh data directory prints the owner token"),
+            output,
+        }
+    }
+
+    /// SIGTERM; then everything the server printed and logged.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(child.wait().expect("wait").success());
+        std::thread::sleep(Duration::from_millis(100));
+        self.output.lock().expect("output").clone()
+    }
+
+    /// One HTTP/1.1 request; (status, head, JSON body).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String, Value) {
+        let mut socket = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n",
+            self.addr
+        );
+        if let Some(token) = token {
+            request += &format!("authorization: Bearer {token}\r\n");
+        }
+        if let Some(body) = body {
+            request += &format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            );
+        }
+        request += "\r\n";
+        socket.write_all(request.as_bytes()).await.expect("write");
+        if let Some(body) = body {
+            socket.write_all(body.as_bytes()).await.expect("write body");
+        }
+        let mut raw = Vec::new();
+        socket.read_to_end(&mut raw).await.expect("read");
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let json = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, raw.clone(), json)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn is_error(body: &Value, code: &str) -> bool {
+    body["error"]["code"] == code
+        && body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+
+    // Add a GitHub source, capture its token (write-only), verify, run.
+    let add = json!({"name": "work", "connector": "github", "setup": {"api_base_url": format!("http://{}", fx.addr)}});
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    seen += &raw;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["state"], "needs_credentials");
+    assert_eq!(view["next_step"]["fields"][0]["name"], "token");
+    let capture = json!({"value": ALICE}).to_string();
+    let (status, raw, meta) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/work/credentials/token",
+            owner,
+            Some(&capture),
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(
+        (meta["name"].as_str(), meta["class"].as_str()),
+        (Some("token"), Some("token"))
+    );
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources/work/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "ready");
+    assert_eq!(view["identity"]["display"], "alice");
+    let (status, raw, run) = server
+        .call("POST", "/v1/owner/sources/work/runs", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(
+        (status, run["state"].as_str()),
+        (202, Some("queued")),
+        "{raw}"
+    );
+    let run_path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
+    let mut finished = Value::Null;
+    for _ in 0..200 {
+        let (_, raw, record) = server.call("GET", &run_path, owner, None).await;
+        seen += &raw;
+        if record["state"] == "succeeded" || record["state"] == "failed" {
+            finished = record;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+
+    // A client token for one stream of work; records in pages.
+    let grant =
+        json!({"source": "work", "streams": ["repositories"], "label": "dashboard"}).to_string();
+    let (status, raw, created) = server
+        .call("POST", "/v1/owner/clients", owner, Some(&grant))
+        .await;
+    seen += &raw;
+    assert_eq!(status, 201, "{raw}");
+    let client = created["token"].as_str().expect("token").to_owned();
+    let client = Some(client.as_str());
+    let (status, raw, page) = server
+        .call(
+            "GET",
+            "/v1/sources/work/streams/repositories/records?limit=1",
+            client,
+            None,
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(1));
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let (_, raw, next) = server
+        .call(
+            "GET",
+            &format!("/v1/sources/work/streams/repositories/records?limit=1&cursor={cursor}"),
+            client,
+            None,
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(next["records"].as_array().map(Vec::len), Some(1));
+    assert!(next["next_cursor"].is_null());
+    assert_ne!(page["records"][0]["key"], next["records"][0]["key"]);
+    let (_, _, later) = server
+        .call(
+            "GET",
+            "/v1/sources/work/streams/repositories/records?updated_since=99999999999999",
+            client,
+            None,
+        )
+        .await;
+    assert_eq!(later["records"].as_array().map(Vec::len), Some(0));
+
+    // Each token works on its own surface only.
+    for (path, token, status, code) in [
+        ("/v1/sources", owner, 403, "wrong_token_type"),
+        ("/v1/owner/sources", client, 403, "wrong_token_type"),
+        ("/v1/owner/sources", None, 401, "unauthorized"),
+        ("/v1/sources", None, 401, "unauthorized"),
+        ("/v1/owner/sources", Some("sbo_forged"), 401, "unauthorized"),
+        ("/v1/sources", Some("sbc_forged"), 401, "unauthorized"),
+    ] {
+        let (got, raw, body) = server.call("GET", path, token, None).await;
+        assert_eq!(got, status, "{path}: {raw}");
+        assert!(is_error(&body, code), "{path}: {body}");
+    }
+    let (_, _, granted) = server.call("GET", "/v1/sources", client, None).await;
+    assert_eq!(
+        granted,
+        json!([{"source": "work", "streams": ["repositories"]}])
+    );
+    // Not another source, not an ungranted stream.
+    add_second_source(&server, owner, fx.addr).await;
+    for path in [
+        "/v1/sources/home/streams/repositories/records",
+        "/v1/sources/work/streams/issues/records",
+    ] {
+        let (status, _, body) = server.call("GET", path, client, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(is_error(&body, "not_found"));
+    }
+
+    // Bad input gets the error shape and a 4xx.
+    let big = format!("{{\"value\": \"{}\"}}", "x".repeat(100_000));
+    for (method, path, token, body, status, code) in [
+        (
+            "POST",
+            "/v1/owner/sources",
+            owner,
+            Some("{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/owner/sources",
+            owner,
+            Some(r#"{"name":"x","connector":"github","colour":"red"}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/v1/owner/sources/work/credentials/token",
+            owner,
+            Some(big.as_str()),
+            413,
+            "too_large",
+        ),
+        (
+            "PUT",
+            "/v1/owner/sources/work/credentials/token",
+            owner,
+            Some(r#"{"value":"not-a-token"}"#),
+            422,
+            "not_now",
+        ),
+        (
+            "GET",
+            "/v1/sources/work/streams/repositories/records?cursor=%21%21",
+            client,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/sources/work/streams/repositories/records?limit=0",
+            client,
+            None,
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/owner/runs/nope", owner, None, 404, "not_found"),
+        (
+            "GET",
+            "/v1/owner/sources/nope",
+            owner,
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", "/v1/nowhere", owner, None, 404, "not_found"),
+    ] {
+        let (got, raw, body) = server.call(method, path, token, body).await;
+        assert_eq!(got, status, "{method} {path}: {raw}");
+        assert!(is_error(&body, code), "{method} {path}: {body}");
+    }
+
+    // Revoked and expired client tokens are refused.
+    let id = created["id"].as_str().expect("id");
+    let (status, _, _) = server
+        .call("DELETE", &format!("/v1/owner/clients/{id}"), owner, None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = server.call("GET", "/v1/sources", client, None).await;
+    assert_eq!(status, 401, "a revoked token still works");
+    let grant =
+        json!({"source": "work", "streams": ["repositories"], "expires_in_secs": 0}).to_string();
+    let (_, _, expired) = server
+        .call("POST", "/v1/owner/clients", owner, Some(&grant))
+        .await;
+    let (status, _, _) = server
+        .call("GET", "/v1/sources", expired["token"].as_str(), None)
+        .await;
+    assert_eq!(status, 401, "an expired token still works");
+
+    let log = server.stop();
+    common::assert_no_leak(ALICE.as_bytes(), seen.as_bytes(), "API responses");
+    common::assert_no_leak(ALICE.as_bytes(), log.as_bytes(), "server output and log");
+}
+
+async fn add_second_source(server: &Server, owner: Option<&str>, fx: SocketAddr) {
+    let add = json!({"name": "home", "connector": "github", "setup": {"api_base_url": format!("http://{fx}")}});
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_rate_limited_per_peer() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let (status, _, _) = server
+            .call("GET", "/v1/owner/sources", Some("sbo_wrong"), None)
+            .await;
+        statuses.push(status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right token waits out the window from this address.
+    let (status, _, body) = server
+        .call("GET", "/v1/owner/sources", Some(&server.owner), None)
+        .await;
+    assert_eq!(status, 429);
+    assert!(is_error(&body, "too_many_failures"));
+    server.stop();
+}
