@@ -71,7 +71,19 @@ impl Api {
 pub fn router(api: Arc<Api>) -> Router {
     let owner = Router::new()
         .route("/sources", get(owner_sources).post(owner_add_source))
-        .route("/sources/{name}", get(owner_source))
+        .route(
+            "/sources/{name}",
+            get(owner_source).delete(owner_delete_source),
+        )
+        .route("/sources/{name}/schedule", put(owner_schedule))
+        .route(
+            "/sources/{name}/credentials/{credential}/revoke",
+            post(owner_revoke),
+        )
+        .route("/interactions", get(owner_interactions))
+        .route("/interactions/{id}/answer", post(owner_answer))
+        .route("/audit", get(owner_audit))
+        .route("/audit/verify", get(owner_audit_verify))
         .route(
             "/sources/{name}/credentials/{credential}",
             put(owner_capture),
@@ -574,6 +586,217 @@ async fn owner_revoke_client(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(tokens::revoke_client(api.vault().store(), &id)?).into_response())
+}
+
+async fn owner_delete_source(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    let source = vault.store().source(&name)?;
+    let destroyed = vault.delete_source(OWNER_API, &source)?;
+    Ok(
+        Json(serde_json::json!({"deleted": name, "credentials_destroyed": destroyed}))
+            .into_response(),
+    )
+}
+
+async fn owner_revoke(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path((name, credential)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    let source = vault.store().source(&name)?;
+    vault.revoke(OWNER_API, &source, &credential)?;
+    let meta = vault
+        .list(Some(&source))?
+        .into_iter()
+        .find(|m| m.name == credential)
+        .ok_or_else(|| ApiError::not_found(format!("no credential '{credential}'")))?;
+    Ok(Json(meta).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    #[serde(default)]
+    every_secs: Option<u64>,
+    #[serde(default)]
+    cron: Option<String>,
+}
+
+/// `{"every_secs": N}`, `{"cron": "EXPR"}`, or `{}` to remove it.
+async fn owner_schedule(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Body(body): Body<ScheduleBody>,
+) -> Result<Response, ApiError> {
+    use runs::scheduler::{self, Schedule};
+    let schedule = match (body.every_secs, body.cron) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give every_secs or cron, not both"));
+        }
+        (Some(secs), None) => Some(Schedule::Every(Duration::from_secs(secs))),
+        (None, Some(expr)) => Some(Schedule::Cron(expr)),
+        (None, None) => None,
+    };
+    let row =
+        scheduler::set_schedule(api.vault().store(), &name, schedule).map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::bad_request(m),
+            other => other.into(),
+        })?;
+    Ok(Json(row).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InteractionsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn owner_interactions(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Params(query): Params<InteractionsQuery>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    runs::recover(vault.store())?;
+    Ok(Json(crate::interactions::list(vault.store(), query.all)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    value: String,
+    /// Also keep the answer as this credential of the interaction's source.
+    #[serde(default)]
+    keep_as: Option<String>,
+}
+
+/// Answers an interaction; the answer is sealed for its source only and
+/// never returned.
+async fn owner_answer(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Body(answer): Body<Answer>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    runs::recover(vault.store())?;
+    let asked = crate::interactions::find(vault.store(), &id)?;
+    let source = vault.store().source(&asked.source)?;
+    let value = Secret::new(answer.value.into_bytes());
+    if let Some(name) = &answer.keep_as {
+        // Checked before the answer is given, so a bad name changes nothing.
+        let declared = catalog::source_setup(vault.store(), &asked.source)?
+            .connector
+            .manifest
+            .credentials
+            .iter()
+            .any(|c| &c.name == name);
+        if !declared {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_now",
+                format!(
+                    "the connector of '{}' declares no credential '{name}'",
+                    asked.source
+                ),
+            ));
+        }
+    }
+    vault.answer_interaction(OWNER_API, &source, &id, &value)?;
+    if let Some(name) = &answer.keep_as {
+        let class = catalog::source_setup(vault.store(), &asked.source)?
+            .connector
+            .manifest
+            .credentials
+            .iter()
+            .find(|c| &c.name == name)
+            .map(|c| crate::vault::CredentialClass::from(c.class))
+            .ok_or_else(|| ApiError::not_found(format!("no credential '{name}'")))?;
+        vault.set(
+            OWNER_API,
+            &source,
+            crate::vault::NewCredential {
+                name,
+                class,
+                provenance: crate::vault::Provenance::Interaction,
+                value,
+                expires_at: None,
+            },
+        )?;
+    }
+    Ok(Json(crate::interactions::find(vault.store(), &id)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct AuditRow {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    source: Option<String>,
+    credential: Option<String>,
+    run_id: Option<String>,
+    outcome: String,
+}
+
+/// The newest audit rows, newest first.
+async fn owner_audit(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Params(query): Params<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let vault = api.vault();
+    let mut stmt = vault
+        .store()
+        .conn()
+        .prepare_cached(
+            "SELECT seq, at, actor, action, source, credential, run_id, outcome FROM audit
+             ORDER BY seq DESC LIMIT ?1",
+        )
+        .map_err(|e| ApiError::internal(&e))?;
+    let rows: Vec<AuditRow> = stmt
+        .query_map([limit], |r| {
+            Ok(AuditRow {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                source: r.get(4)?,
+                credential: r.get(5)?,
+                run_id: r.get(6)?,
+                outcome: r.get(7)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(rows).into_response())
+}
+
+async fn owner_audit_verify(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let check = api.vault().verify_audit()?;
+    Ok(Json(match check {
+        crate::vault::audit::ChainCheck::Intact { rows } => {
+            serde_json::json!({"intact": true, "rows": rows})
+        }
+        crate::vault::audit::ChainCheck::BrokenAt { seq } => {
+            serde_json::json!({"intact": false, "broken_at": seq})
+        }
+    })
+    .into_response())
 }
 
 #[derive(Serialize)]

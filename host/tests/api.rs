@@ -419,3 +419,184 @@ async fn failed_authentication_is_rate_limited_per_peer() {
     assert!(is_error(&body, "too_many_failures"));
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactions_schedules_revocation_and_audit_over_http() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    for args in [
+        vec!["init"],
+        vec![
+            "connector",
+            "install",
+            env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO"),
+            "--yes",
+        ],
+    ] {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir").arg(&dir).args(&args);
+        let out = common::run(cmd, b"");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let server = Server::start(&dir, fx.addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+    let add = json!({"name": "bank", "connector": "echo", "allow_unproven": true, "setup": {"ask": "otp"}});
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let (status, raw, _) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/bank/credentials/token",
+            owner,
+            Some(r#"{"value":"bank-token"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (_, _, run) = server
+        .call("POST", "/v1/owner/sources/bank/runs", owner, None)
+        .await;
+    let mut pending = Value::Null;
+    for _ in 0..200 {
+        let (_, raw, list) = server
+            .call("GET", "/v1/owner/interactions", owner, None)
+            .await;
+        seen += &raw;
+        if list.as_array().is_some_and(|l| !l.is_empty()) {
+            pending = list[0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending["kind"], "otp", "{pending}");
+    assert_eq!(pending["run"], run["id"]);
+    let answer_path = format!(
+        "/v1/owner/interactions/{}/answer",
+        pending["id"].as_str().expect("id")
+    );
+    let code = "otp-canary-991";
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            &answer_path,
+            owner,
+            Some(&json!({"value": code, "keep_as": "nope"}).to_string()),
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "not_now"));
+    let (status, raw, answered) = server
+        .call(
+            "POST",
+            &answer_path,
+            owner,
+            Some(&json!({"value": code, "keep_as": "session"}).to_string()),
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(
+        (status, answered["state"].as_str()),
+        (200, Some("answered")),
+        "{raw}"
+    );
+    let run_path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        let (_, raw, record) = server.call("GET", &run_path, owner, None).await;
+        seen += &raw;
+        state = record["state"].clone();
+        if state == "succeeded" || state == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let (_, _, view) = server
+        .call("GET", "/v1/owner/sources/bank", owner, None)
+        .await;
+    let session = view["credentials"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "session").cloned())
+        .expect("session field");
+    assert_eq!(session["stored"], true, "the answer was not kept");
+
+    // Schedules.
+    let (status, _, row) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/bank/schedule",
+            owner,
+            Some(r#"{"every_secs": 3600}"#),
+        )
+        .await;
+    assert_eq!((status, row["every_secs"].as_u64()), (200, Some(3600)));
+    let (status, _, body) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/bank/schedule",
+            owner,
+            Some(r#"{"cron": "not cron"}"#),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(is_error(&body, "bad_request"));
+    let (status, _, row) = server
+        .call("PUT", "/v1/owner/sources/bank/schedule", owner, Some("{}"))
+        .await;
+    assert_eq!((status, row), (200, Value::Null));
+
+    // Revocation, the audit log, and deletion.
+    let (status, _, meta) = server
+        .call(
+            "POST",
+            "/v1/owner/sources/bank/credentials/token/revoke",
+            owner,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(meta["revoked_at"].is_i64(), "{meta}");
+    let (_, _, view) = server
+        .call("GET", "/v1/owner/sources/bank", owner, None)
+        .await;
+    assert_eq!(view["state"], "needs_credentials");
+    let (_, raw, rows) = server
+        .call("GET", "/v1/owner/audit?limit=50", owner, None)
+        .await;
+    seen += &raw;
+    let actions: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    for action in [
+        "credential.revoke",
+        "interaction.answer",
+        "interaction.read",
+        "credential.write",
+    ] {
+        assert!(actions.contains(&action), "{action} missing: {actions:?}");
+    }
+    let (_, _, check) = server
+        .call("GET", "/v1/owner/audit/verify", owner, None)
+        .await;
+    assert_eq!(check["intact"], true);
+    let (status, _, deleted) = server
+        .call("DELETE", "/v1/owner/sources/bank", owner, None)
+        .await;
+    assert_eq!((status, deleted["deleted"].as_str()), (200, Some("bank")));
+    let (status, _, _) = server
+        .call("GET", "/v1/owner/sources/bank", owner, None)
+        .await;
+    assert_eq!(status, 404);
+
+    let log = server.stop();
+    common::assert_no_leak(code.as_bytes(), seen.as_bytes(), "API responses");
+    common::assert_no_leak(code.as_bytes(), log.as_bytes(), "server output and log");
+}
