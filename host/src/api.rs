@@ -93,6 +93,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/runs", get(owner_runs))
         .route("/runs/{id}", get(owner_run))
         .route("/runs/{id}/cancel", post(owner_cancel))
+        .route("/runs/{id}/events", get(owner_run_events))
         .route("/connectors/{id}", get(owner_connector))
         .route("/clients", get(owner_clients).post(owner_create_client))
         .route("/clients/{id}", axum::routing::delete(owner_revoke_client));
@@ -508,6 +509,67 @@ async fn owner_cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(api.launcher.cancel(&id)?).into_response())
+}
+
+/// The run's events as Server-Sent Events: its current state first, then
+/// every event as it happens (state changes, progress, log lines,
+/// interactions), ending after the run ends. Log lines are redacted before
+/// they are published; no event carries a secret.
+async fn owner_run_events(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    // Subscribe before reading the state, so nothing falls in between.
+    let receiver = api.launcher.events().subscribe();
+    let record = runs::find(api.vault().store(), &id)?;
+    let first = crate::events::RunEvent {
+        run: record.id.clone(),
+        source: record.source.clone(),
+        kind: crate::events::EventKind::State {
+            state: record.state.clone(),
+            failure: record.failure.clone(),
+        },
+    };
+    let done = record.finished();
+    let event = |e: &crate::events::RunEvent| {
+        Event::default()
+            .event(match &e.kind {
+                crate::events::EventKind::State { .. } => "state",
+                crate::events::EventKind::Progress { .. } => "progress",
+                crate::events::EventKind::Log { .. } => "log",
+                crate::events::EventKind::Interaction { .. } => "interaction",
+            })
+            .json_data(e)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let initial = futures_util::stream::iter(vec![event(&first)]);
+    let live = futures_util::stream::unfold(
+        (receiver, id, done),
+        move |(mut receiver, id, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match receiver.recv().await {
+                    Ok(e) if e.run == id => {
+                        let ended = matches!(&e.kind, crate::events::EventKind::State { state, .. }
+                            if matches!(state.as_str(), "succeeded" | "failed" | "cancelled" | "interrupted"));
+                        return Some((event(&e), (receiver, id, ended)));
+                    }
+                    Ok(_) => {}
+                    // A slow reader skips what it missed and goes on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    use futures_util::StreamExt;
+    Ok(Sse::new(initial.chain(live))
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn owner_connector(

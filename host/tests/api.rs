@@ -474,6 +474,26 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
     }
     assert_eq!(pending["kind"], "otp", "{pending}");
     assert_eq!(pending["run"], run["id"]);
+    // Follow the run's events while it waits, until it ends.
+    let events = {
+        let addr = server.addr;
+        let path = format!("/v1/owner/runs/{}/events", run["id"].as_str().expect("id"));
+        let token = server.owner.clone();
+        tokio::spawn(async move {
+            let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+            );
+            socket.write_all(request.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut raw))
+                .await
+                .expect("the event stream ended with the run")
+                .expect("read");
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let answer_path = format!(
         "/v1/owner/interactions/{}/answer",
         pending["id"].as_str().expect("id")
@@ -516,6 +536,23 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state, "succeeded");
+    let stream = events.await.expect("join");
+    seen += &stream;
+    assert!(
+        stream.contains("content-type: text/event-stream"),
+        "{stream}"
+    );
+    let states: Vec<&str> = stream
+        .lines()
+        .filter(|l| l.starts_with("data:") && l.contains("\"event\":\"state\""))
+        .filter_map(|l| l.split("\"state\":\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(states.first(), Some(&"waiting_for_owner"), "{stream}");
+    assert_eq!(states.last(), Some(&"succeeded"), "{stream}");
+    assert!(
+        stream.contains("event: progress") && stream.contains("event: log"),
+        "{stream}"
+    );
     let (_, _, view) = server
         .call("GET", "/v1/owner/sources/bank", owner, None)
         .await;
