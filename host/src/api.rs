@@ -104,7 +104,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .nest("/v1/owner", owner)
         .nest("/v1", client)
-        .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
+        .fallback(|| async { ApiError::not_found("no such route; the owner surface is under /v1/owner/, the client surface under /v1/sources") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(api)
 }
