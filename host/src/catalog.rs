@@ -211,6 +211,19 @@ pub struct SourceSetup {
     pub setup: Vec<(String, String)>,
 }
 
+impl SourceSetup {
+    /// The credential names its connector requires.
+    pub fn required(&self) -> Vec<&str> {
+        self.connector
+            .manifest
+            .credentials
+            .iter()
+            .filter(|c| c.required)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+}
+
 /// The capabilities a manifest asks for, as the operator reviews them.
 pub fn approval_for(manifest: &Manifest) -> Approved {
     Approved {

@@ -45,9 +45,7 @@ pub(crate) fn open(
     deadline: i64,
 ) -> Result<String, StoreError> {
     let id = crate::store::new_id();
-    let conn = store.conn();
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let write = || -> rusqlite::Result<()> {
+    store.write(|conn| {
         conn.execute(
             "INSERT INTO interactions (id, run_id, source_id, kind, prompt, state, created_at, deadline)
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
@@ -58,14 +56,7 @@ pub(crate) fn open(
             [run_id],
         )?;
         Ok(())
-    };
-    match write() {
-        Ok(()) => conn.execute_batch("COMMIT")?,
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
-        }
-    }
+    })?;
     Ok(id)
 }
 

@@ -791,14 +791,7 @@ fn immediate<T>(
 /// present and usable. Reads metadata only: nothing is decrypted.
 fn refusal(vault: &Vault, setup: &catalog::SourceSetup) -> Result<Option<Ending>, LaunchError> {
     let source = &setup.source.source;
-    let required: Vec<&str> = setup
-        .connector
-        .manifest
-        .credentials
-        .iter()
-        .filter(|c| c.required)
-        .map(|c| c.name.as_str())
-        .collect();
+    let required = setup.required();
     let names = vault.missing(&setup.source, &required)?;
     if names.is_empty() {
         return Ok(None);
@@ -937,9 +930,7 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
         if runner.as_deref().is_some_and(|t| runner_alive(dir, t)) {
             continue;
         }
-        let conn = store.conn();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let write = || -> rusqlite::Result<()> {
+        store.write(|conn| {
             conn.execute(
                 &format!(
                     "UPDATE runs SET state = 'interrupted', failure = 'interrupted',
@@ -962,14 +953,7 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
                 params![source_id, now_ms()],
             )?;
             Ok(())
-        };
-        match write() {
-            Ok(()) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
-        }
+        })?;
         tracing::warn!(run = id, "run interrupted: its process is gone");
         interrupted.push(id);
     }

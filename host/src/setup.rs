@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, CatalogError, Installed};
 use crate::interactions;
-use crate::runtime::bindings::sourcebox::connector::types::{Manifest, Modality};
+use crate::runtime::bindings::sourcebox::connector::types::{Manifest, Modality, SetupField};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::{CredentialClass, Provenance, Vault, VaultError};
 
@@ -282,6 +282,16 @@ fn field_views(manifest: &Manifest) -> Vec<CredentialFieldView> {
         .collect()
 }
 
+fn setup_field_view(field: &SetupField, value: Option<String>) -> SetupFieldView {
+    SetupFieldView {
+        name: field.name.clone(),
+        label: field.label.clone(),
+        help: field.help.clone(),
+        required: field.required,
+        value,
+    }
+}
+
 /// Proofs of a connector version, by modality: (modality, evidence).
 fn proofs(store: &Store, installed: &Installed) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = store.conn().prepare_cached(
@@ -329,13 +339,7 @@ pub fn connector_view(store: &Store, id: &str) -> Result<ConnectorView, SetupErr
             .setup
             .fields
             .iter()
-            .map(|f| SetupFieldView {
-                name: f.name.clone(),
-                label: f.label.clone(),
-                help: f.help.clone(),
-                required: f.required,
-                value: f.default_value.clone(),
-            })
+            .map(|f| setup_field_view(f, f.default_value.clone()))
             .collect(),
         hosts: installed.approved.hosts.clone(),
     })
@@ -575,16 +579,9 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
             .setup
             .fields
             .iter()
-            .map(|f| SetupFieldView {
-                name: f.name.clone(),
-                label: f.label.clone(),
-                help: f.help.clone(),
-                required: f.required,
-                value: setup
-                    .setup
-                    .iter()
-                    .find(|(k, _)| *k == f.name)
-                    .map(|(_, v)| v.clone()),
+            .map(|f| {
+                let value = setup.setup.iter().find(|(k, _)| *k == f.name);
+                setup_field_view(f, value.map(|(_, v)| v.clone()))
             })
             .collect(),
         next_step,

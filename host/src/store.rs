@@ -221,6 +221,25 @@ impl Store {
         self.source(name)
     }
 
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: committed if it
+    /// returns `Ok`, rolled back otherwise.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
     /// Looks up a source of the default owner by name.
     pub fn source(&self, name: &str) -> Result<SourceRef, StoreError> {
         self.conn

@@ -215,7 +215,7 @@ async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
     );
     let run_path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
     let mut finished = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let (_, raw, record) = server.call("GET", &run_path, owner, None).await;
         seen += &raw;
         if record["state"] == "succeeded" || record["state"] == "failed" {
@@ -461,7 +461,7 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
         .call("POST", "/v1/owner/sources/bank/runs", owner, None)
         .await;
     let mut pending = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let (_, raw, list) = server
             .call("GET", "/v1/owner/interactions", owner, None)
             .await;
@@ -526,7 +526,7 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
     );
     let run_path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
     let mut state = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let (_, raw, record) = server.call("GET", &run_path, owner, None).await;
         seen += &raw;
         state = record["state"].clone();

@@ -180,7 +180,7 @@ impl Host {
 
 /// The pending interaction of `source`, once its run asked.
 async fn pending(host: &Host, source: &str) -> interactions::Interaction {
-    until(20, "the interaction", || {
+    until(60, "the interaction", || {
         let store = Store::open(&host.dir).expect("open");
         interactions::list(&store, false)
             .expect("list")
@@ -394,7 +394,7 @@ async fn cancel_stops_a_running_run_and_a_queued_one() {
     let launcher = Arc::clone(&host.launcher);
     let started = std::time::Instant::now();
     let run = tokio::spawn(async move { launcher.launch("slow", Trigger::Manual).await });
-    let id = until(20, "the run to start", || {
+    let id = until(60, "the run to start", || {
         host.runs("slow")
             .into_iter()
             .find(|r| r.state == "running")
@@ -866,54 +866,17 @@ async fn scheduled_runs_receive_what_manual_runs_receive_whatever_the_environmen
 async fn kill_9_of_serve_mid_run_interrupts_the_run_and_the_source_runs_again() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    cli_ok(&dir, None, &["init"], b"").await;
-    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
-    cli_ok(
-        &dir,
-        None,
-        &[
-            "source",
-            "add",
-            "slow",
-            "--connector",
-            "echo",
-            "--allow-unproven",
-            "--set",
-            "spin_ms=3000",
-        ],
-        b"",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["credential", "set", "slow", "token", "--class", "token"],
-        b"t0k3n",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["source", "schedule", "slow", "--every", "1h"],
-        b"",
-    )
-    .await;
-    // Due now.
-    Store::open(&dir)
-        .expect("open")
-        .conn()
-        .execute("UPDATE schedules SET next_at = 0", [])
-        .expect("due");
+    echo_source_due_now(&dir, "slow", "spin_ms=3000").await;
 
     let mut serve = Serve::start(&dir, None, &[]);
-    let cut = until(30, "a run in flight", || {
+    let cut = until(90, "a run in flight", || {
         runs_of(&dir, "slow")
             .into_iter()
             .find(|r| r.state == "running")
     })
     .await;
     // Its records are committed before it spins; then the host dies.
-    until(10, "committed records", || {
+    until(60, "committed records", || {
         let store = Store::open(&dir).expect("open");
         let n: i64 = store
             .conn()
@@ -934,7 +897,7 @@ async fn kill_9_of_serve_mid_run_interrupts_the_run_and_the_source_runs_again() 
     );
 
     let serve = Serve::start(&dir, None, &[]);
-    let again = until(30, "the source to run again", || {
+    let again = until(90, "the source to run again", || {
         runs_of(&dir, "slow")
             .into_iter()
             .find(|r| r.id != cut.id && r.state == "succeeded")
@@ -1075,45 +1038,9 @@ async fn an_answer_kept_as_a_credential_belongs_to_its_source_only() {
 async fn a_restart_expires_the_questions_of_runs_that_were_cut_off() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    cli_ok(&dir, None, &["init"], b"").await;
-    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
-    cli_ok(
-        &dir,
-        None,
-        &[
-            "source",
-            "add",
-            "bank",
-            "--connector",
-            "echo",
-            "--allow-unproven",
-            "--set",
-            "ask=otp",
-        ],
-        b"",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["credential", "set", "bank", "token", "--class", "token"],
-        b"t",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["source", "schedule", "bank", "--every", "1h"],
-        b"",
-    )
-    .await;
-    Store::open(&dir)
-        .expect("open")
-        .conn()
-        .execute("UPDATE schedules SET next_at = 0", [])
-        .expect("due");
+    echo_source_due_now(&dir, "bank", "ask=otp").await;
     let mut serve = Serve::start(&dir, None, &[]);
-    let asked = until(30, "the question", || {
+    let asked = until(90, "the question", || {
         let store = Store::open(&dir).expect("open");
         interactions::list(&store, false)
             .expect("list")
@@ -1152,45 +1079,9 @@ async fn a_restart_expires_the_questions_of_runs_that_were_cut_off() {
 async fn serve_shuts_down_gracefully_and_marks_what_it_stopped_interrupted() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    cli_ok(&dir, None, &["init"], b"").await;
-    cli_ok(&dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
-    cli_ok(
-        &dir,
-        None,
-        &[
-            "source",
-            "add",
-            "slow",
-            "--connector",
-            "echo",
-            "--allow-unproven",
-            "--set",
-            "spin_ms=120000",
-        ],
-        b"",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["credential", "set", "slow", "token", "--class", "token"],
-        b"t",
-    )
-    .await;
-    cli_ok(
-        &dir,
-        None,
-        &["source", "schedule", "slow", "--every", "1h"],
-        b"",
-    )
-    .await;
-    Store::open(&dir)
-        .expect("open")
-        .conn()
-        .execute("UPDATE schedules SET next_at = 0", [])
-        .expect("due");
+    echo_source_due_now(&dir, "slow", "spin_ms=120000").await;
     let serve = Serve::start(&dir, None, &[]);
-    let running = until(30, "a run in flight", || {
+    let running = until(90, "a run in flight", || {
         runs_of(&dir, "slow")
             .into_iter()
             .find(|r| r.state == "running")
@@ -1206,4 +1097,36 @@ async fn serve_shuts_down_gracefully_and_marks_what_it_stopped_interrupted() {
         run.detail.as_deref().unwrap_or("").contains("shut down"),
         "{run:?}"
     );
+}
+
+/// A data directory with the echo fixture installed and source `name`
+/// (setup `setting`, a token stored) scheduled hourly and due now.
+async fn echo_source_due_now(dir: &Path, name: &str, setting: &str) {
+    cli_ok(dir, None, &["init"], b"").await;
+    cli_ok(dir, None, &["connector", "install", ECHO, "--yes"], b"").await;
+    let add = [
+        "source",
+        "add",
+        name,
+        "--connector",
+        "echo",
+        "--allow-unproven",
+        "--set",
+        setting,
+    ];
+    cli_ok(dir, None, &add, b"").await;
+    let set = ["credential", "set", name, "token", "--class", "token"];
+    cli_ok(dir, None, &set, b"t0k3n").await;
+    cli_ok(
+        dir,
+        None,
+        &["source", "schedule", name, "--every", "1h"],
+        b"",
+    )
+    .await;
+    Store::open(dir)
+        .expect("open")
+        .conn()
+        .execute("UPDATE schedules SET next_at = 0", [])
+        .expect("due");
 }

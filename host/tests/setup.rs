@@ -58,6 +58,24 @@ impl Dir {
         stdout
     }
 
+    /// Adds a GitHub source whose API is the fixture at `self.allow`.
+    async fn add_github(&self, name: &str) {
+        let api = format!("api_base_url=http://{}", self.allow.expect("fixture"));
+        self.ok(
+            &[
+                "source",
+                "add",
+                name,
+                "--connector",
+                "github",
+                "--set",
+                &api,
+            ],
+            b"",
+        )
+        .await;
+    }
+
     async fn view(&self, source: &str) -> SourceView {
         let json = self.ok(&["source", "show", source, "--json"], b"").await;
         serde_json::from_str(&json).expect("view json")
@@ -269,21 +287,8 @@ async fn github_goes_from_add_to_ready_with_the_account_echoed() {
 async fn a_second_source_of_the_same_account_needs_the_owner_to_confirm() {
     let fx = fixture(vec![]).await;
     let dir = Dir::new(Some(fx.addr)).await;
-    let api = format!("api_base_url=http://{}", fx.addr);
     for source in ["work", "again"] {
-        dir.ok(
-            &[
-                "source",
-                "add",
-                source,
-                "--connector",
-                "github",
-                "--set",
-                &api,
-            ],
-            b"",
-        )
-        .await;
+        dir.add_github(source).await;
         dir.ok(
             &["source", "setup", source],
             format!("{ALICE}\n").as_bytes(),
@@ -313,21 +318,8 @@ async fn a_second_source_of_the_same_account_needs_the_owner_to_confirm() {
 async fn a_credential_stored_for_one_source_never_sets_up_another() {
     let fx = fixture(vec![]).await;
     let dir = Dir::new(Some(fx.addr)).await;
-    let api = format!("api_base_url=http://{}", fx.addr);
     for source in ["a", "b"] {
-        dir.ok(
-            &[
-                "source",
-                "add",
-                source,
-                "--connector",
-                "github",
-                "--set",
-                &api,
-            ],
-            b"",
-        )
-        .await;
+        dir.add_github(source).await;
     }
     // A has a token; B does not, and cannot be verified with A's.
     dir.ok(&["source", "setup", "a"], format!("{ALICE}\n").as_bytes())
@@ -433,19 +425,7 @@ async fn a_refused_run_and_a_sandbox_failure_show_as_their_own_states() {
     let fx = fixture(vec![]).await;
     let dir = Dir::new(Some(fx.addr)).await;
     let api = format!("api_base_url=http://{}", fx.addr);
-    dir.ok(
-        &[
-            "source",
-            "add",
-            "work",
-            "--connector",
-            "github",
-            "--set",
-            &api,
-        ],
-        b"",
-    )
-    .await;
+    dir.add_github("work").await;
     dir.ok(
         &["source", "setup", "work"],
         format!("{ALICE}\n").as_bytes(),
@@ -690,7 +670,7 @@ async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
             break view;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
+            started.elapsed() < std::time::Duration::from_secs(90),
             "the run never asked: {view:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -196,14 +196,7 @@ pub fn eligible(vault: &Vault, source: &str) -> Result<Result<(), String>, Launc
             "its credentials now belong to another account than {previous}; the owner must confirm"
         )));
     }
-    let required: Vec<&str> = setup
-        .connector
-        .manifest
-        .credentials
-        .iter()
-        .filter(|c| c.required)
-        .map(|c| c.name.as_str())
-        .collect();
+    let required = setup.required();
     let missing = vault.missing(&setup.source, &required)?;
     if !missing.is_empty() {
         return Ok(Err(format!("it needs {} stored", missing.join(", "))));

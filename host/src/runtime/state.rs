@@ -189,9 +189,7 @@ impl RunState {
             return Ok(());
         }
         let vault = bound.binding.vault.lock().expect("vault lock");
-        let conn = vault.store().conn();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let write = || -> rusqlite::Result<()> {
+        vault.store().write(|conn| {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -210,14 +208,7 @@ impl RunState {
                 ])?;
             }
             Ok(())
-        };
-        match write() {
-            Ok(()) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
-        }
+        })?;
         bound.pending.clear();
         bound.binding.control.events.send(
             &bound.binding.run_id,
