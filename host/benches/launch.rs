@@ -4,6 +4,8 @@
 //! same call made straight on the runtime, in the same run.
 //! `BENCHMARKS.md` has the figures and the command.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,17 +20,6 @@ use sourcebox::vault::{
 };
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
-
-fn percentiles(name: &str, mut ns: Vec<u64>) {
-    ns.sort_unstable();
-    let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
-    println!(
-        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} runs)",
-        pct(0.5),
-        pct(0.99),
-        ns.len()
-    );
-}
 
 fn launch(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -130,19 +121,19 @@ fn launch(c: &mut Criterion) {
             })
             .collect::<Vec<_>>()
     };
-    percentiles(
+    common::percentiles(
         "baseline: runtime.run(verify)",
         sample(&|| {
             direct();
         }),
     );
-    percentiles(
+    common::percentiles(
         "launch refused (bookkeeping only)",
         sample(&|| {
             refused();
         }),
     );
-    percentiles(
+    common::percentiles(
         "launch(setup_verification)",
         sample(&|| {
             seam();

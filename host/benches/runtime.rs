@@ -2,6 +2,8 @@
 //! records across the boundary into SQLite, each beside a baseline in the
 //! same run. `BENCHMARKS.md` has the figures and the command.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -43,17 +45,6 @@ fn binding(vault: &Arc<Mutex<Vault>>, setup: &[(&str, &str)], limits: Limits) ->
         egress_allow: Vec::new(),
         control: Default::default(),
     }
-}
-
-fn percentiles(name: &str, mut ns: Vec<u64>) {
-    ns.sort_unstable();
-    let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
-    println!(
-        "{name}: p50 {:.1} µs, p99 {:.1} µs ({} runs)",
-        pct(0.5),
-        pct(0.99),
-        ns.len()
-    );
 }
 
 /// A vault with source `a`, a runtime, and the hostile fixture loaded.
@@ -119,7 +110,7 @@ fn instantiate(c: &mut Criterion) {
             t.elapsed().as_nanos() as u64
         })
         .collect();
-    percentiles(
+    common::percentiles(
         "run_cached_connector_percentiles/instantiate_and_call_noop_verify",
         ns,
     );
