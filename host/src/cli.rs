@@ -1109,11 +1109,7 @@ fn run_source(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let config = runs::LaunchConfig {
-        egress_allow: egress_allow.to_vec(),
-        ..runs::LaunchConfig::default()
-    };
-    let launcher = launcher(vault, config)?;
+    let launcher = launcher(vault, launch_config(egress_allow))?;
     let run = async_runtime()?.block_on(launcher.launch(source, runs::Trigger::Manual))?;
     print_runs(std::slice::from_ref(&run), json, out)?;
     match &run.failure {
@@ -1132,14 +1128,13 @@ fn serve(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let config = runs::LaunchConfig {
-        egress_allow: egress_allow.to_vec(),
         retry: runs::RetryPolicy {
             base: args.retry_base,
             max_attempts: args.retry_attempts,
             ..runs::RetryPolicy::default()
         },
         interaction_wait: args.interaction_wait,
-        ..runs::LaunchConfig::default()
+        ..launch_config(egress_allow)
     };
     if !args.listen.ip().is_loopback() && !args.insecure_listen {
         return Err(CliError::Usage(format!(
