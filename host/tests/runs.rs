@@ -673,7 +673,16 @@ impl Serve {
         if let Some(addr) = allow {
             cmd.arg("--egress-allow").arg(addr.to_string());
         }
-        cmd.args(["serve", "--tick", "100ms", "--grace", "5s"]);
+        // Port 0: tests run side by side.
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick",
+            "100ms",
+            "--grace",
+            "5s",
+        ]);
         for (key, value) in env {
             match value {
                 Some(value) => cmd.env(key, value),
