@@ -58,8 +58,9 @@ impl Dir {
         stdout
     }
 
-    /// Adds a GitHub source whose API is the fixture at `self.allow`.
-    async fn add_github(&self, name: &str) {
+    /// Adds a GitHub source whose API is the fixture at `self.allow`;
+    /// returns what `source add` printed.
+    async fn add_github(&self, name: &str) -> String {
         let api = format!("api_base_url=http://{}", self.allow.expect("fixture"));
         self.ok(
             &[
@@ -73,7 +74,7 @@ impl Dir {
             ],
             b"",
         )
-        .await;
+        .await
     }
 
     async fn view(&self, source: &str) -> SourceView {
@@ -130,26 +131,12 @@ fn normalize(doc: &mut serde_json::Value, allow: Option<SocketAddr>) {
 async fn github_goes_from_add_to_ready_with_the_account_echoed() {
     let fx = fixture(vec![]).await;
     let dir = Dir::new(Some(fx.addr)).await;
-    let api = format!("api_base_url=http://{}", fx.addr);
 
     dir.ok(&["source", "add", "bare"], b"").await;
     let draft = dir.golden("bare", "draft").await;
     assert_eq!(draft.next_step, NextStep::ChooseConnector);
 
-    let added = dir
-        .ok(
-            &[
-                "source",
-                "add",
-                "work",
-                "--connector",
-                "github",
-                "--set",
-                &api,
-            ],
-            b"",
-        )
-        .await;
+    let added = dir.add_github("work").await;
     assert!(added.contains("source work: needs_credentials"), "{added}");
     let view = dir.golden("work", "needs_credentials").await;
     assert_eq!(view.state, Lifecycle::NeedsCredentials);
