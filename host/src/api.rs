@@ -17,11 +17,12 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::catalog::{self, CatalogError};
 use crate::runs::{self, LaunchError, Launcher, Trigger};
@@ -30,8 +31,18 @@ use crate::store::StoreError;
 use crate::tokens::{self, Grant, Principal};
 use crate::vault::{Actor, Secret, VaultError};
 
+mod server;
+
+pub use server::{Tls, TlsError, serve};
+
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
+/// Largest connector component accepted for upload.
+const COMPONENT_LIMIT: usize = 32 * 1024 * 1024;
+/// How long a request may take, from its head to its response head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `verify` waits for its run before answering 202.
+const VERIFY_WAIT: Duration = Duration::from_secs(20);
 /// Failed authentications allowed per peer address per window.
 const AUTH_FAILURES: u32 = 20;
 /// The window failed authentications are counted in.
@@ -66,48 +77,202 @@ impl Api {
     }
 }
 
-/// Every route: the owner router under `/v1/owner`, the client router
-/// under `/v1`.
+/// The API's description: bearer schemes for the two token types, and
+/// what every route says of itself through `#[utoipa::path]`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sourcebox",
+        description = "The owner control surface (under /v1/owner/, owner token) and the client read surface (under /v1/, client tokens) of a sourcebox server."
+    ),
+    modifiers(&BearerSchemes),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerSchemes;
+
+impl utoipa::Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, what) in [
+            (
+                "owner",
+                "The owner token (sbo_...), printed once when the data directory is created",
+            ),
+            (
+                "client",
+                "A client token (sbc_...), created with POST /v1/owner/clients",
+            ),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(what))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// Every route, each registered with its description: a route cannot be
+/// served without being in the OpenAPI document.
+fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(openapi_json))
+        .routes(routes!(owner_sources, owner_add_source))
+        .routes(routes!(owner_source, owner_delete_source))
+        .routes(routes!(owner_schedule))
+        .routes(routes!(owner_capture))
+        .routes(routes!(owner_revoke))
+        .routes(routes!(owner_verify))
+        .routes(routes!(owner_start_run))
+        .routes(routes!(owner_runs))
+        .routes(routes!(owner_run))
+        .routes(routes!(owner_cancel))
+        .routes(routes!(owner_run_events))
+        .routes(component_upload(routes!(owner_connectors, owner_install)))
+        .routes(routes!(owner_connector))
+        .routes(routes!(owner_approve))
+        .routes(routes!(owner_interactions))
+        .routes(routes!(owner_answer))
+        .routes(routes!(owner_audit))
+        .routes(routes!(owner_audit_verify))
+        .routes(routes!(owner_clients, owner_create_client))
+        .routes(routes!(owner_revoke_client))
+        .routes(routes!(client_sources))
+        .routes(routes!(client_records))
+}
+
+/// Components are larger than any JSON body: their route takes up to
+/// [`COMPONENT_LIMIT`] bytes.
+fn component_upload(
+    (schemas, paths, method): utoipa_axum::router::UtoipaMethodRouter<Arc<Api>>,
+) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Api>> {
+    (
+        schemas,
+        paths,
+        method.layer(DefaultBodyLimit::max(COMPONENT_LIMIT)),
+    )
+}
+
+/// The OpenAPI 3.1 document of every route, as served at
+/// `/v1/openapi.json`.
+pub fn openapi_document() -> String {
+    let mut doc = routes().into_openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+/// The router: every route of [`routes`], the error shape for unknown
+/// routes, and the body limit.
 pub fn router(api: Arc<Api>) -> Router {
-    let owner = Router::new()
-        .route("/sources", get(owner_sources).post(owner_add_source))
-        .route(
-            "/sources/{name}",
-            get(owner_source).delete(owner_delete_source),
-        )
-        .route("/sources/{name}/schedule", put(owner_schedule))
-        .route(
-            "/sources/{name}/credentials/{credential}/revoke",
-            post(owner_revoke),
-        )
-        .route("/interactions", get(owner_interactions))
-        .route("/interactions/{id}/answer", post(owner_answer))
-        .route("/audit", get(owner_audit))
-        .route("/audit/verify", get(owner_audit_verify))
-        .route(
-            "/sources/{name}/credentials/{credential}",
-            put(owner_capture),
-        )
-        .route("/sources/{name}/verify", post(owner_verify))
-        .route("/sources/{name}/runs", post(owner_start_run))
-        .route("/runs", get(owner_runs))
-        .route("/runs/{id}", get(owner_run))
-        .route("/runs/{id}/cancel", post(owner_cancel))
-        .route("/runs/{id}/events", get(owner_run_events))
-        .route("/connectors/{id}", get(owner_connector))
-        .route("/clients", get(owner_clients).post(owner_create_client))
-        .route("/clients/{id}", axum::routing::delete(owner_revoke_client));
-    let client = Router::new().route("/sources", get(client_sources)).route(
-        "/sources/{name}/streams/{stream}/records",
-        get(client_records),
-    );
-    Router::new()
-        .nest("/v1/owner", owner)
-        .nest("/v1", client)
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such route; the owner surface is under /v1/owner/, the client surface under /v1/sources") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; /v1/openapi.json lists what it takes")
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(deadline))
         .with_state(api)
 }
+
+/// Every request has [`REQUEST_TIMEOUT`] to produce its response head
+/// (reading its body included); an event stream, once started, is not cut.
+async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {}s and was stopped; try again",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.get_or_init(openapi_document).clone(),
+    )
+        .into_response()
+}
+
+/// A source, by name.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct SourceName {
+    /// The source's name.
+    name: String,
+}
+
+/// A credential, by its declared name.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct CredentialName {
+    /// The credential's name, as the connector declares it.
+    credential: String,
+}
+
+/// A stream, by name.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct StreamName {
+    /// The stream's name, as the connector declares it.
+    stream: String,
+}
+
+/// A run, by id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path, names("id"))]
+#[allow(dead_code)]
+struct RunId(
+    /// The run's id.
+    String,
+);
+
+/// An interaction, by id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path, names("id"))]
+#[allow(dead_code)]
+struct InteractionId(
+    /// The interaction's id.
+    String,
+);
+
+/// A client token, by id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path, names("id"))]
+#[allow(dead_code)]
+struct ClientId(
+    /// The client token's id (not the token).
+    String,
+);
+
+/// A connector, by id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path, names("id"))]
+#[allow(dead_code)]
+struct ConnectorId(
+    /// The connector's id.
+    String,
+);
 
 /// The one error shape.
 #[derive(Debug)]
@@ -118,17 +283,22 @@ pub struct ApiError {
     next_step: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorInner<'a>,
+/// Every error: `{"error": {"code", "message", "next_step"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    error: ErrorInner,
 }
 
-#[derive(Serialize)]
-struct ErrorInner<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong, and what to do.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorInner {
+    /// A stable machine-readable code, e.g. `not_found`, `bad_request`.
+    code: &'static str,
+    /// What went wrong, for a person.
+    message: String,
+    /// What to do next, where there is one thing to do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_step: Option<&'a str>,
+    next_step: Option<String>,
 }
 
 impl ApiError {
@@ -177,8 +347,8 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorInner {
                 code: self.code,
-                message: &self.message,
-                next_step: self.next_step.as_deref(),
+                message: self.message,
+                next_step: self.next_step,
             },
         };
         (self.status, Json(body)).into_response()
@@ -382,12 +552,13 @@ const OWNER_API: Actor<'static> = Actor {
     run_id: None,
 };
 
+#[utoipa::path(get, path = "/v1/owner/sources", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every source, with its schedule and needs-reauth state", body = Vec<runs::scheduler::SourceStatus>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_sources(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     let sources = runs::scheduler::statuses(api.vault().store())?;
     Ok(Json(sources).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSource {
     name: String,
@@ -400,6 +571,7 @@ struct NewSource {
     allow_unproven: bool,
 }
 
+#[utoipa::path(post, path = "/v1/owner/sources", tag = "owner", security(("owner" = [])), request_body = NewSource, responses((status = 201, description = "The new source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_add_source(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -422,6 +594,7 @@ async fn owner_add_source(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_source(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -430,7 +603,7 @@ async fn owner_source(
     Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Capture {
     value: String,
@@ -438,6 +611,7 @@ struct Capture {
 
 /// Write-only: the response carries the credential's metadata, never its
 /// value.
+#[utoipa::path(put, path = "/v1/owner/sources/{name}/credentials/{credential}", tag = "owner", security(("owner" = [])), params(SourceName, CredentialName), request_body = Capture, responses((status = 200, description = "The stored credential's metadata; never its value", body = crate::vault::CredentialMeta), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_capture(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -457,18 +631,35 @@ async fn owner_capture(
     Ok(Json(meta).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/verify", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The setup view after the verification run", body = setup::SourceView), (status = 202, description = "The verification run goes on (e.g. waiting for the owner to answer an interaction): the setup view as it stands", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_verify(
     _: Owner,
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    api.launcher
-        .launch(&name, Trigger::SetupVerification)
-        .await?;
-    Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
+    let launcher = Arc::clone(&api.launcher);
+    let source = name.clone();
+    // The run is a task of its own: a client that goes away, or the
+    // request deadline, never cuts a verification short.
+    let run =
+        tokio::spawn(async move { launcher.launch(&source, Trigger::SetupVerification).await });
+    match tokio::time::timeout(VERIFY_WAIT, run).await {
+        Ok(Ok(launched)) => {
+            launched?;
+            Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
+        }
+        Ok(Err(e)) => Err(ApiError::internal(&e)),
+        // Still verifying, or waiting for the owner: the view says which.
+        Err(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(setup::source_view(&api.vault(), &name)?),
+        )
+            .into_response()),
+    }
 }
 
 /// Queues a manual run; the scheduler starts it at its next tick.
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/runs", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 202, description = "The queued run", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_start_run(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -480,12 +671,15 @@ async fn owner_start_run(
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RunsQuery {
+    /// Only this source's runs.
     source: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/owner/runs", tag = "owner", security(("owner" = [])), params(RunsQuery), responses((status = 200, description = "Runs, newest first", body = Vec<runs::RunRecord>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_runs(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -495,6 +689,7 @@ async fn owner_runs(
     Ok(Json(list).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owner/runs/{id}", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "The run", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_run(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -503,6 +698,7 @@ async fn owner_run(
     Ok(Json(runs::find(api.vault().store(), &id)?).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owner/runs/{id}/cancel", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "The run, cancelled or asked to stop", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_cancel(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -515,6 +711,7 @@ async fn owner_cancel(
 /// every event as it happens (state changes, progress, log lines,
 /// interactions), ending after the run ends. Log lines are redacted before
 /// they are published; no event carries a secret.
+#[utoipa::path(get, path = "/v1/owner/runs/{id}/events", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "Server-Sent Events: `state`, `progress`, `log` and `interaction`, each a JSON run event; the stream ends after the run ends", content_type = "text/event-stream", body = String), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_run_events(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -572,6 +769,7 @@ async fn owner_run_events(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owner/connectors/{id}", tag = "owner", security(("owner" = [])), params(ConnectorId), responses((status = 200, description = "The connector's setup view", body = setup::ConnectorView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_connector(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -580,11 +778,165 @@ async fn owner_connector(
     Ok(Json(setup::connector_view(api.vault().store(), &id)?).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every installed connector at its latest version, with its setup view", body = Vec<setup::ConnectorView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_connectors(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    Ok(Json(setup::connector_views(api.vault().store())?).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct InstallQuery {
+    /// The SHA-256 (hex) of the component the owner reviewed; without it,
+    /// nothing is installed and the review is returned.
+    approve: Option<String>,
+}
+
+/// What an uploaded component asks for, and whether it was installed.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Upload {
+    /// True when it was installed (the request approved this digest).
+    installed: bool,
+    /// SHA-256 of the component, hex: approve it with `?approve=DIGEST`.
+    digest: String,
+    /// The contract version it was built for.
+    api_version: String,
+    /// What it asks for: credentials, setup fields, hosts, modalities.
+    connector: setup::ConnectorView,
+    /// Once installed: the sources moved to it, or waiting for the
+    /// owner's approval of what it asks for beyond their version.
+    upgrades: Vec<catalog::Upgrade>,
+    /// What to do next.
+    next_step: String,
+}
+
+/// A component upload: raw bytes, `content-type: application/wasm`.
+struct Component(bytes::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Component {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let wasm = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/wasm");
+        if !wasm {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the component's bytes with content-type: application/wasm",
+            ));
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("components are limited to {COMPONENT_LIMIT} bytes"),
+            )
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+/// Uploads a component. Without `approve` nothing is stored: the response
+/// says what it asks for and its digest. With `approve=DIGEST` (the digest
+/// of these same bytes) it is installed, as `connector install --yes` does,
+/// and sources of an older version move to it or wait for approval.
+#[utoipa::path(post, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), params(InstallQuery), request_body(content = Vec<u8>, content_type = "application/wasm", description = "A connector component built for wasm32-wasip2"), responses((status = 200, description = "Not installed: what it asks for, to review", body = Upload), (status = 201, description = "Installed", body = Upload), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_install(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Params(query): Params<InstallQuery>,
+    Component(bytes): Component,
+) -> Result<Response, ApiError> {
+    let loaded = api
+        .launcher
+        .runtime()
+        .load(&bytes)
+        .await
+        .map_err(|e| match e {
+            crate::runtime::RuntimeError::Engine(_) => ApiError::internal(&e),
+            other => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_component",
+                other.to_string(),
+            ),
+        })?;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let manifest = loaded.manifest();
+    let Some(approved) = query.approve else {
+        return Ok(Json(Upload {
+            installed: false,
+            next_step: format!(
+                "review what it asks for, then POST the same bytes to /v1/owner/connectors?approve={digest}"
+            ),
+            digest,
+            api_version: loaded.api_version().to_owned(),
+            connector: setup::connector_preview(manifest),
+            upgrades: Vec::new(),
+        })
+        .into_response());
+    };
+    if !approved.eq_ignore_ascii_case(&digest) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "digest_mismatch",
+            format!("these bytes have digest {digest}, not the approved {approved}; nothing was installed"),
+        )
+        .next("POST without approve to review this component"));
+    }
+    let vault = api.vault();
+    let installed = catalog::install(vault.store(), &bytes, loaded.api_version(), manifest)?;
+    let upgrades = catalog::offer_upgrade(vault.store(), &installed)?;
+    let waiting = upgrades.iter().any(|u| !u.changes.is_empty());
+    Ok((
+        StatusCode::CREATED,
+        Json(Upload {
+            installed: true,
+            next_step: if waiting {
+                format!("sources wait for approval of what {} {} asks for beyond their version: POST /v1/owner/connectors/{}/approve", installed.id, installed.version, installed.id)
+            } else {
+                "add a source with POST /v1/owner/sources".to_owned()
+            },
+            digest,
+            api_version: installed.api_version.clone(),
+            connector: setup::connector_view(vault.store(), &installed.id)?,
+            upgrades,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// Only this source; every waiting source when absent.
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// The owner approves what a newer version asks for: the source (or every
+/// source waiting on that connector) moves to it.
+#[utoipa::path(post, path = "/v1/owner/connectors/{id}/approve", tag = "owner", security(("owner" = [])), params(ConnectorId), request_body = ApproveBody, responses((status = 200, description = "The sources moved, and what was approved for each", body = Vec<catalog::Upgrade>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_approve(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Body(body): Body<ApproveBody>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    catalog::latest(vault.store(), &id)?;
+    let moved = catalog::approve_upgrade(vault.store(), &id, body.source.as_deref())?;
+    Ok(Json(moved).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/owner/clients", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Client tokens (never the tokens themselves)", body = Vec<Grant>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_clients(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     Ok(Json(tokens::clients(api.vault().store())?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewClient {
     source: String,
@@ -595,7 +947,7 @@ struct NewClient {
     expires_in_secs: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedClient {
     /// Shown once; only its hash is kept.
     token: String,
@@ -603,6 +955,7 @@ struct CreatedClient {
     grant: Grant,
 }
 
+#[utoipa::path(post, path = "/v1/owner/clients", tag = "owner", security(("owner" = [])), request_body = NewClient, responses((status = 201, description = "The new client token, shown once", body = CreatedClient), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_create_client(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -642,6 +995,7 @@ async fn owner_create_client(
     Ok((StatusCode::CREATED, Json(CreatedClient { token, grant })).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/owner/clients/{id}", tag = "owner", security(("owner" = [])), params(ClientId), responses((status = 200, description = "The revoked client token", body = Grant), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_revoke_client(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -650,6 +1004,7 @@ async fn owner_revoke_client(
     Ok(Json(tokens::revoke_client(api.vault().store(), &id)?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source is gone and its credentials destroyed", body = Deleted), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_delete_source(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -658,12 +1013,23 @@ async fn owner_delete_source(
     let vault = api.vault();
     let source = vault.store().source(&name)?;
     let destroyed = vault.delete_source(OWNER_API, &source)?;
-    Ok(
-        Json(serde_json::json!({"deleted": name, "credentials_destroyed": destroyed}))
-            .into_response(),
-    )
+    Ok(Json(Deleted {
+        deleted: name,
+        credentials_destroyed: destroyed,
+    })
+    .into_response())
 }
 
+/// A deleted source.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Deleted {
+    /// The source's name.
+    deleted: String,
+    /// How many credentials were destroyed with it.
+    credentials_destroyed: u64,
+}
+
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/credentials/{credential}/revoke", tag = "owner", security(("owner" = [])), params(SourceName, CredentialName), responses((status = 200, description = "The revoked credential's metadata", body = crate::vault::CredentialMeta), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_revoke(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -680,7 +1046,7 @@ async fn owner_revoke(
     Ok(Json(meta).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleBody {
     #[serde(default)]
@@ -690,6 +1056,7 @@ struct ScheduleBody {
 }
 
 /// `{"every_secs": N}`, `{"cron": "EXPR"}`, or `{}` to remove it.
+#[utoipa::path(put, path = "/v1/owner/sources/{name}/schedule", tag = "owner", security(("owner" = [])), params(SourceName), request_body = ScheduleBody, responses((status = 200, description = "The schedule, or null when it was removed", body = Option<runs::scheduler::ScheduleRow>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_schedule(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -713,13 +1080,16 @@ async fn owner_schedule(
     Ok(Json(row).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InteractionsQuery {
+    /// Also the answered, declined and expired ones.
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(get, path = "/v1/owner/interactions", tag = "owner", security(("owner" = [])), params(InteractionsQuery), responses((status = 200, description = "Interactions, pending ones unless `all`", body = Vec<crate::interactions::Interaction>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_interactions(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -730,7 +1100,7 @@ async fn owner_interactions(
     Ok(Json(crate::interactions::list(vault.store(), query.all)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Answer {
     value: String,
@@ -741,6 +1111,7 @@ struct Answer {
 
 /// Answers an interaction; the answer is sealed for its source only and
 /// never returned.
+#[utoipa::path(post, path = "/v1/owner/interactions/{id}/answer", tag = "owner", security(("owner" = [])), params(InteractionId), request_body = Answer, responses((status = 200, description = "The answered interaction; never the answer", body = crate::interactions::Interaction), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_answer(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -796,13 +1167,15 @@ async fn owner_answer(
     Ok(Json(crate::interactions::find(vault.store(), &id)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
+    /// Rows to return, at most 1000 (default 100).
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct AuditRow {
     seq: i64,
     at: i64,
@@ -815,6 +1188,7 @@ struct AuditRow {
 }
 
 /// The newest audit rows, newest first.
+#[utoipa::path(get, path = "/v1/owner/audit", tag = "owner", security(("owner" = [])), params(AuditQuery), responses((status = 200, description = "The newest audit rows, newest first", body = Vec<AuditRow>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_audit(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -848,25 +1222,44 @@ async fn owner_audit(
     Ok(Json(rows).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owner/audit/verify", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Whether the audit hash chain is intact", body = AuditCheck), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_audit_verify(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     let check = api.vault().verify_audit()?;
     Ok(Json(match check {
-        crate::vault::audit::ChainCheck::Intact { rows } => {
-            serde_json::json!({"intact": true, "rows": rows})
-        }
-        crate::vault::audit::ChainCheck::BrokenAt { seq } => {
-            serde_json::json!({"intact": false, "broken_at": seq})
-        }
+        crate::vault::audit::ChainCheck::Intact { rows } => AuditCheck {
+            intact: true,
+            rows: Some(rows),
+            broken_at: None,
+        },
+        crate::vault::audit::ChainCheck::BrokenAt { seq } => AuditCheck {
+            intact: false,
+            rows: None,
+            broken_at: Some(seq),
+        },
     })
     .into_response())
 }
 
-#[derive(Serialize)]
+/// Whether the audit log's hash chain is intact.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditCheck {
+    /// True when every row chains to the one before.
+    intact: bool,
+    /// Rows checked, when intact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<u64>,
+    /// The first row that does not chain, when broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken_at: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 struct Granted {
     source: String,
     streams: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/v1/sources", tag = "client", security(("client" = [])), responses((status = 200, description = "The source and streams this token grants", body = Vec<Granted>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn client_sources(Client(grant): Client) -> Result<Response, ApiError> {
     Ok(Json(vec![Granted {
         source: grant.source,
@@ -875,24 +1268,28 @@ async fn client_sources(Client(grant): Client) -> Result<Response, ApiError> {
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RecordsQuery {
+    /// Records per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Only records updated at or after this time (ms since the Unix
     /// epoch).
     updated_since: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Record {
     key: serde_json::Value,
     updated_at: i64,
     data: serde_json::Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Page {
     records: Vec<Record>,
     next_cursor: Option<String>,
@@ -911,6 +1308,7 @@ fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     Some((at.parse().ok()?, key.to_owned()))
 }
 
+#[utoipa::path(get, path = "/v1/sources/{name}/streams/{stream}/records", tag = "client", security(("client" = [])), params(SourceName, StreamName, RecordsQuery), responses((status = 200, description = "A page of records, oldest update first", body = Page), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn client_records(
     Client(grant): Client,
     State(api): State<Arc<Api>>,

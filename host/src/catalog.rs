@@ -459,7 +459,7 @@ pub fn manifest_changes(old: &Manifest, new: &Manifest) -> Vec<String> {
 }
 
 /// A source's move to a newly installed version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Upgrade {
     /// Source name.
     pub source: String,

@@ -168,8 +168,15 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
     /// Allow listening on a non-loopback address without TLS (tokens
     /// would cross the network in clear text).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_cert")]
     pub insecure_listen: bool,
+    /// Serve HTTPS with this PEM certificate chain (server certificate
+    /// first); needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `interaction` subcommands.
@@ -453,6 +460,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             out,
         ),
         Command::Serve(args) => {
+            // Refuse a bad listen setup before a fresh data directory is made.
+            let tls = serve_tls(&args)?;
             if !dir.exists() {
                 // First start on a fresh data directory: make it (development
                 // key wrapper; `sourcebox init` offers the others).
@@ -472,6 +481,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 open_vault(dir, cli.unlock_fd)?,
                 &cli.egress_allow,
                 args,
+                tls,
                 out,
             )
         }
@@ -1121,10 +1131,30 @@ fn run_source(
     }
 }
 
+/// The operator's certificate, if any; a non-loopback address without one
+/// is refused unless `--insecure-listen`.
+fn serve_tls(args: &ServeArgs) -> Result<Option<crate::api::Tls>, CliError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::api::Tls::from_pem_files(cert, key)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_listen {
+        return Err(CliError::Usage(format!(
+            "{} is not a loopback address and this server has no TLS; tokens would cross the network in clear text. Pass --tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-listen to do it anyway",
+            args.listen
+        )));
+    }
+    Ok(tls)
+}
+
 fn serve(
     vault: Vault,
     egress_allow: &[std::net::SocketAddr],
     args: ServeArgs,
+    tls: Option<crate::api::Tls>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let config = runs::LaunchConfig {
@@ -1136,12 +1166,6 @@ fn serve(
         interaction_wait: args.interaction_wait,
         ..launch_config(egress_allow)
     };
-    if !args.listen.ip().is_loopback() && !args.insecure_listen {
-        return Err(CliError::Usage(format!(
-            "{} is not a loopback address and this server has no TLS; tokens would cross the network in clear text. Listen on 127.0.0.1, or pass --insecure-listen to do it anyway",
-            args.listen
-        )));
-    }
     if let Some(token) = crate::tokens::ensure_owner_token(vault.store())? {
         // The one time it is shown; only its hash is kept.
         writeln_out(
@@ -1170,7 +1194,7 @@ fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", args.listen)))?;
-    if !local.ip().is_loopback() {
+    if tls.is_none() && !local.ip().is_loopback() {
         tracing::warn!(%local, "listening on a non-loopback address without TLS");
         writeln_out(
             out,
@@ -1180,8 +1204,9 @@ fn serve(
     writeln_out(
         out,
         format_args!(
-            "sourcebox serving {} on http://{local}: the HTTP API, scheduled and retried runs; stop with Ctrl-C",
-            dir.display()
+            "sourcebox serving {} on {}://{local}: the HTTP API, scheduled and retried runs; stop with Ctrl-C",
+            dir.display(),
+            if tls.is_some() { "https" } else { "http" }
         ),
     )?;
     out.flush()
@@ -1200,15 +1225,13 @@ fn serve(
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let app = crate::api::router(crate::api::Api::new(Arc::clone(&launcher)))
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
-        let (_, served, scheduled) = tokio::join!(
+        let app = crate::api::router(crate::api::Api::new(Arc::clone(&launcher)));
+        let server = crate::api::serve(listener, tls, app, wait(stopped.clone()), args.grace);
+        let (_, (), scheduled) = tokio::join!(
             signal,
             server,
             scheduler::run(launcher, scheduler, wait(stopped))
         );
-        served.map_err(|e| CliError::Io(format!("the HTTP server failed: {e}")))?;
         scheduled.map_err(CliError::from)
     })?;
     writeln_out(out, format_args!("sourcebox stopped"))

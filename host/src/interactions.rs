@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::store::{Store, StoreError, now_ms};
 
 /// One interaction as the owner sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Interaction {
     /// Interaction id.
     pub id: String,

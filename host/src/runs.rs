@@ -180,7 +180,7 @@ impl From<rusqlite::Error> for LaunchError {
 }
 
 /// A run as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Run id.
     pub id: String,
@@ -384,6 +384,11 @@ impl Launcher {
     /// The vault every run resolves from.
     pub fn vault(&self) -> &Arc<Mutex<Vault>> {
         &self.vault
+    }
+
+    /// The runtime components are loaded with.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Run events of this process.

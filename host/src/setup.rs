@@ -41,7 +41,7 @@ impl From<rusqlite::Error> for SetupError {
 }
 
 /// Where a source is in its setup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     /// No connector chosen yet.
@@ -67,7 +67,7 @@ pub enum Lifecycle {
 }
 
 /// What the owner must do next, exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum NextStep {
     /// Pick a connector for the source.
@@ -151,7 +151,7 @@ pub enum NextStep {
 
 /// The account a source's credentials belong to, as the provider reported
 /// it at verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Identity {
     /// Stable provider-side id.
     pub id: String,
@@ -160,7 +160,7 @@ pub struct Identity {
 }
 
 /// One credential field, from the connector's schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CredentialFieldView {
     /// Name to store it under.
     pub name: String,
@@ -179,7 +179,7 @@ pub struct CredentialFieldView {
 }
 
 /// One non-secret setup field, from the connector's setup descriptor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetupFieldView {
     /// Name.
     pub name: String,
@@ -194,7 +194,7 @@ pub struct SetupFieldView {
 }
 
 /// A setup modality and whether it is proven for this connector version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModalityView {
     /// static-secret, oauth, browser-login or local-import.
     pub modality: String,
@@ -206,7 +206,7 @@ pub struct ModalityView {
 }
 
 /// Everything about setting up sources of one connector version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectorView {
     /// Connector id.
     pub id: String,
@@ -226,7 +226,7 @@ pub struct ConnectorView {
 }
 
 /// Everything about one source's setup, and what to do next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceView {
     /// Source name.
     pub source: String,
@@ -247,7 +247,7 @@ pub struct SourceView {
 }
 
 /// A credential field of a source and whether it is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CredentialStatus {
     /// The field.
     #[serde(flatten)]
@@ -307,10 +307,41 @@ fn proofs(store: &Store, installed: &Installed) -> Result<Vec<(String, String)>,
 pub fn connector_view(store: &Store, id: &str) -> Result<ConnectorView, SetupError> {
     let installed = catalog::latest(store, id)?;
     let proven = proofs(store, &installed)?;
-    let manifest = &installed.manifest;
-    Ok(ConnectorView {
-        id: installed.id.clone(),
-        version: installed.version.clone(),
+    Ok(view_of(
+        &installed.version,
+        &installed.manifest,
+        &installed.approved.hosts,
+        &proven,
+    ))
+}
+
+/// The view of every installed connector, at its latest version.
+pub fn connector_views(store: &Store) -> Result<Vec<ConnectorView>, SetupError> {
+    let mut ids: Vec<String> = catalog::list(store)?.into_iter().map(|c| c.id).collect();
+    ids.dedup();
+    ids.iter().map(|id| connector_view(store, id)).collect()
+}
+
+/// The view of a component that is not installed yet: what installing it
+/// would approve. No modality of it is proven.
+pub fn connector_preview(manifest: &Manifest) -> ConnectorView {
+    view_of(
+        &manifest.version,
+        manifest,
+        &catalog::approval_for(manifest).hosts,
+        &[],
+    )
+}
+
+fn view_of(
+    version: &str,
+    manifest: &Manifest,
+    hosts: &[String],
+    proven: &[(String, String)],
+) -> ConnectorView {
+    ConnectorView {
+        id: manifest.id.clone(),
+        version: version.to_owned(),
         name: manifest.name.clone(),
         modalities: manifest
             .setup
@@ -341,8 +372,8 @@ pub fn connector_view(store: &Store, id: &str) -> Result<ConnectorView, SetupErr
             .iter()
             .map(|f| setup_field_view(f, f.default_value.clone()))
             .collect(),
-        hosts: installed.approved.hosts.clone(),
-    })
+        hosts: hosts.to_vec(),
+    }
 }
 
 /// What the store says about a source's setup.

@@ -28,7 +28,7 @@ pub enum Principal {
 }
 
 /// What a client token may read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Grant {
     /// Token id.
     pub id: String,

@@ -112,7 +112,7 @@ pub enum VaultError {
 }
 
 /// What kind of secret a credential is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialClass {
     /// A password for an interactive login.
@@ -129,7 +129,7 @@ pub enum CredentialClass {
 }
 
 /// Where a credential value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Provenance {
     /// Entered by the owner (CLI or API).
@@ -194,7 +194,7 @@ impl Actor<'static> {
 }
 
 /// A credential's metadata: everything but the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CredentialMeta {
     /// Source name.
     pub source: String,

@@ -25,6 +25,11 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, allow: SocketAddr) -> Self {
+        Self::start_with(dir, allow, &[])
+    }
+
+    /// `serve` with more arguments, e.g. a TLS certificate.
+    fn start_with(dir: &Path, allow: SocketAddr, extra: &[&std::ffi::OsStr]) -> Self {
         let mut cmd = common::sourcebox();
         cmd.arg("--data-dir")
             .arg(dir)
@@ -39,6 +44,7 @@ impl Server {
                 "--grace",
                 "5s",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -58,7 +64,7 @@ impl Server {
             {
                 owner = Some(token.to_owned());
             }
-            if let Some(rest) = line.split("on http://").nth(1) {
+            if let Some(rest) = line.split("://").nth(1) {
                 addr = rest
                     .split(':')
                     .take(2)
@@ -105,7 +111,7 @@ impl Server {
         self.output.lock().expect("output").clone()
     }
 
-    /// One HTTP/1.1 request; (status, head, JSON body).
+    /// One HTTP/1.1 request with a JSON body; (status, head, JSON body).
     async fn call(
         &self,
         method: &str,
@@ -113,39 +119,76 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String, Value) {
-        let mut socket = tokio::net::TcpStream::connect(self.addr)
+        let body = body.map(|b| ("application/json", b.as_bytes()));
+        let socket = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n",
-            self.addr
-        );
-        if let Some(token) = token {
-            request += &format!("authorization: Bearer {token}\r\n");
-        }
-        if let Some(body) = body {
-            request += &format!(
-                "content-type: application/json\r\ncontent-length: {}\r\n",
-                body.len()
-            );
-        }
-        request += "\r\n";
-        socket.write_all(request.as_bytes()).await.expect("write");
-        if let Some(body) = body {
-            socket.write_all(body.as_bytes()).await.expect("write body");
-        }
-        let mut raw = Vec::new();
-        socket.read_to_end(&mut raw).await.expect("read");
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let json = serde_json::from_str(body).unwrap_or(Value::Null);
-        (status, raw.clone(), json)
+        exchange(socket, self.addr, method, path, token, body).await
     }
+
+    /// One HTTP/1.1 request with a body of any type.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String, Value) {
+        let socket = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        exchange(
+            socket,
+            self.addr,
+            method,
+            path,
+            token,
+            Some((content_type, body)),
+        )
+        .await
+    }
+}
+
+/// Writes one request on `socket` (plain or TLS) and reads the response to
+/// its end; (status, head and body as text, JSON body).
+async fn exchange(
+    mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, String, Value) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    if let Some(token) = token {
+        request += &format!("authorization: Bearer {token}\r\n");
+    }
+    if let Some((content_type, body)) = body {
+        request += &format!(
+            "content-type: {content_type}\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+    }
+    request += "\r\n";
+    socket.write_all(request.as_bytes()).await.expect("write");
+    if let Some((_, body)) = body {
+        socket.write_all(body).await.expect("write body");
+    }
+    socket.flush().await.expect("flush");
+    let mut raw = Vec::new();
+    // A TLS peer that closes without close_notify is still a complete
+    // response here: `connection: close` delimits it.
+    let _ = socket.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, raw.clone(), json)
 }
 
 impl Drop for Server {
@@ -636,4 +679,406 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
     let log = server.stop();
     common::assert_no_leak(code.as_bytes(), seen.as_bytes(), "API responses");
     common::assert_no_leak(code.as_bytes(), log.as_bytes(), "server output and log");
+}
+
+/// The OpenAPI document: served at /v1/openapi.json, identical to the
+/// committed `openapi.json`, and covering every route. Every described
+/// owner route refuses a client token and every client route the owner
+/// token (the extractor runs, so the route exists); no route is served
+/// except through a description (the router is built only from
+/// `routes!`, never `.route(`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_served_committed_and_covers_every_route() {
+    let generated = sourcebox::api::openapi_document();
+    let committed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
+    if std::env::var_os("SOURCEBOX_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&committed_path, &generated).expect("write openapi.json");
+    }
+    let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi.json is not the document the code generates; review, then rerun with SOURCEBOX_UPDATE_GOLDEN=1"
+    );
+
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api.rs"))
+        .expect("api.rs");
+    for bypass in [
+        ".route(",
+        ".route_service(",
+        ".nest(",
+        ".nest_service(",
+        ".merge(",
+    ] {
+        assert!(
+            !source.contains(bypass),
+            "api.rs registers a route with `{bypass}`, which leaves it out of the OpenAPI document; register it with routes!()"
+        );
+    }
+
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let owner = server.owner.clone();
+    let (status, raw, served) = server.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(
+        served,
+        serde_json::from_str::<Value>(&generated).expect("json")
+    );
+    assert_eq!(served["openapi"], "3.1.0");
+
+    add_second_source(&server, Some(&owner), fx.addr).await;
+    let (status, raw, created) = server
+        .call(
+            "POST",
+            "/v1/owner/clients",
+            Some(&owner),
+            Some(&json!({"source": "home", "streams": ["repositories"]}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let client = created["token"].as_str().expect("client token").to_owned();
+
+    let mut operations = 0;
+    for (path, item) in served["paths"].as_object().expect("paths") {
+        let concrete = path.replace('{', "x").replace('}', "");
+        for (method, op) in item.as_object().expect("path item") {
+            operations += 1;
+            let method = method.to_uppercase();
+            let body = matches!(method.as_str(), "POST" | "PUT").then_some("{}");
+            let security = op["security"][0]
+                .as_object()
+                .map(|s| s.keys().next().cloned());
+            let (token, expected) = match security.flatten().as_deref() {
+                Some("owner") => (Some(client.as_str()), 403),
+                Some("client") => (Some(owner.as_str()), 403),
+                _ => (None, 200),
+            };
+            let (status, raw, body) = server.call(&method, &concrete, token, body).await;
+            assert_eq!(status, expected, "{method} {path}: {raw}");
+            if expected == 403 {
+                assert!(
+                    is_error(&body, "wrong_token_type"),
+                    "{method} {path}: {raw}"
+                );
+            }
+        }
+    }
+    assert!(operations >= 23, "only {operations} operations described");
+    // A route that is not described is not served.
+    let (status, _, body) = server
+        .call("GET", "/v1/owner/secrets", Some(&owner), None)
+        .await;
+    assert_eq!(status, 404);
+    assert!(is_error(&body, "not_found"));
+    let (status, _, body) = server
+        .call("PATCH", "/v1/owner/sources", Some(&owner), None)
+        .await;
+    assert_eq!(status, 405);
+    assert!(is_error(&body, "method_not_allowed"));
+    server.stop();
+}
+
+/// Connectors over HTTP: an upload is reviewed first (nothing stored),
+/// installed only with the digest of the bytes the owner reviewed, and an
+/// upgrade that asks for more waits for the owner's approval per source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_are_reviewed_installed_and_approved_over_http() {
+    use sha2::Digest;
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let echo = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO")).expect("echo");
+    let next = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO_NEXT")).expect("echo-next");
+    let digest = hex::encode(sha2::Sha256::digest(&echo));
+    assert!(
+        echo.len() > 64 * 1024,
+        "the component is larger than a JSON body may be"
+    );
+    let installed = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .expect("list")
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["id"].as_str().unwrap_or(""),
+                    c["version"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+
+    // Bad uploads: the wrong media type, bytes that are no component.
+    let (status, raw, body) = server
+        .send(
+            "POST",
+            "/v1/owner/connectors",
+            owner,
+            "application/json",
+            b"{}",
+        )
+        .await;
+    assert_eq!(status, 415, "{raw}");
+    assert!(is_error(&body, "unsupported_media_type"));
+    let (status, raw, body) = server
+        .send(
+            "POST",
+            "/v1/owner/connectors",
+            owner,
+            "application/wasm",
+            b"\0asm-not-really",
+        )
+        .await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "invalid_component"));
+
+    // Review: what it asks for, its digest; nothing installed.
+    let (status, raw, review) = server
+        .send(
+            "POST",
+            "/v1/owner/connectors",
+            owner,
+            "application/wasm",
+            &echo,
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(review["installed"], false);
+    assert_eq!(review["digest"], digest.as_str());
+    assert_eq!(review["connector"]["id"], "echo");
+    assert_eq!(review["connector"]["credentials"][0]["name"], "token");
+    let (_, _, list) = server
+        .call("GET", "/v1/owner/connectors", owner, None)
+        .await;
+    assert_eq!(installed(&list), ["github 0.1.0"]);
+
+    // Approving other bytes than were sent installs nothing.
+    let (status, raw, body) = server
+        .send(
+            "POST",
+            &format!(
+                "/v1/owner/connectors?approve={}",
+                hex::encode(sha2::Sha256::digest(&next))
+            ),
+            owner,
+            "application/wasm",
+            &echo,
+        )
+        .await;
+    assert_eq!(status, 409, "{raw}");
+    assert!(is_error(&body, "digest_mismatch"));
+    let (_, _, list) = server
+        .call("GET", "/v1/owner/connectors", owner, None)
+        .await;
+    assert_eq!(installed(&list), ["github 0.1.0"]);
+
+    // The reviewed digest installs it, once.
+    let approve = format!("/v1/owner/connectors?approve={digest}");
+    let (status, raw, done) = server
+        .send("POST", &approve, owner, "application/wasm", &echo)
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(done["installed"], true);
+    assert_eq!(done["connector"]["version"], "0.1.0");
+    let (_, _, list) = server
+        .call("GET", "/v1/owner/connectors", owner, None)
+        .await;
+    assert_eq!(installed(&list), ["echo 0.1.0", "github 0.1.0"]);
+    let (status, raw, body) = server
+        .send("POST", &approve, owner, "application/wasm", &echo)
+        .await;
+    assert_eq!(status, 409, "{raw}");
+    assert!(is_error(&body, "conflict"));
+
+    // A source on 0.1.0; 0.2.0 asks for a new host, so it waits.
+    let add = json!({"name": "x", "connector": "echo", "allow_unproven": true});
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let next_digest = hex::encode(sha2::Sha256::digest(&next));
+    let (status, raw, done) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={next_digest}"),
+            owner,
+            "application/wasm",
+            &next,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(done["upgrades"][0]["source"], "x");
+    assert!(
+        done["upgrades"][0]["changes"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains("localhost")))),
+        "{raw}"
+    );
+    let (_, raw, view) = server.call("GET", "/v1/owner/sources/x", owner, None).await;
+    assert_eq!(view["state"], "needs_approval", "{raw}");
+    assert_eq!(view["connector"], "echo 0.1.0", "{raw}");
+
+    // Approving a source that waits for nothing says so; approving x moves it.
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            "/v1/owner/connectors/echo/approve",
+            owner,
+            Some(r#"{"source":"nope"}"#),
+        )
+        .await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "invalid_setup"));
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            "/v1/owner/connectors/nope/approve",
+            owner,
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 404, "{raw}");
+    assert!(is_error(&body, "not_found"));
+    let (status, raw, moved) = server
+        .call(
+            "POST",
+            "/v1/owner/connectors/echo/approve",
+            owner,
+            Some(r#"{"source":"x"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(
+        (moved[0]["source"].as_str(), moved[0]["to"].as_str()),
+        (Some("x"), Some("0.2.0"))
+    );
+    let (_, raw, view) = server.call("GET", "/v1/owner/sources/x", owner, None).await;
+    assert_eq!(view["connector"], "echo 0.2.0", "{raw}");
+    assert_ne!(view["state"], "needs_approval", "{raw}");
+    server.stop();
+}
+
+/// Writes a self-signed certificate for localhost and 127.0.0.1 and its
+/// key as PEM files in `dir`; returns the certificate's DER.
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
+    (cert, key, made.cert.der().to_vec())
+}
+
+/// TLS with the operator's certificate: HTTPS works with a client that
+/// trusts it, clear text on the same port gets no HTTP answer, and a
+/// missing or mismatched certificate or key is refused at start with a
+/// message that says what to pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_the_operators_certificate() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (cert, key, der) = self_signed(tmp.path(), "server");
+    let (_, other_key, _) = self_signed(tmp.path(), "other");
+    let data = tmp.path().join("data");
+
+    for (cert_arg, key_arg, says) in [
+        (tmp.path().join("missing.crt"), key.clone(), "missing.crt"),
+        (cert.clone(), tmp.path().join("missing.key"), "missing.key"),
+        (key.clone(), key.clone(), "no certificate"),
+        (cert.clone(), other_key.clone(), "cannot be used together"),
+    ] {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(&cert_arg)
+            .arg("--tls-key")
+            .arg(&key_arg);
+        let out = common::run(cmd, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+
+    let server = Server::start_with(
+        &data,
+        fx.addr,
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    assert!(
+        server
+            .output
+            .lock()
+            .expect("output")
+            .contains(&format!("https://{}", server.addr))
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).expect("trust the certificate");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let tls = connector
+        .connect("localhost".try_into().expect("name"), tcp)
+        .await
+        .expect("TLS handshake with the operator's certificate");
+    let (status, raw, sources) = exchange(
+        tls,
+        server.addr,
+        "GET",
+        "/v1/owner/sources",
+        Some(&server.owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    assert!(sources.is_array(), "{raw}");
+
+    // Clear text on the TLS port: no HTTP response, no token accepted.
+    let (status, raw, _) = server
+        .call("GET", "/v1/owner/sources", Some(&server.owner), None)
+        .await;
+    assert_eq!(status, 0, "{raw}");
+    server.stop();
+}
+
+/// A client that sends its request head too slowly is cut off instead of
+/// holding a connection open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_off() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let mut socket = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /v1/owner/sources HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was still open after 30 s");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(9), "cut off after {waited:?}");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(!text.contains("200 OK"), "{text}");
+    server.stop();
 }

@@ -73,7 +73,7 @@ fn parse_cron(expr: &str) -> Result<croner::Cron, StoreError> {
 }
 
 /// A source's schedule as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ScheduleRow {
     /// Source name.
     pub source: String,
@@ -133,7 +133,7 @@ pub fn schedules(store: &Store) -> Result<Vec<ScheduleRow>, StoreError> {
 }
 
 /// A source as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SourceStatus {
     /// Source name.
     pub name: String,
