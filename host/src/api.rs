@@ -43,8 +43,9 @@ const COMPONENT_LIMIT: usize = 32 * 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `verify` waits for its run before answering 202.
 const VERIFY_WAIT: Duration = Duration::from_secs(20);
-/// Failed authentications allowed per peer address per window.
-const AUTH_FAILURES: u32 = 20;
+/// Failed authentications allowed per peer address per window, by
+/// default.
+pub const AUTH_FAILURES: u32 = 20;
 /// The window failed authentications are counted in.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
 /// Records per page, by default and at most.
@@ -55,6 +56,7 @@ const PAGE_MAX: u32 = 1000;
 pub struct Api {
     launcher: Arc<Launcher>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    auth_failures: u32,
 }
 
 impl std::fmt::Debug for Api {
@@ -66,9 +68,16 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API over `launcher`'s vault and runs.
     pub fn new(launcher: Arc<Launcher>) -> Arc<Self> {
+        Self::with_auth_failures(launcher, AUTH_FAILURES)
+    }
+
+    /// The API, refusing a peer for a minute after `auth_failures` failed
+    /// authentications within one.
+    pub fn with_auth_failures(launcher: Arc<Launcher>, auth_failures: u32) -> Arc<Self> {
         Arc::new(Self {
             launcher,
             failures: Mutex::default(),
+            auth_failures,
         })
     }
 
@@ -209,6 +218,18 @@ async fn openapi_json() -> Response {
         DOCUMENT.get_or_init(openapi_document).clone(),
     )
         .into_response()
+}
+
+/// One Server-Sent Event of a run's event stream, as a client's event
+/// parser sees it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EventFrame {
+    /// `state`, `progress`, `log` or `interaction`.
+    event: String,
+    /// The run event, as JSON: `run`, `source`, `event` and the fields of
+    /// that kind of event.
+    data: String,
 }
 
 /// A source, by name.
@@ -475,7 +496,7 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
     if let Some(ip) = peer {
         let failures = api.failures.lock().expect("failures lock");
         if let Some((count, since)) = failures.get(&ip)
-            && *count >= AUTH_FAILURES
+            && *count >= api.auth_failures
             && since.elapsed() < AUTH_WINDOW
         {
             return Err(ApiError::new(
@@ -711,7 +732,7 @@ async fn owner_cancel(
 /// every event as it happens (state changes, progress, log lines,
 /// interactions), ending after the run ends. Log lines are redacted before
 /// they are published; no event carries a secret.
-#[utoipa::path(get, path = "/v1/owner/runs/{id}/events", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "Server-Sent Events: `state`, `progress`, `log` and `interaction`, each a JSON run event; the stream ends after the run ends", content_type = "text/event-stream", body = String), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/owner/runs/{id}/events", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "Server-Sent Events: `state`, `progress`, `log` and `interaction`, each a JSON run event; the stream ends after the run ends", content_type = "text/event-stream", body = EventFrame), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_run_events(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -810,8 +831,15 @@ struct Upload {
     next_step: String,
 }
 
-/// A component upload: raw bytes, `content-type: application/wasm`.
+/// A component upload: raw bytes, `content-type: application/wasm` (or
+/// `application/octet-stream`, as `curl --data-binary` sends them).
 struct Component(bytes::Bytes);
+
+/// A component's bytes, as the OpenAPI document describes them.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct ComponentBytes(Vec<u8>);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Component {
     type Rejection = ApiError;
@@ -820,7 +848,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Component {
         let wasm = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes() == b"application/wasm");
+            .is_some_and(|v| {
+                v.as_bytes() == b"application/wasm" || v.as_bytes() == b"application/octet-stream"
+            });
         if !wasm {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -843,7 +873,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Component {
 /// says what it asks for and its digest. With `approve=DIGEST` (the digest
 /// of these same bytes) it is installed, as `connector install --yes` does,
 /// and sources of an older version move to it or wait for approval.
-#[utoipa::path(post, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), params(InstallQuery), request_body(content = Vec<u8>, content_type = "application/wasm", description = "A connector component built for wasm32-wasip2"), responses((status = 200, description = "Not installed: what it asks for, to review", body = Upload), (status = 201, description = "Installed", body = Upload), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), params(InstallQuery), request_body(content((ComponentBytes = "application/wasm"), (ComponentBytes = "application/octet-stream")), description = "A connector component built for wasm32-wasip2"), responses((status = 200, description = "Not installed: what it asks for, to review", body = Upload), (status = 201, description = "Installed", body = Upload), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_install(
     _: Owner,
     State(api): State<Arc<Api>>,

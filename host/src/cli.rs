@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// would cross the network in clear text).
     #[arg(long, conflicts_with = "tls_cert")]
     pub insecure_listen: bool,
+    /// Failed authentications from one address, within a minute, after
+    /// which it is refused for the rest of that minute.
+    #[arg(long, value_name = "N", default_value_t = crate::api::AUTH_FAILURES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures: u32,
     /// Serve HTTPS with this PEM certificate chain (server certificate
     /// first); needs --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -1225,7 +1229,10 @@ fn serve(
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let app = crate::api::router(crate::api::Api::new(Arc::clone(&launcher)));
+        let app = crate::api::router(crate::api::Api::with_auth_failures(
+            Arc::clone(&launcher),
+            args.auth_failures,
+        ));
         let server = crate::api::serve(listener, tls, app, wait(stopped.clone()), args.grace);
         let (_, (), scheduled) = tokio::join!(
             signal,
