@@ -39,13 +39,27 @@ pub use server::{Tls, TlsError, serve};
 const BODY_LIMIT: usize = 64 * 1024;
 /// Largest connector component accepted for upload.
 const COMPONENT_LIMIT: usize = 32 * 1024 * 1024;
-/// How long a request may take, from its head to its response head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `verify` waits for its run before answering 202.
-const VERIFY_WAIT: Duration = Duration::from_secs(20);
-/// Failed authentications allowed per peer address per window, by
-/// default.
-pub const AUTH_FAILURES: u32 = 20;
+/// The API's limits, as the operator sets them on `serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Failed authentications from one peer address within a minute,
+    /// after which it is refused for the rest of that minute.
+    pub auth_failures: u32,
+    /// How long a request may take, from its head to its response head
+    /// (reading its body included). `verify` answers 202 with the view as
+    /// it stands after two thirds of it, and its run goes on.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            auth_failures: 20,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The window failed authentications are counted in.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
 /// Records per page, by default and at most.
@@ -56,7 +70,7 @@ const PAGE_MAX: u32 = 1000;
 pub struct Api {
     launcher: Arc<Launcher>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    auth_failures: u32,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Api {
@@ -66,18 +80,17 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
-    /// The API over `launcher`'s vault and runs.
+    /// The API over `launcher`'s vault and runs, with the default limits.
     pub fn new(launcher: Arc<Launcher>) -> Arc<Self> {
-        Self::with_auth_failures(launcher, AUTH_FAILURES)
+        Self::with_limits(launcher, Limits::default())
     }
 
-    /// The API, refusing a peer for a minute after `auth_failures` failed
-    /// authentications within one.
-    pub fn with_auth_failures(launcher: Arc<Launcher>, auth_failures: u32) -> Arc<Self> {
+    /// The API with the operator's limits.
+    pub fn with_limits(launcher: Arc<Launcher>, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             launcher,
             failures: Mutex::default(),
-            auth_failures,
+            limits,
         })
     }
 
@@ -152,6 +165,7 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_audit))
         .routes(routes!(owner_audit_verify))
         .routes(routes!(owner_clients, owner_create_client))
+        .routes(routes!(owner_rotate_token))
         .routes(routes!(owner_revoke_client))
         .routes(routes!(client_sources))
         .routes(routes!(client_records))
@@ -188,21 +202,30 @@ pub fn router(api: Arc<Api>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; /v1/openapi.json lists what it takes")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(deadline))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            deadline,
+        ))
         .with_state(api)
 }
 
-/// Every request has [`REQUEST_TIMEOUT`] to produce its response head
-/// (reading its body included); an event stream, once started, is not cut.
-async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+/// Every request has [`Limits::request_timeout`] to produce its response
+/// head (reading its body included); an event stream, once started, is
+/// not cut.
+async fn deadline(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = api.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             format!(
-                "the request took longer than {}s and was stopped; try again",
-                REQUEST_TIMEOUT.as_secs()
+                "the request took longer than {} and was stopped; try again",
+                humantime::format_duration(limit)
             ),
         )
         .into_response(),
@@ -496,7 +519,7 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
     if let Some(ip) = peer {
         let failures = api.failures.lock().expect("failures lock");
         if let Some((count, since)) = failures.get(&ip)
-            && *count >= api.auth_failures
+            && *count >= api.limits.auth_failures
             && since.elapsed() < AUTH_WINDOW
         {
             return Err(ApiError::new(
@@ -664,7 +687,7 @@ async fn owner_verify(
     // request deadline, never cuts a verification short.
     let run =
         tokio::spawn(async move { launcher.launch(&source, Trigger::SetupVerification).await });
-    match tokio::time::timeout(VERIFY_WAIT, run).await {
+    match tokio::time::timeout(api.limits.request_timeout * 2 / 3, run).await {
         Ok(Ok(launched)) => {
             launched?;
             Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
@@ -880,19 +903,23 @@ async fn owner_install(
     Params(query): Params<InstallQuery>,
     Component(bytes): Component,
 ) -> Result<Response, ApiError> {
-    let loaded = api
-        .launcher
-        .runtime()
-        .load(&bytes)
-        .await
-        .map_err(|e| match e {
-            crate::runtime::RuntimeError::Engine(_) => ApiError::internal(&e),
-            other => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_component",
-                other.to_string(),
-            ),
-        })?;
+    // Compiling takes a while: off the request workers, so other requests
+    // go on and the request deadline holds.
+    let launcher = Arc::clone(&api.launcher);
+    let handle = tokio::runtime::Handle::current();
+    let component = bytes.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || handle.block_on(launcher.runtime().load(&component)))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| match e {
+                crate::runtime::RuntimeError::Engine(_) => ApiError::internal(&e),
+                other => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_component",
+                    other.to_string(),
+                ),
+            })?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let manifest = loaded.manifest();
     let Some(approved) = query.approve else {
@@ -959,6 +986,23 @@ async fn owner_approve(
     catalog::latest(vault.store(), &id)?;
     let moved = catalog::approve_upgrade(vault.store(), &id, body.source.as_deref())?;
     Ok(Json(moved).into_response())
+}
+
+/// A new owner token.
+#[derive(Serialize, utoipa::ToSchema)]
+struct OwnerToken {
+    /// Shown once; only its hash is kept. The token this request used no
+    /// longer works.
+    token: String,
+}
+
+/// Replaces the owner token: the one this request used stops working at
+/// once.
+#[utoipa::path(post, path = "/v1/owner/token/rotate", tag = "owner", security(("owner" = [])), responses((status = 201, description = "The new owner token, shown once", body = OwnerToken), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_rotate_token(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let token = tokens::rotate_owner(api.vault().store())?;
+    let token = String::from_utf8_lossy(token.expose_secret()).into_owned();
+    Ok((StatusCode::CREATED, Json(OwnerToken { token })).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/clients", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Client tokens (never the tokens themselves)", body = Vec<Grant>), (status = "4XX", description = "The error shape", body = ErrorBody)))]

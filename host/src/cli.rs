@@ -135,6 +135,17 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The owner token of the HTTP API.
+    #[command(subcommand)]
+    OwnerToken(OwnerTokenCommand),
+}
+
+/// `owner-token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OwnerTokenCommand {
+    /// Make a new owner token and print it once; the old one stops
+    /// working at once (a running `serve` included).
+    Rotate,
 }
 
 /// `serve` options.
@@ -172,8 +183,12 @@ pub struct ServeArgs {
     pub insecure_listen: bool,
     /// Failed authentications from one address, within a minute, after
     /// which it is refused for the rest of that minute.
-    #[arg(long, value_name = "N", default_value_t = crate::api::AUTH_FAILURES, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::api::Limits::default().auth_failures, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failures: u32,
+    /// How long one HTTP request may take (an event stream, once started,
+    /// is not cut).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
     /// Serve HTTPS with this PEM certificate chain (server certificate
     /// first); needs --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -511,6 +526,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         } => records(dir, &source, &stream, json, out),
         Command::Credential(cmd) => credential(&open_vault(dir, cli.unlock_fd)?, cmd, out),
         Command::Vault(cmd) => vault(&open_vault(dir, cli.unlock_fd)?, cmd, out),
+        Command::OwnerToken(OwnerTokenCommand::Rotate) => {
+            let token = crate::tokens::rotate_owner(&Store::open(dir)?)?;
+            writeln_out(
+                out,
+                format_args!(
+                    "owner token (shown once, keep it safe): {}",
+                    String::from_utf8_lossy(token.expose_secret())
+                ),
+            )
+        }
         Command::Audit(AuditCommand::Verify) => {
             match audit::verify(Store::open(dir)?.conn()).map_err(VaultError::from)? {
                 ChainCheck::Intact { rows } => {
@@ -1135,6 +1160,14 @@ fn run_source(
     }
 }
 
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero, e.g. 30s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; e.g. 30s or 2m")),
+    }
+}
+
 /// The operator's certificate, if any; a non-loopback address without one
 /// is refused unless `--insecure-listen`.
 fn serve_tls(args: &ServeArgs) -> Result<Option<crate::api::Tls>, CliError> {
@@ -1229,9 +1262,12 @@ fn serve(
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let app = crate::api::router(crate::api::Api::with_auth_failures(
+        let app = crate::api::router(crate::api::Api::with_limits(
             Arc::clone(&launcher),
-            args.auth_failures,
+            crate::api::Limits {
+                auth_failures: args.auth_failures,
+                request_timeout: args.request_timeout,
+            },
         ));
         let server = crate::api::serve(listener, tls, app, wait(stopped.clone()), args.grace);
         let (_, (), scheduled) = tokio::join!(

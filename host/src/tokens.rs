@@ -87,6 +87,31 @@ pub fn ensure_owner_token(store: &Store) -> Result<Option<Secret>, StoreError> {
     Ok(Some(token))
 }
 
+/// Replaces the owner token: every earlier one stops working at once, in
+/// the same transaction that stores the new one. Returns the new token,
+/// to be shown once.
+pub fn rotate_owner(store: &Store) -> Result<Secret, StoreError> {
+    let token = fresh(OWNER_PREFIX);
+    store.write(|conn| {
+        let now = now_ms();
+        conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?1 WHERE kind = 'owner' AND revoked_at IS NULL",
+            [now],
+        )?;
+        conn.execute(
+            "INSERT INTO api_tokens (id, kind, hash, owner_id, created_at)
+             SELECT ?1, 'owner', ?2, id, ?3 FROM owners WHERE name = ?4",
+            params![
+                new_id(),
+                hash(token.expose_secret()),
+                now,
+                crate::store::DEFAULT_OWNER
+            ],
+        )
+    })?;
+    Ok(token)
+}
+
 /// Creates a client token for `streams` of `source`, expiring after
 /// `ttl_secs` if given. Returns the token (shown once) and its grant.
 pub fn create_client(

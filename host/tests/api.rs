@@ -1082,3 +1082,93 @@ async fn a_trickled_request_head_is_cut_off() {
     assert!(!text.contains("200 OK"), "{text}");
     server.stop();
 }
+
+/// A request past the operator's deadline gets the error shape, and the
+/// server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_gets_the_error_shape() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        fx.addr,
+        &["--request-timeout".as_ref(), "5ms".as_ref()],
+    );
+    // Compiling a component takes far longer than 5 ms.
+    let echo = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO")).expect("echo");
+    let (status, raw, body) = server
+        .send(
+            "POST",
+            "/v1/owner/connectors",
+            Some(&server.owner),
+            "application/wasm",
+            &echo,
+        )
+        .await;
+    assert_eq!(status, 503, "{raw}");
+    assert!(is_error(&body, "timeout"), "{raw}");
+    // Still serving: a light request fits in 5 ms (on a loaded machine
+    // perhaps not every time, hence a few tries).
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (status, _, _) = server.call("GET", "/v1/openapi.json", None, None).await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    server.stop();
+}
+
+/// The owner token can be replaced over HTTP and, when it is lost, from the
+/// CLI on the data directory; each time the old one stops working at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_token_is_rotated_over_http_and_from_the_cli() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, fx.addr);
+    let first = server.owner.clone();
+    let (status, raw, body) = server
+        .call("POST", "/v1/owner/token/rotate", Some(&first), None)
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let second = body["token"].as_str().expect("token").to_owned();
+    assert!(second.starts_with("sbo_") && second != first);
+    let (status, _, body) = server
+        .call("GET", "/v1/owner/sources", Some(&first), None)
+        .await;
+    assert_eq!(status, 401);
+    assert!(is_error(&body, "unauthorized"), "{body}");
+    let (status, raw, _) = server
+        .call("GET", "/v1/owner/sources", Some(&second), None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .args(["owner-token", "rotate"]);
+    let out = common::run(cmd, b"");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let third = stdout
+        .trim()
+        .strip_prefix("owner token (shown once, keep it safe): ")
+        .expect("the new token")
+        .to_owned();
+    for (token, expected) in [(&first, 401), (&second, 401), (&third, 200)] {
+        let (status, raw, _) = server
+            .call("GET", "/v1/owner/sources", Some(token), None)
+            .await;
+        assert_eq!(status, expected, "{raw}");
+    }
+    // serve printed the first token at start; the new ones never reach
+    // its output or log.
+    let log = server.stop();
+    assert!(
+        !log.contains(&second) && !log.contains(&third),
+        "a new owner token is in the server output"
+    );
+}
