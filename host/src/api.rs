@@ -149,6 +149,7 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_sources, owner_add_source))
         .routes(routes!(owner_source, owner_delete_source))
         .routes(routes!(owner_schedule))
+        .routes(routes!(owner_set_setup))
         .routes(routes!(owner_capture))
         .routes(routes!(owner_revoke))
         .routes(routes!(owner_verify))
@@ -636,6 +637,27 @@ async fn owner_add_source(
     )?;
     let view = setup::source_view(&vault, &new.name)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Replaces the source's setup values (non-secret fields such as a base
+/// URL), checked against its connector's setup descriptor; a field left out
+/// takes its default. A change means the source is verified again.
+#[utoipa::path(put, path = "/v1/owner/sources/{name}/setup", tag = "owner", security(("owner" = [])), params(SourceName), request_body(content = BTreeMap<String, String>, description = "Every setup value, by field name"), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_set_setup(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Body(values): Body<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    let values: Vec<(String, String)> = values.into_iter().collect();
+    catalog::set_setup(
+        vault.store(),
+        &name,
+        &values,
+        &api.launcher.config().egress_allow,
+    )?;
+    Ok(Json(setup::source_view(&vault, &name)?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]

@@ -622,6 +622,35 @@ pub fn add_source(
     })
 }
 
+/// Replaces a source's setup values, checked as when it was added. A
+/// change makes its last verification stale: the values may point its
+/// credentials at another host or account, so it is verified again before
+/// it counts as ready.
+pub fn set_setup(
+    store: &Store,
+    name: &str,
+    values: &[(String, String)],
+    egress_allow: &[SocketAddr],
+) -> Result<SourceSetup, CatalogError> {
+    let current = source_setup(store, name)?;
+    let setup = validate_setup(&current.connector.manifest, values)?;
+    check_urls(&current.connector.manifest, &setup, egress_allow)?;
+    if setup != current.setup {
+        let setup_json: BTreeMap<&str, &str> = setup
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        store.conn().execute(
+            "UPDATE sources SET setup = ?2, verified_at = NULL WHERE id = ?1",
+            params![
+                current.source.source_id,
+                serde_json::to_string(&setup_json).expect("json")
+            ],
+        )?;
+    }
+    Ok(SourceSetup { setup, ..current })
+}
+
 /// The modality a new source uses: the one asked for, or the first proven
 /// one; an unproven one only when the operator allows it.
 fn choose_modality(

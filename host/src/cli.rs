@@ -1,6 +1,7 @@
 //! The `sourcebox` command line. It parses, unlocks and renders; every
 //! decision lives in [`crate::store`] and [`crate::vault`].
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -315,6 +316,18 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change setup values (non-secret fields such as a base URL); the
+    /// source is verified again before it counts as ready.
+    Configure {
+        /// Source name.
+        name: String,
+        /// A setup field value, FIELD=VALUE (repeatable; never a secret).
+        #[arg(long = "set", value_name = "FIELD=VALUE", required = true)]
+        set: Vec<String>,
+        /// JSON output: the source's setup view.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a source's setup state and what to do next.
     Show {
         /// Source name.
@@ -549,6 +562,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
+/// `--set FIELD=VALUE` arguments as pairs.
+fn field_values(set: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    set.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("--set {kv}: expected FIELD=VALUE")))
+        })
+        .collect()
+}
+
 fn writeln_out(out: &mut dyn Write, args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
     writeln!(out, "{args}").map_err(|e| CliError::Io(format!("cannot write output: {e}")))
 }
@@ -633,14 +657,7 @@ fn source(
             allow_unproven,
             json,
         } => {
-            let values = set
-                .iter()
-                .map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .ok_or_else(|| CliError::Usage(format!("--set {kv}: expected FIELD=VALUE")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let values = field_values(&set)?;
             let vault = open_vault(dir, unlock_fd)?;
             catalog::add_source(
                 vault.store(),
@@ -653,6 +670,18 @@ fn source(
                     egress_allow,
                 },
             )?;
+            print_view(&setup::source_view(&vault, &name)?, json, out)
+        }
+        SourceCommand::Configure { name, set, json } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            // The values given replace those fields; the others stay.
+            let mut values: BTreeMap<String, String> = catalog::source_setup(vault.store(), &name)?
+                .setup
+                .into_iter()
+                .collect();
+            values.extend(field_values(&set)?);
+            let values: Vec<(String, String)> = values.into_iter().collect();
+            catalog::set_setup(vault.store(), &name, &values, egress_allow)?;
             print_view(&setup::source_view(&vault, &name)?, json, out)
         }
         SourceCommand::Show { name, json } => {

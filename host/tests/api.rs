@@ -1172,3 +1172,120 @@ async fn the_owner_token_is_rotated_over_http_and_from_the_cli() {
         "a new owner token is in the server output"
     );
 }
+
+/// Setup values change through the engine's checks only, and a change
+/// means the source is verified again before it counts as ready (the new
+/// values may send its credentials to another host or account).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_values_are_changed_checked_and_reverified() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, fx.addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let base = format!("http://{}", fx.addr);
+    let add = json!({"name": "work", "connector": "github", "setup": {"api_base_url": base}});
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let capture = json!({"value": ALICE}).to_string();
+    let (status, raw, _) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/work/credentials/token",
+            owner,
+            Some(&capture),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (_, raw, view) = server
+        .call("POST", "/v1/owner/sources/work/verify", owner, None)
+        .await;
+    assert_eq!(view["state"], "ready", "{raw}");
+    let value = |view: &Value| view["setup"][0]["value"].as_str().map(str::to_owned);
+
+    // Refused, and nothing changes: plain http to an address the operator
+    // did not allow, and a field the connector does not have.
+    for (body, says) in [
+        (json!({"api_base_url": "http://10.9.9.9:1"}), "https"),
+        (json!({"nope": "x"}), "no setup field 'nope'"),
+    ] {
+        let (status, raw, err) = server
+            .call(
+                "PUT",
+                "/v1/owner/sources/work/setup",
+                owner,
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(status, 422, "{raw}");
+        assert!(is_error(&err, "invalid_setup"), "{raw}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{raw}"
+        );
+    }
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/work", owner, None)
+        .await;
+    assert_eq!(
+        (view["state"].as_str(), value(&view)),
+        (Some("ready"), Some(base.clone())),
+        "{raw}"
+    );
+
+    // The same values again: nothing to verify.
+    let same = json!({"api_base_url": base}).to_string();
+    let (status, raw, view) = server
+        .call("PUT", "/v1/owner/sources/work/setup", owner, Some(&same))
+        .await;
+    assert_eq!(
+        (status, view["state"].as_str()),
+        (200, Some("ready")),
+        "{raw}"
+    );
+
+    // Another host: stored, and the source must be verified again.
+    let moved = json!({"api_base_url": "https://ghe.example.com/api/v3"}).to_string();
+    let (status, raw, view) = server
+        .call("PUT", "/v1/owner/sources/work/setup", owner, Some(&moved))
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(
+        value(&view).as_deref(),
+        Some("https://ghe.example.com/api/v3"),
+        "{raw}"
+    );
+    assert_ne!(view["state"], "ready", "{raw}");
+    assert_eq!(view["next_step"]["step"], "verify", "{raw}");
+
+    // Back to the fixture from the CLI (one field; the others stay), then
+    // verified again.
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .arg("--egress-allow")
+        .arg(fx.addr.to_string())
+        .args([
+            "source",
+            "configure",
+            "work",
+            "--set",
+            &format!("api_base_url={base}"),
+            "--json",
+        ]);
+    let out = common::run(cmd, b"");
+    assert!(out.status.success(), "{out:?}");
+    let view: Value = serde_json::from_slice(&out.stdout).expect("view");
+    assert_eq!(value(&view), Some(base.clone()));
+    assert_eq!(view["next_step"]["step"], "verify", "{view}");
+    let (_, raw, view) = server
+        .call("POST", "/v1/owner/sources/work/verify", owner, None)
+        .await;
+    assert_eq!(view["state"], "ready", "{raw}");
+    server.stop();
+}
