@@ -1,0 +1,567 @@
+//! HTTP API load test: requests per second, p50 and p99 latency of the
+//! real router (`api::router`) beside a bare axum route returning
+//! `{"ok":true}`, in the same run. Both are served over loopback TCP by
+//! `api::serve`, the product's server path, so only the router differs.
+//!
+//! The data directory is fresh: an echo source, verified (so its setup
+//! view is the common one), holding 1,000 records of 256 bytes of JSON in
+//! its `items` stream; the owner token; a client token granting `items`.
+//! Scenarios, each with the same number of keep-alive connections sending
+//! requests back to back:
+//!
+//! - the bare axum route (the baseline);
+//! - a small JSON route of the API: `GET /v1/sources`, client token;
+//! - a 100-record page:
+//!   `GET /v1/sources/bench/streams/items/records?limit=100`, client token;
+//! - the setup view: `GET /v1/owner/sources/bench`, owner token.
+//!
+//! The server runs on a multi-thread tokio runtime (a worker per core);
+//! the load generator (hyper's HTTP/1 client connections, no pooling) on
+//! a two-thread runtime of its own. Client and server share the machine's
+//! cores, as `wrk` on the same host would. Every response must be a 200
+//! with the body the first probe returned: anything else is counted,
+//! shown, and fails the run.
+//!
+//! ```sh
+//! cargo bench --bench api
+//! SOURCEBOX_BENCH_SECS=1 cargo bench --bench api   # a quick smoke run
+//! ```
+//!
+//! `SOURCEBOX_BENCH_SECS` is the measured time per scenario (default 5 s,
+//! after a warm-up of a fifth of it); `SOURCEBOX_BENCH_CONNECTIONS` the
+//! number of connections (default 32); `SOURCEBOX_BENCH_ONLY=page` runs
+//! the baseline and the scenarios whose name contains `page` (for a
+//! profiler). Without `--bench` (as `cargo test --benches` runs it) each
+//! scenario runs for 200 ms. `BENCHMARKS.md` has the figures.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use sourcebox::api::{self, Api};
+use sourcebox::catalog;
+use sourcebox::runs::{LaunchConfig, Launcher, Trigger};
+use sourcebox::runtime::Runtime;
+use sourcebox::store::Store;
+use sourcebox::tokens;
+use sourcebox::vault::{
+    Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+/// Records in the stream.
+const RECORDS: usize = 1_000;
+/// Bytes of each record's JSON.
+const RECORD_BYTES: usize = 256;
+/// Records per page.
+const PAGE: usize = 100;
+/// A request slower than this fails the run (the server never answers it).
+const STALLED: Duration = Duration::from_secs(5);
+
+/// One thing to load, and what it must reach.
+#[derive(Debug)]
+struct Scenario {
+    name: &'static str,
+    addr: SocketAddr,
+    path: String,
+    token: Option<HeaderValue>,
+    /// At least this many requests per second.
+    target_rps: Option<f64>,
+    /// At least this fraction of the bare route's requests per second.
+    target_ratio: Option<f64>,
+}
+
+/// What one connection (or, merged, a scenario) saw.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Latency of each 200 completed in the measured window, µs.
+    latencies: Vec<u32>,
+    /// Non-200s, wrong bodies, transport errors and stalls, warm-up included.
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+impl Tally {
+    fn fail(&mut self, why: String) {
+        self.failures += 1;
+        self.first_failure.get_or_insert(why);
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.latencies.extend(other.latencies);
+        self.failures += other.failures;
+        if self.first_failure.is_none() {
+            self.first_failure = other.first_failure;
+        }
+    }
+}
+
+/// The fresh data directory, and the tokens to read it with.
+struct Fixture {
+    // Held so the directory outlives the server.
+    _dir: tempfile::TempDir,
+    launcher: Arc<Launcher>,
+    owner: String,
+    client: String,
+}
+
+fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = Store::init(&data, &pairs).expect("init");
+    let keyring = Keyring::create_first(&store, None).expect("keyring");
+    let vault = Vault::new(store, keyring);
+    let cache = data.join("cache");
+    let runtime = Runtime::new(&cache).expect("runtime");
+    let echo = std::fs::read(ECHO).expect("echo component");
+    let loaded = rt.block_on(runtime.load(&echo)).expect("load");
+    catalog::install(
+        vault.store(),
+        &echo,
+        loaded.api_version(),
+        loaded.manifest(),
+    )
+    .expect("install");
+    let added = catalog::add_source(
+        vault.store(),
+        "bench",
+        "echo",
+        &[],
+        catalog::AddOptions {
+            allow_unproven: true,
+            ..Default::default()
+        },
+    )
+    .expect("source");
+    vault
+        .set(
+            Actor::OWNER_CLI,
+            &added.source,
+            NewCredential {
+                name: "token",
+                class: CredentialClass::Token,
+                provenance: Provenance::Owner,
+                value: Secret::from_slice(b"bench-token"),
+                expires_at: None,
+            },
+        )
+        .expect("token");
+    insert_records(vault.store(), added.source.source_id);
+    let owner = tokens::ensure_owner_token(vault.store())
+        .expect("owner token")
+        .expect("a fresh data directory has no owner token yet");
+    let (client, _) = tokens::create_client(
+        vault.store(),
+        "bench",
+        &["items".to_owned()],
+        Some("load test"),
+        None,
+    )
+    .expect("client token");
+    let launcher = Arc::new(
+        Launcher::new(
+            runtime,
+            Arc::new(Mutex::new(vault)),
+            LaunchConfig::default(),
+        )
+        .expect("launcher"),
+    );
+    let verified = rt
+        .block_on(launcher.launch("bench", Trigger::SetupVerification))
+        .expect("verify");
+    assert_eq!(verified.state, "succeeded", "{verified:?}");
+    let text = |s: Secret| String::from_utf8(s.expose_secret().to_vec()).expect("ASCII token");
+    Fixture {
+        _dir: dir,
+        launcher,
+        owner: text(owner),
+        client: text(client),
+    }
+}
+
+/// Writes the stream straight into the records table, as a run's flush
+/// does (key: the JSON array of the primary key), one transaction.
+fn insert_records(store: &Store, source_id: i64) {
+    let now = 1_790_000_000_000_i64;
+    store
+        .write(|conn| {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+                 VALUES (?1, 'items', ?2, ?3, 'load-test', ?4, ?4)",
+            )?;
+            for i in 0..RECORDS {
+                let mut record = serde_json::json!({
+                    "id": i,
+                    "title": format!("item {i}"),
+                    "state": "open",
+                    "labels": ["bench", "load"],
+                    "body": "",
+                });
+                let room = RECORD_BYTES.saturating_sub(record.to_string().len());
+                record["body"] = "x".repeat(room).into();
+                debug_assert_eq!(record.to_string().len(), RECORD_BYTES);
+                insert.execute(rusqlite::params![
+                    source_id,
+                    format!("[{i}]"),
+                    record.to_string(),
+                    now + i as i64
+                ])?;
+            }
+            Ok(())
+        })
+        .expect("records");
+}
+
+/// Serves `app` with the product's server on a fresh loopback port until
+/// `stop` fires.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> SocketAddr {
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("address");
+    rt.spawn(api::serve(
+        listener,
+        None,
+        app,
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        },
+        Duration::from_secs(1),
+    ));
+    addr
+}
+
+/// One request on a fresh connection: status and body.
+async fn probe(scenario: &Scenario) -> (StatusCode, Bytes) {
+    let stream = TcpStream::connect(scenario.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let driver = tokio::spawn(conn);
+    let response = sender
+        .send_request(request(&scenario.path, scenario.token.as_ref()))
+        .await
+        .expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    (status, body)
+}
+
+fn request(path: &str, token: Option<&HeaderValue>) -> http::Request<Empty<Bytes>> {
+    let mut request = http::Request::get(path)
+        .header(HOST, "127.0.0.1")
+        .body(Empty::new())
+        .expect("request");
+    if let Some(token) = token {
+        request.headers_mut().insert(AUTHORIZATION, token.clone());
+    }
+    request
+}
+
+/// One keep-alive connection sending requests back to back until `until`;
+/// latencies of the 200s completed from `from` on.
+async fn connection(
+    addr: SocketAddr,
+    path: Arc<str>,
+    token: Option<HeaderValue>,
+    expected: Bytes,
+    from: Instant,
+    until: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let stream = match TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tally.fail(format!("connect: {e}"));
+            return tally;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            tally.fail(format!("handshake: {e}"));
+            return tally;
+        }
+    };
+    let driver = tokio::spawn(conn);
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let exchange = async {
+            let response = sender.send_request(request(&path, token.as_ref())).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        match tokio::time::timeout(STALLED, exchange).await {
+            Ok(Ok((status, body))) => {
+                let done = Instant::now();
+                if status != StatusCode::OK {
+                    tally.fail(format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    ));
+                } else if body != expected {
+                    tally.fail(format!(
+                        "200 with another body ({} bytes, not {})",
+                        body.len(),
+                        expected.len()
+                    ));
+                } else if done >= from && done <= until {
+                    let micros = (done - sent).as_micros();
+                    tally.latencies.push(micros.try_into().unwrap_or(u32::MAX));
+                }
+            }
+            Ok(Err(e)) => {
+                tally.fail(format!("transport: {e}"));
+                break;
+            }
+            Err(_) => {
+                tally.fail(format!("no response within {STALLED:?}"));
+                break;
+            }
+        }
+    }
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
+    tally
+}
+
+/// Loads `scenario` from `connections` connections: `warmup`, then
+/// `measured`.
+async fn load(
+    scenario: &Scenario,
+    expected: Bytes,
+    connections: usize,
+    warmup: Duration,
+    measured: Duration,
+) -> Tally {
+    let from = Instant::now() + warmup;
+    let until = from + measured;
+    let path: Arc<str> = scenario.path.as_str().into();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        tasks.spawn(connection(
+            scenario.addr,
+            Arc::clone(&path),
+            scenario.token.clone(),
+            expected.clone(),
+            from,
+            until,
+        ));
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = tasks.join_next().await {
+        tally.merge(joined.expect("connection task"));
+    }
+    tally
+}
+
+fn env_number(name: &str) -> Option<f64> {
+    let value = std::env::var(name).ok()?;
+    let number: f64 = value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}={value} is not a number"));
+    assert!(number > 0.0, "{name} must be positive");
+    Some(number)
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let measured =
+        Duration::from_secs_f64(env_number("SOURCEBOX_BENCH_SECS").unwrap_or(if benching {
+            5.0
+        } else {
+            0.2
+        }));
+    let warmup = measured / 5;
+    let connections = env_number("SOURCEBOX_BENCH_CONNECTIONS").map_or(32, |n| n as usize);
+
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("api-server")
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    // Two client threads: with one, the baseline measured 15-25 % lower
+    // (the client, not the server, was the limit).
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load-client")
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let fixture = fixture(&server);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let bare = Router::new().route(
+        "/bare",
+        get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+    );
+    let bare = serve(&server, bare, stopped.clone());
+    let real = serve(
+        &server,
+        api::router(Api::new(Arc::clone(&fixture.launcher))),
+        stopped,
+    );
+    let bearer = |token: &str| {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+        value.set_sensitive(true);
+        Some(value)
+    };
+    let scenarios = [
+        Scenario {
+            name: "bare axum route, GET /bare",
+            addr: bare,
+            path: "/bare".into(),
+            token: None,
+            target_rps: None,
+            target_ratio: None,
+        },
+        Scenario {
+            name: "small JSON route, GET /v1/sources",
+            addr: real,
+            path: "/v1/sources".into(),
+            token: bearer(&fixture.client),
+            target_rps: None,
+            target_ratio: Some(0.6),
+        },
+        Scenario {
+            name: "100-record page (client)",
+            addr: real,
+            path: format!("/v1/sources/bench/streams/items/records?limit={PAGE}"),
+            token: bearer(&fixture.client),
+            target_rps: Some(20_000.0),
+            target_ratio: None,
+        },
+        Scenario {
+            name: "setup view, GET /v1/owner/sources/bench",
+            addr: real,
+            path: "/v1/owner/sources/bench".into(),
+            token: bearer(&fixture.owner),
+            target_rps: Some(30_000.0),
+            target_ratio: None,
+        },
+    ];
+
+    println!(
+        "{connections} keep-alive connections per scenario, {:.1} s warm-up + {:.1} s measured; {RECORDS} records of {RECORD_BYTES} B in the stream",
+        warmup.as_secs_f64(),
+        measured.as_secs_f64()
+    );
+    // For profiling one scenario: the baseline and those whose name
+    // contains this.
+    let only = std::env::var("SOURCEBOX_BENCH_ONLY").unwrap_or_default();
+    let scenarios: Vec<&Scenario> = scenarios
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i == 0 || s.name.contains(&only))
+        .map(|(_, s)| s)
+        .collect();
+    let mut results = Vec::new();
+    for scenario in &scenarios {
+        let (status, expected) = client.block_on(probe(scenario));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}: {}",
+            scenario.name,
+            String::from_utf8_lossy(&expected)
+        );
+        check(scenario, &expected);
+        let tally = client.block_on(load(scenario, expected, connections, warmup, measured));
+        results.push(tally);
+    }
+    let _ = stop.send(true);
+
+    let bare_rps = results[0].latencies.len() as f64 / measured.as_secs_f64();
+    println!(
+        "\n{:<42} {:>9} {:>9} {:>9} {:>7} {:>8}  target",
+        "scenario", "req/s", "p50 µs", "p99 µs", "failed", "vs bare"
+    );
+    let mut failed = Vec::new();
+    for (scenario, tally) in scenarios.iter().zip(&mut results) {
+        tally.latencies.sort_unstable();
+        let rps = tally.latencies.len() as f64 / measured.as_secs_f64();
+        let ratio = rps / bare_rps;
+        let pct = |p: f64| {
+            let n = tally.latencies.len();
+            if n == 0 {
+                return 0;
+            }
+            tally.latencies[((n as f64 * p) as usize).min(n - 1)]
+        };
+        let target = match (scenario.target_rps, scenario.target_ratio) {
+            (Some(t), _) => format!(
+                "≥ {t:.0} req/s: {}",
+                if rps >= t { "met" } else { "MISSED" }
+            ),
+            (_, Some(t)) => format!(
+                "≥ {:.0} % of bare: {}",
+                t * 100.0,
+                if ratio >= t { "met" } else { "MISSED" }
+            ),
+            _ => "baseline".to_owned(),
+        };
+        println!(
+            "{:<42} {:>9.0} {:>9} {:>9} {:>7} {:>7.2}x  {target}",
+            scenario.name,
+            rps,
+            pct(0.5),
+            pct(0.99),
+            tally.failures,
+            ratio
+        );
+        if let Some(why) = &tally.first_failure {
+            failed.push(format!(
+                "{}: {} failed requests, the first: {why}",
+                scenario.name, tally.failures
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "requests failed; these figures do not count:\n{}",
+        failed.join("\n")
+    );
+}
+
+/// The first response is the page or view the scenario claims to measure.
+fn check(scenario: &Scenario, body: &[u8]) {
+    let doc: serde_json::Value = serde_json::from_slice(body).expect("a JSON body");
+    if scenario.path.contains("/records") {
+        let records = doc["records"].as_array().expect("records");
+        assert_eq!(records.len(), PAGE, "a full page");
+        assert!(doc["next_cursor"].is_string(), "more pages after it");
+        assert_eq!(
+            records[0]["data"].to_string().len(),
+            RECORD_BYTES,
+            "record size"
+        );
+    } else if scenario.path.starts_with("/v1/owner/sources/") {
+        assert_eq!(doc["source"], "bench", "{doc}");
+        println!("setup view: state {}, {} bytes", doc["state"], body.len());
+    } else if scenario.path == "/v1/sources" {
+        assert_eq!(doc[0]["streams"][0], "items", "{doc}");
+    } else {
+        assert_eq!(doc, serde_json::json!({ "ok": true }));
+    }
+}
