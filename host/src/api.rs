@@ -71,6 +71,58 @@ pub struct Api {
     launcher: Arc<Launcher>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     limits: Limits,
+    readers: Readers,
+}
+
+/// Connections of their own for what only reads (authentication, setup
+/// views, record pages, lists): in WAL mode readers run side by side and
+/// never wait for the writer, so they need not queue on the vault's lock.
+/// Nothing on them decrypts; the vault's keys stay behind its lock.
+struct Readers {
+    dir: std::path::PathBuf,
+    idle: Mutex<Vec<crate::store::Store>>,
+}
+
+/// Idle read connections kept for reuse.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn get(&self) -> Result<Reader<'_>, ApiError> {
+        let idle = self.idle.lock().expect("readers lock").pop();
+        let store = match idle {
+            Some(store) => store,
+            None => crate::store::Store::open(&self.dir)?,
+        };
+        Ok(Reader {
+            store: Some(store),
+            readers: self,
+        })
+    }
+}
+
+/// A read connection, back to the idle ones when dropped.
+struct Reader<'a> {
+    store: Option<crate::store::Store>,
+    readers: &'a Readers,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = crate::store::Store;
+
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let mut idle = self.readers.idle.lock().expect("readers lock");
+            if idle.len() < IDLE_READERS {
+                idle.push(store);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -87,11 +139,27 @@ impl Api {
 
     /// The API with the operator's limits.
     pub fn with_limits(launcher: Arc<Launcher>, limits: Limits) -> Arc<Self> {
+        let dir = launcher
+            .vault()
+            .lock()
+            .expect("vault lock")
+            .store()
+            .dir()
+            .to_owned();
         Arc::new(Self {
             launcher,
             failures: Mutex::default(),
             limits,
+            readers: Readers {
+                dir,
+                idle: Mutex::default(),
+            },
         })
+    }
+
+    /// A read connection (see [`Readers`]).
+    fn reader(&self) -> Result<Reader<'_>, ApiError> {
+        self.readers.get()
     }
 
     fn vault(&self) -> std::sync::MutexGuard<'_, crate::vault::Vault> {
@@ -537,7 +605,7 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Secret::from_slice(t.trim().as_bytes()));
     let found = match &token {
-        Some(token) => tokens::authenticate(api.vault().store(), token.expose_secret())?,
+        Some(token) => tokens::authenticate(&*api.reader()?, token.expose_secret())?,
         None => None,
     };
     match found {
@@ -599,7 +667,7 @@ const OWNER_API: Actor<'static> = Actor {
 
 #[utoipa::path(get, path = "/v1/owner/sources", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every source, with its schedule and needs-reauth state", body = Vec<runs::scheduler::SourceStatus>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_sources(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    let sources = runs::scheduler::statuses(api.vault().store())?;
+    let sources = runs::scheduler::statuses(&*api.reader()?)?;
     Ok(Json(sources).into_response())
 }
 
@@ -635,7 +703,7 @@ async fn owner_add_source(
             egress_allow: &api.launcher.config().egress_allow,
         },
     )?;
-    let view = setup::source_view(&vault, &new.name)?;
+    let view = setup::source_view(vault.store(), &new.name)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -657,7 +725,7 @@ async fn owner_set_setup(
         &values,
         &api.launcher.config().egress_allow,
     )?;
-    Ok(Json(setup::source_view(&vault, &name)?).into_response())
+    Ok(Json(setup::source_view(vault.store(), &name)?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
@@ -666,7 +734,7 @@ async fn owner_source(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
+    Ok(Json(setup::source_view(&*api.reader()?, &name)?).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -712,13 +780,13 @@ async fn owner_verify(
     match tokio::time::timeout(api.limits.request_timeout * 2 / 3, run).await {
         Ok(Ok(launched)) => {
             launched?;
-            Ok(Json(setup::source_view(&api.vault(), &name)?).into_response())
+            Ok(Json(setup::source_view(api.vault().store(), &name)?).into_response())
         }
         Ok(Err(e)) => Err(ApiError::internal(&e)),
         // Still verifying, or waiting for the owner: the view says which.
         Err(_) => Ok((
             StatusCode::ACCEPTED,
-            Json(setup::source_view(&api.vault(), &name)?),
+            Json(setup::source_view(api.vault().store(), &name)?),
         )
             .into_response()),
     }
@@ -751,7 +819,7 @@ async fn owner_runs(
     State(api): State<Arc<Api>>,
     Params(query): Params<RunsQuery>,
 ) -> Result<Response, ApiError> {
-    let list = runs::list(api.vault().store(), query.source.as_deref())?;
+    let list = runs::list(&*api.reader()?, query.source.as_deref())?;
     Ok(Json(list).into_response())
 }
 
@@ -761,7 +829,7 @@ async fn owner_run(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(runs::find(api.vault().store(), &id)?).into_response())
+    Ok(Json(runs::find(&*api.reader()?, &id)?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/owner/runs/{id}/cancel", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "The run, cancelled or asked to stop", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
@@ -841,12 +909,12 @@ async fn owner_connector(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(setup::connector_view(api.vault().store(), &id)?).into_response())
+    Ok(Json(setup::connector_view(&*api.reader()?, &id)?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every installed connector at its latest version, with its setup view", body = Vec<setup::ConnectorView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_connectors(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    Ok(Json(setup::connector_views(api.vault().store())?).into_response())
+    Ok(Json(setup::connector_views(&*api.reader()?)?).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1029,7 +1097,7 @@ async fn owner_rotate_token(_: Owner, State(api): State<Arc<Api>>) -> Result<Res
 
 #[utoipa::path(get, path = "/v1/owner/clients", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Client tokens (never the tokens themselves)", body = Vec<Grant>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_clients(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    Ok(Json(tokens::clients(api.vault().store())?).into_response())
+    Ok(Json(tokens::clients(&*api.reader()?)?).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1291,9 +1359,8 @@ async fn owner_audit(
     Params(query): Params<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let vault = api.vault();
-    let mut stmt = vault
-        .store()
+    let reader = api.reader()?;
+    let mut stmt = reader
         .conn()
         .prepare_cached(
             "SELECT seq, at, actor, action, source, credential, run_id, outcome FROM audit
@@ -1380,9 +1447,23 @@ struct RecordsQuery {
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct Record {
-    key: serde_json::Value,
+    /// The record's primary key, as the connector emitted it.
+    #[schema(value_type = Object)]
+    key: Box<serde_json::value::RawValue>,
     updated_at: i64,
-    data: serde_json::Value,
+    /// The record, as the connector emitted it.
+    #[schema(value_type = Object)]
+    data: Box<serde_json::value::RawValue>,
+}
+
+/// Stored JSON goes out as it is: checked, not parsed into a tree and
+/// printed again. (The runtime stores only JSON it parsed; anything else
+/// goes out as null, as it always did.)
+fn raw_json(text: String) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+        tracing::warn!("a stored record is not JSON; sent as null");
+        serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
+    })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -1431,9 +1512,8 @@ async fn client_records(
         None => None,
     };
     let (after_at, after_key) = after.unwrap_or((i64::MIN, String::new()));
-    let vault = api.vault();
-    let mut stmt = vault
-        .store()
+    let reader = api.reader()?;
+    let mut stmt = reader
         .conn()
         .prepare_cached(
             "SELECT key, updated_at, data FROM records
@@ -1466,9 +1546,11 @@ async fn client_records(
     let records = page
         .into_iter()
         .map(|(key, updated_at, data)| Record {
-            key: serde_json::from_str(&key).unwrap_or(serde_json::Value::String(key)),
+            key: serde_json::value::RawValue::from_string(key.clone()).unwrap_or_else(|_| {
+                serde_json::value::to_raw_value(&key).expect("a string serializes")
+            }),
             updated_at,
-            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+            data: raw_json(data),
         })
         .collect();
     Ok(Json(Page {

@@ -670,7 +670,7 @@ fn source(
                     egress_allow,
                 },
             )?;
-            print_view(&setup::source_view(&vault, &name)?, json, out)
+            print_view(&setup::source_view(vault.store(), &name)?, json, out)
         }
         SourceCommand::Configure { name, set, json } => {
             let vault = open_vault(dir, unlock_fd)?;
@@ -682,17 +682,17 @@ fn source(
             values.extend(field_values(&set)?);
             let values: Vec<(String, String)> = values.into_iter().collect();
             catalog::set_setup(vault.store(), &name, &values, egress_allow)?;
-            print_view(&setup::source_view(&vault, &name)?, json, out)
+            print_view(&setup::source_view(vault.store(), &name)?, json, out)
         }
         SourceCommand::Show { name, json } => {
             let vault = open_vault(dir, unlock_fd)?;
-            print_view(&setup::source_view(&vault, &name)?, json, out)
+            print_view(&setup::source_view(vault.store(), &name)?, json, out)
         }
         SourceCommand::Verify { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
             async_runtime()?.block_on(launcher.launch(&name, runs::Trigger::SetupVerification))?;
             let vault = launcher.vault().lock().expect("vault lock");
-            print_view(&setup::source_view(&vault, &name)?, json, out)
+            print_view(&setup::source_view(vault.store(), &name)?, json, out)
         }
         SourceCommand::Setup { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
@@ -1112,7 +1112,7 @@ fn walk_setup(
     for _ in 0..4 {
         let view = {
             let vault = launcher.vault().lock().expect("vault lock");
-            setup::source_view(&vault, name)?
+            setup::source_view(vault.store(), name)?
         };
         match &view.next_step {
             setup::NextStep::ProvideCredentials { fields, reason } => {
@@ -1144,7 +1144,7 @@ fn walk_setup(
         }
     }
     let vault = launcher.vault().lock().expect("vault lock");
-    print_view(&setup::source_view(&vault, name)?, json, out)
+    print_view(&setup::source_view(vault.store(), name)?, json, out)
 }
 
 /// One credential field's value: a hidden prompt (secret) or an echoed

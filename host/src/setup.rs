@@ -386,12 +386,12 @@ struct Facts {
     needs_reauth: Option<String>,
     pending: Option<(String, Vec<String>)>,
     changed_from: Option<String>,
+    /// Records the source holds, counted only after an account change.
     records: u64,
 }
 
 /// The view of source `name`.
-pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
-    let store = vault.store();
+pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
     let source = store.source(name)?;
     let setup = match catalog::source_setup(store, name) {
         Ok(setup) => setup,
@@ -413,7 +413,8 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
         "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
                 verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
                 pending_version, pending_changes, identity_changed_from,
-                (SELECT COUNT(*) FROM records WHERE source_id = sources.id)
+                CASE WHEN identity_changed_from IS NULL THEN 0
+                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END
          FROM sources WHERE id = ?1",
         [source.source_id],
         |r| {
@@ -447,7 +448,7 @@ pub fn source_view(vault: &Vault, name: &str) -> Result<SourceView, SetupError> 
         },
     )?;
     let manifest = &setup.connector.manifest;
-    let metas = vault.list(Some(&source))?;
+    let metas = crate::vault::metadata(store, Some(&source))?;
     let credentials: Vec<CredentialStatus> = field_views(manifest)
         .into_iter()
         .map(|field| CredentialStatus {
@@ -699,7 +700,7 @@ pub fn capture_credential(
 /// The owner confirms that `name` may connect the same account as another
 /// source of its connector.
 pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
-    let view = source_view(vault, name)?;
+    let view = source_view(vault.store(), name)?;
     let source_id = vault.store().source(name)?.source_id;
     match &view.next_step {
         NextStep::ConfirmAccountChange { .. } => vault.store().conn().execute(
@@ -717,7 +718,7 @@ pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupEr
             )));
         }
     };
-    source_view(vault, name)
+    source_view(vault.store(), name)
 }
 
 /// Records what a setup verification found, inside the caller's

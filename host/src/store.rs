@@ -295,6 +295,15 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Room for every statement the vault, the runtime and the launch seam
     // prepare on their hot paths; the default (16) evicts them in turn.
     conn.set_prepared_statement_cache_capacity(128);
+    // A cached statement keeps its plan. Without the planner stability
+    // guarantee, STAT4 marks statements whose plan could depend on a bound
+    // value (`LIMIT ?`, a join key), and the statement cache's clearing of
+    // bindings expires them: every use re-prepared (measured in
+    // BENCHMARKS.md, API section).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 

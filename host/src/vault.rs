@@ -684,11 +684,7 @@ impl Vault {
 
     /// Metadata of every credential, of one source or of all.
     pub fn list(&self, source: Option<&SourceRef>) -> Result<Vec<CredentialMeta>, VaultError> {
-        let mut stmt = self.store.conn().prepare(&format!(
-            "{META_SELECT} WHERE (?1 IS NULL OR c.source_id = ?1) ORDER BY s.name, c.name"
-        ))?;
-        let rows = stmt.query_map([source.map(|s| s.source_id)], meta_row)?;
-        rows.map(|r| r?).collect()
+        metadata(&self.store, source)
     }
 
     fn meta_in(
@@ -963,4 +959,18 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialMeta, Va
             },
         })
     })())
+}
+
+/// Credential metadata (never values, nothing decrypted or audited) of one
+/// source or all, read on any connection to the store: what a setup view
+/// needs, without the vault.
+pub fn metadata(
+    store: &Store,
+    source: Option<&SourceRef>,
+) -> Result<Vec<CredentialMeta>, VaultError> {
+    let mut stmt = store.conn().prepare_cached(&format!(
+        "{META_SELECT} WHERE (?1 IS NULL OR c.source_id = ?1) ORDER BY s.name, c.name"
+    ))?;
+    let rows = stmt.query_map([source.map(|s| s.source_id)], meta_row)?;
+    rows.map(|r| r?).collect()
 }
