@@ -605,7 +605,9 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Secret::from_slice(t.trim().as_bytes()));
     let found = match &token {
-        Some(token) => tokens::authenticate(&*api.reader()?, token.expose_secret())?,
+        Some(token) => api
+            .reader()?
+            .read(|store| tokens::authenticate(store, token.expose_secret()))?,
         None => None,
     };
     match found {
@@ -734,7 +736,10 @@ async fn owner_source(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(setup::source_view(&*api.reader()?, &name)?).into_response())
+    let view = api
+        .reader()?
+        .read(|store| setup::source_view(store, &name))?;
+    Ok(Json(view).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -131,7 +131,7 @@ pub fn find(store: &Store, id: &str) -> Result<Interaction, StoreError> {
 
 /// Interactions, pending ones only unless `all`, oldest first.
 pub fn list(store: &Store, all: bool) -> Result<Vec<Interaction>, StoreError> {
-    let mut stmt = store.conn().prepare(&format!(
+    let mut stmt = store.conn().prepare_cached(&format!(
         "{SELECT} WHERE (?1 OR i.state = 'pending') ORDER BY i.created_at, i.rowid"
     ))?;
     let rows = stmt.query_map([all], row)?;

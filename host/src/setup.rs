@@ -409,15 +409,17 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         }
         Err(e) => return Err(e.into()),
     };
-    let facts = store.conn().query_row(
-        "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
+    let facts = store
+        .conn()
+        .prepare_cached(
+            "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
                 verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
                 pending_version, pending_changes, identity_changed_from,
                 CASE WHEN identity_changed_from IS NULL THEN 0
                      ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END
          FROM sources WHERE id = ?1",
-        [source.source_id],
-        |r| {
+        )?
+        .query_row([source.source_id], |r| {
             let identity = match (r.get::<_, Option<String>>(1)?, r.get(2)?) {
                 (Some(id), Some(display)) => Some(Identity { id, display }),
                 _ => None,
@@ -445,8 +447,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 changed_from: r.get(11)?,
                 records: r.get::<_, i64>(12)? as u64,
             })
-        },
-    )?;
+        })?;
     let manifest = &setup.connector.manifest;
     let metas = crate::vault::metadata(store, Some(&source))?;
     let credentials: Vec<CredentialStatus> = field_views(manifest)
@@ -476,20 +477,21 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .find(|i| i.source == name);
     let verifying: Option<String> = store
         .conn()
-        .query_row(
+        .prepare_cached(
             "SELECT id FROM runs WHERE source_id = ?1 AND trigger = 'setup_verification'
              AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1",
-            [source.source_id],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([source.source_id], |r| r.get(0))
         .optional()?;
     let verified = facts.verified_at.is_some_and(|at| at >= last_write);
     let duplicate = match (&facts.identity, verified) {
         (Some(identity), true) => store
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT name FROM sources WHERE connector_id = ?1 AND identity_id = ?2
                  AND id < ?3 AND verified_at IS NOT NULL ORDER BY id LIMIT 1",
+            )?
+            .query_row(
                 params![setup.connector.id, identity.id, source.source_id],
                 |r| r.get::<_, String>(0),
             )

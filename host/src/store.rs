@@ -240,6 +240,32 @@ impl Store {
         }
     }
 
+    /// Runs `f` in one read transaction: every statement in it sees the
+    /// same snapshot, and the WAL read lock is taken once, not per
+    /// statement.
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.conn
+            .prepare_cached("BEGIN DEFERRED")
+            .and_then(|mut s| s.execute([]))
+            .map_err(StoreError::from)?;
+        let result = f(self);
+        // A read transaction has nothing to keep: if it will not commit,
+        // roll it back, so the connection is never left inside it.
+        let ended = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        if ended.is_err() {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(StoreError::from)?;
+        }
+        result
+    }
+
     /// Looks up a source of the default owner by name.
     pub fn source(&self, name: &str) -> Result<SourceRef, StoreError> {
         self.conn
