@@ -34,6 +34,8 @@
 //! profiler). Without `--bench` (as `cargo test --benches` runs it) each
 //! scenario runs for 200 ms. `BENCHMARKS.md` has the figures.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,9 +53,7 @@ use sourcebox::runs::{LaunchConfig, Launcher, Trigger};
 use sourcebox::runtime::Runtime;
 use sourcebox::store::Store;
 use sourcebox::tokens;
-use sourcebox::vault::{
-    Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
-};
+use sourcebox::vault::Secret;
 use tokio::net::{TcpListener, TcpStream};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
@@ -116,22 +116,10 @@ struct Fixture {
 fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
-    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let store = Store::init(&data, &pairs).expect("init");
-    let keyring = Keyring::create_first(&store, None).expect("keyring");
-    let vault = Vault::new(store, keyring);
+    let vault = common::local_vault(&data);
     let cache = data.join("cache");
     let runtime = Runtime::new(&cache).expect("runtime");
-    let echo = std::fs::read(ECHO).expect("echo component");
-    let loaded = rt.block_on(runtime.load(&echo)).expect("load");
-    catalog::install(
-        vault.store(),
-        &echo,
-        loaded.api_version(),
-        loaded.manifest(),
-    )
-    .expect("install");
+    common::install(rt, &runtime, &vault, ECHO);
     let added = catalog::add_source(
         vault.store(),
         "bench",
@@ -143,19 +131,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         },
     )
     .expect("source");
-    vault
-        .set(
-            Actor::OWNER_CLI,
-            &added.source,
-            NewCredential {
-                name: "token",
-                class: CredentialClass::Token,
-                provenance: Provenance::Owner,
-                value: Secret::from_slice(b"bench-token"),
-                expires_at: None,
-            },
-        )
-        .expect("token");
+    common::store_token(&vault, &added.source, b"bench-token");
     insert_records(vault.store(), added.source.source_id);
     let owner = tokens::ensure_owner_token(vault.store())
         .expect("owner token")

@@ -14,54 +14,26 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sourcebox::catalog;
 use sourcebox::runs::{LaunchConfig, Launcher, Trigger};
 use sourcebox::runtime::{Binding, Call, Limits, Runtime};
-use sourcebox::store::Store;
-use sourcebox::vault::{
-    Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
-};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
 
 fn launch(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
-    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let store = Store::init(&dir, &pairs).expect("init");
-    let keyring = Keyring::create_first(&store, None).expect("keyring");
-    let vault = Vault::new(store, keyring);
+    let vault = common::local_vault(&dir);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
     let cache = tmp.path().join("cache");
     let runtime = Runtime::new(&cache).expect("runtime");
-    let echo = std::fs::read(ECHO).expect("echo component");
-    let loaded = rt.block_on(runtime.load(&echo)).expect("load");
-    catalog::install(
-        vault.store(),
-        &echo,
-        loaded.api_version(),
-        loaded.manifest(),
-    )
-    .expect("install");
+    let loaded = common::install(&rt, &runtime, &vault, ECHO);
     let unproven = catalog::AddOptions {
         allow_unproven: true,
         ..Default::default()
     };
     let added = catalog::add_source(vault.store(), "a", "echo", &[], unproven).expect("source");
-    vault
-        .set(
-            Actor::OWNER_CLI,
-            &added.source,
-            NewCredential {
-                name: "token",
-                class: CredentialClass::Token,
-                provenance: Provenance::Owner,
-                value: Secret::from_slice(b"bench-token"),
-                expires_at: None,
-            },
-        )
-        .expect("token");
+    common::store_token(&vault, &added.source, b"bench-token");
     // A source with no token: its launch is refused before any instance,
     // so it measures the seam's bookkeeping alone.
     catalog::add_source(vault.store(), "bare", "echo", &[], unproven).expect("source");

@@ -601,17 +601,13 @@ pub fn add_source(
     check_urls(&installed.manifest, &setup, options.egress_allow)?;
     let modality = choose_modality(store, &installed, options)?;
     let source = store.add_source(name)?;
-    let setup_json: BTreeMap<&str, &str> = setup
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     store.conn().execute(
         "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4, modality = ?5 WHERE id = ?1",
         params![
             source.source_id,
             installed.id,
             installed.version,
-            serde_json::to_string(&setup_json).expect("json"),
+            setup_json(&setup),
             modality
         ],
     )?;
@@ -620,6 +616,15 @@ pub fn add_source(
         connector: installed,
         setup,
     })
+}
+
+/// Setup values as stored: one JSON object, by field name.
+fn setup_json(setup: &[(String, String)]) -> String {
+    let object: BTreeMap<&str, &str> = setup
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    serde_json::to_string(&object).expect("a map of strings serializes")
 }
 
 /// Replaces a source's setup values, checked as when it was added. A
@@ -636,16 +641,9 @@ pub fn set_setup(
     let setup = validate_setup(&current.connector.manifest, values)?;
     check_urls(&current.connector.manifest, &setup, egress_allow)?;
     if setup != current.setup {
-        let setup_json: BTreeMap<&str, &str> = setup
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         store.conn().execute(
             "UPDATE sources SET setup = ?2, verified_at = NULL WHERE id = ?1",
-            params![
-                current.source.source_id,
-                serde_json::to_string(&setup_json).expect("json")
-            ],
+            params![current.source.source_id, setup_json(&setup)],
         )?;
     }
     Ok(SourceSetup { setup, ..current })

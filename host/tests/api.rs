@@ -200,6 +200,15 @@ impl Drop for Server {
     }
 }
 
+/// A fixture provider, and `serve` on a fresh data directory that lasts as
+/// long as the returned directory.
+async fn fresh() -> (common::Fixture, tempfile::TempDir, Server) {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    (fx, tmp, server)
+}
+
 fn is_error(body: &Value, code: &str) -> bool {
     body["error"]["code"] == code
         && body["error"]["message"]
@@ -209,9 +218,7 @@ fn is_error(body: &Value, code: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
-    let fx = fixture(vec![]).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let (fx, _tmp, server) = fresh().await;
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
@@ -442,9 +449,7 @@ async fn add_second_source(server: &Server, owner: Option<&str>, fx: SocketAddr)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_rate_limited_per_peer() {
-    let fx = fixture(vec![]).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let (_fx, _tmp, server) = fresh().await;
     let mut statuses = Vec::new();
     for _ in 0..25 {
         let (status, _, _) = server
@@ -715,9 +720,7 @@ async fn openapi_document_is_served_committed_and_covers_every_route() {
         );
     }
 
-    let fx = fixture(vec![]).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let (fx, _tmp, server) = fresh().await;
     let owner = server.owner.clone();
     let (status, raw, served) = server.call("GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, 200, "{raw}");
@@ -785,9 +788,7 @@ async fn openapi_document_is_served_committed_and_covers_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connectors_are_reviewed_installed_and_approved_over_http() {
     use sha2::Digest;
-    let fx = fixture(vec![]).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let (_fx, _tmp, server) = fresh().await;
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let echo = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO")).expect("echo");
@@ -1062,9 +1063,7 @@ async fn serve_with_the_operators_certificate() {
 /// holding a connection open forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_request_head_is_cut_off() {
-    let fx = fixture(vec![]).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&tmp.path().join("data"), fx.addr);
+    let (_fx, _tmp, server) = fresh().await;
     let mut socket = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("connect");
