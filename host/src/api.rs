@@ -605,9 +605,7 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Secret::from_slice(t.trim().as_bytes()));
     let found = match &token {
-        Some(token) => api
-            .reader()?
-            .read(|store| tokens::authenticate(store, token.expose_secret()))?,
+        Some(token) => tokens::authenticate(&*api.reader()?, token.expose_secret())?,
         None => None,
     };
     match found {
