@@ -116,7 +116,9 @@ impl std::ops::Deref for Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
+        // A connection left inside a transaction (a handler that panicked
+        // mid-read) would hold back WAL checkpoints: it is closed instead.
+        if let Some(store) = self.store.take().filter(|s| s.conn().is_autocommit()) {
             let mut idle = self.readers.idle.lock().expect("readers lock");
             if idle.len() < IDLE_READERS {
                 idle.push(store);

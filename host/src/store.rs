@@ -344,6 +344,35 @@ fn valid_source_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A read transaction sees one snapshot (a write committed on another
+    /// connection meanwhile is not in it), and ends whether `f` succeeds or
+    /// fails, so a pooled connection never stays inside it.
+    #[test]
+    fn a_read_sees_one_snapshot_and_always_ends() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let writer = Store::init(&dir, &[]).expect("init");
+        writer.add_source("a").expect("add");
+        let reader = Store::open(&dir).expect("open");
+        let seen: Vec<usize> = reader
+            .read(|store| {
+                let before = store.sources()?.len();
+                writer.add_source("b")?;
+                let after = store.sources()?.len();
+                Ok::<_, StoreError>(vec![before, after])
+            })
+            .expect("read");
+        assert_eq!(seen, [1, 1]);
+        assert!(reader.conn().is_autocommit());
+        assert_eq!(reader.sources().expect("sources").len(), 2);
+        let failed = reader.read(|store| {
+            store.sources()?;
+            Err::<(), _>(StoreError::NotFound("on purpose".into()))
+        });
+        assert!(matches!(failed, Err(StoreError::NotFound(_))));
+        assert!(reader.conn().is_autocommit());
+    }
+
     #[test]
     fn init_then_open_and_refusals() {
         let tmp = tempfile::tempdir().expect("tempdir");
