@@ -74,17 +74,22 @@ pub fn ensure_owner_token(store: &Store) -> Result<Option<Secret>, StoreError> {
         return Ok(None);
     }
     let token = fresh(OWNER_PREFIX);
-    store.conn().execute(
+    insert_owner(store.conn(), &token, now_ms())?;
+    Ok(Some(token))
+}
+
+/// Stores the hash of a new owner token.
+fn insert_owner(conn: &rusqlite::Connection, token: &Secret, now: i64) -> rusqlite::Result<usize> {
+    conn.execute(
         "INSERT INTO api_tokens (id, kind, hash, owner_id, created_at)
          SELECT ?1, 'owner', ?2, id, ?3 FROM owners WHERE name = ?4",
         params![
             new_id(),
             hash(token.expose_secret()),
-            now_ms(),
+            now,
             crate::store::DEFAULT_OWNER
         ],
-    )?;
-    Ok(Some(token))
+    )
 }
 
 /// Replaces the owner token: every earlier one stops working at once, in
@@ -98,16 +103,7 @@ pub fn rotate_owner(store: &Store) -> Result<Secret, StoreError> {
             "UPDATE api_tokens SET revoked_at = ?1 WHERE kind = 'owner' AND revoked_at IS NULL",
             [now],
         )?;
-        conn.execute(
-            "INSERT INTO api_tokens (id, kind, hash, owner_id, created_at)
-             SELECT ?1, 'owner', ?2, id, ?3 FROM owners WHERE name = ?4",
-            params![
-                new_id(),
-                hash(token.expose_secret()),
-                now,
-                crate::store::DEFAULT_OWNER
-            ],
-        )
+        insert_owner(conn, &token, now)
     })?;
     Ok(token)
 }
@@ -194,32 +190,25 @@ pub fn revoke_client(store: &Store, id: &str) -> Result<Grant, StoreError> {
 /// Who `token` belongs to, if it is a live token. One statement: it runs
 /// on every API request.
 pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, StoreError> {
+    // The columns of CLIENT_SELECT, then the kind; a left join, so an
+    // owner token (no source) is found too.
     let row = store
         .conn()
         .prepare_cached(
-            "SELECT t.id, t.kind, t.expires_at, t.revoked_at,
-                    s.name, s.id, t.streams, t.label, t.created_at
+            "SELECT t.id, s.name, s.id, t.streams, t.label, t.created_at, t.expires_at,
+                    t.revoked_at, t.kind
              FROM api_tokens t LEFT JOIN sources s ON s.id = t.source_id
              WHERE t.hash = ?1",
         )?
         .query_row([hash(token)], |r| {
-            let id: String = r.get(0)?;
-            let kind: String = r.get(1)?;
-            let expires_at: Option<i64> = r.get(2)?;
-            let revoked_at: Option<i64> = r.get(3)?;
-            let grant = match (kind.as_str(), r.get::<_, Option<String>>(4)?) {
-                ("client", Some(source)) => Some(Grant {
-                    id: id.clone(),
-                    source,
-                    source_id: r.get(5)?,
-                    streams: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
-                    label: r.get(7)?,
-                    created_at: r.get(8)?,
-                    expires_at,
-                    revoked_at,
-                }),
+            let kind: String = r.get(8)?;
+            let grant = match (kind.as_str(), r.get::<_, Option<String>>(1)?) {
+                ("client", Some(_)) => Some(grant_row(r)?),
                 _ => None,
             };
+            let id: String = r.get(0)?;
+            let expires_at: Option<i64> = r.get(6)?;
+            let revoked_at: Option<i64> = r.get(7)?;
             Ok((id, kind, expires_at, revoked_at, grant))
         })
         .optional()?;
