@@ -1013,13 +1013,33 @@ pub fn render_source(view: &setup::SourceView) -> String {
             }
             step
         }
-        NextStep::Authorize { .. } => {
-            "next: authorize with the provider (OAuth authorization is not available on this host yet)\n".to_owned()
+        NextStep::Authorize {
+            supported,
+            reason,
+            operator,
+        } => {
+            let mut step = String::new();
+            if let Some(reason) = reason {
+                step.push_str(&format!("the provider refused the grant: {reason}\n"));
+            }
+            match (supported, operator) {
+                (true, _) => step.push_str(&format!(
+                    "next: authorize with the provider: sourcebox source authorize {name} (then open the URL it prints)\n"
+                )),
+                (false, Some(operator)) => {
+                    step.push_str(&format!("next: authorize with the provider; first, {operator}\n"))
+                }
+                (false, None) => step.push_str("next: authorize with the provider\n"),
+            }
+            step
         }
         NextStep::BrowserLogin { .. } => {
-            "next: log in through a browser (browser login is not available on this host yet)\n".to_owned()
+            "next: log in through a browser (browser login is not available on this host yet)\n"
+                .to_owned()
         }
-        NextStep::Verify => format!("next: verify the credentials: sourcebox source verify {name}\n"),
+        NextStep::Verify => {
+            format!("next: verify the credentials: sourcebox source verify {name}\n")
+        }
         NextStep::Wait { run } => format!("next: wait for verification run {run}\n"),
         NextStep::AnswerInteraction { id, kind, prompt } => format!(
             "next: answer the {kind} question \"{prompt}\": sourcebox interaction answer {id}\n"
@@ -1036,9 +1056,9 @@ pub fn render_source(view: &setup::SourceView) -> String {
             "next: the credentials now belong to {} (provider id {}), but this source holds {records} records of {previous}; to keep both accounts apart, add {} as a new source; to switch this source: sourcebox source confirm {name}\n",
             identity.display, identity.id, identity.display
         ),
-        NextStep::Inspect { failure, detail } => format!(
-            "next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n"
-        ),
+        NextStep::Inspect { failure, detail } => {
+            format!("next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n")
+        }
         NextStep::ApproveUpgrade {
             from, to, changes, ..
         } => {

@@ -25,7 +25,9 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::runtime::bindings::sourcebox::connector::types::{
+    CredentialClass, EgressHost, Manifest,
+};
 use crate::runtime::{Binding, Exhausted, Limits};
 use crate::vault::Actor;
 
@@ -149,8 +151,9 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
 pub struct EgressHooks {
     policy: Arc<EgressPolicy>,
     binding: Option<Binding>,
-    /// Hosts each injectable credential may go to.
-    credential_hosts: Vec<(String, Vec<String>)>,
+    /// Hosts each injectable credential may go to, and whether it is an
+    /// OAuth grant (whose access token is what is injected).
+    credential_hosts: Vec<(String, Vec<String>, bool)>,
     /// The first refusal, reported as the run's `egress_denied` failure.
     denied: Arc<Mutex<Option<String>>>,
     /// Requests sent so far, and how many the run may send.
@@ -201,6 +204,7 @@ impl EgressHooks {
                     (
                         c.name.clone(),
                         c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                        c.class == CredentialClass::Oauth,
                     )
                 })
                 .collect(),
@@ -273,11 +277,11 @@ impl WasiHttpHooks for EgressHooks {
                 let name = name.to_str().unwrap_or_default().to_owned();
                 // A credential that lists no hosts may go to any host of the
                 // run (already checked above); otherwise only to its own.
-                let may_go = self.credential_hosts.iter().any(|(n, hosts)| {
+                let declared = self.credential_hosts.iter().find(|(n, hosts, _)| {
                     *n == name && (hosts.is_empty() || hosts.contains(&host.to_ascii_lowercase()))
                 });
-                let value = match (&self.binding, may_go) {
-                    (Some(binding), true) => {
+                let value = match (&self.binding, declared) {
+                    (Some(binding), Some((_, _, oauth))) => {
                         let actor = Actor {
                             name: "egress",
                             run_id: Some(&binding.run_id),
@@ -288,14 +292,19 @@ impl WasiHttpHooks for EgressHooks {
                             .expect("vault lock")
                             .get(actor, &binding.source, &name)
                             .ok()
+                            .map(|v| (v, *oauth))
                     }
                     _ => None,
                 };
-                match value.and_then(|v| {
-                    http::HeaderValue::from_bytes(
-                        &[b"Bearer ".as_slice(), v.expose_secret()].concat(),
-                    )
-                    .ok()
+                match value.and_then(|(v, oauth)| {
+                    if oauth {
+                        crate::oauth::bearer(&v)
+                    } else {
+                        let line = zeroize::Zeroizing::new(
+                            [b"Bearer ".as_slice(), v.expose_secret()].concat(),
+                        );
+                        http::HeaderValue::from_bytes(&line).ok()
+                    }
                 }) {
                     Some(mut header) => {
                         header.set_sensitive(true);
@@ -326,14 +335,90 @@ impl WasiHttpHooks for EgressHooks {
     }
 }
 
-/// Sends `request` over a connection to exactly `addr`, verifying TLS
-/// against `host`.
+/// A form POST the host makes itself (an OAuth token exchange), under a
+/// run's address rules: https, or plain http only to an address the
+/// operator allowed; the name resolved and checked by the host and the
+/// connection pinned to the checked address. Returns the status and the
+/// body, refused past `max_body` bytes.
+pub async fn post_form(
+    url: &str,
+    authorization: Option<http::HeaderValue>,
+    form: Vec<u8>,
+    allowed_addrs: &[SocketAddr],
+    max_body: u64,
+) -> Result<(u16, Vec<u8>), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("'{url}' names no host"))?
+        .to_owned();
+    let tls = uri.scheme() == Some(&Scheme::HTTPS);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let policy = EgressPolicy {
+        hosts: vec![host.to_ascii_lowercase()],
+        allowed_addrs: allowed_addrs.to_vec(),
+    };
+    let addr = policy.resolve(&host, port).await?;
+    if !tls && !allowed_addrs.contains(&addr) {
+        return Err(format!(
+            "'{url}' is plain http; only https is used, or http to an address allowed with --egress-allow ADDR:PORT"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or(host.clone());
+    let body = http_body_util::Full::new(bytes::Bytes::from(form))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut request = http::Request::post(uri)
+        .header(http::header::HOST, authority)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(body)
+        .map_err(|e| format!("the request to {host} could not be built: {e}"))?;
+    if let Some(mut value) = authorization {
+        value.set_sensitive(true);
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
+    }
+    let budget = Budget {
+        used: Arc::default(),
+        max: max_body,
+    };
+    let exchange = async {
+        let (response, io) = send_pinned(request, addr, &host, tls, budget)
+            .await
+            .map_err(|e| format!("{host} could not be reached: {e}"))?;
+        let io = Box::into_pin(io);
+        let status = response.status().as_u16();
+        let (body, _) = tokio::join!(response.into_body().collect(), io);
+        let body =
+            body.map_err(|e| format!("the response from {host} was cut off or too large: {e}"))?;
+        Ok::<_, String>((status, body.to_bytes().to_vec()))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            format!(
+                "{host} did not answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+}
+
 /// The run's response-body byte budget, shared by its responses.
 struct Budget {
     used: Arc<AtomicU64>,
     max: u64,
 }
 
+/// Sends `request` over a connection to exactly `addr`, verifying TLS
+/// against `host`.
 async fn send_pinned(
     mut request: http::Request<WasiBody>,
     addr: SocketAddr,

@@ -12,6 +12,7 @@
 //!   retries;
 //! - [`interactions`]: questions a run asks its owner;
 //! - [`setup`]: the setup engine: lifecycle, next steps, views;
+//! - [`oauth`]: provider authorization and the refresh of its grants;
 //! - [`events`]: run events for live streams;
 //! - [`api`] and [`tokens`]: the owner and client HTTP surfaces;
 //! - [`cli`]: the operator's command line over all of them.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod egress;
 pub mod events;
 pub mod interactions;
+pub mod oauth;
 pub mod runs;
 pub mod runtime;
 pub mod setup;

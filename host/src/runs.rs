@@ -29,13 +29,14 @@ use serde::Serialize;
 
 use crate::catalog::{self, CatalogError};
 use crate::events::{EventKind, Events};
+use crate::oauth::{self, OauthError};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use crate::runtime::{
     Binding, Call, Limits, LoadedConnector, Outcome, RunControl, RunFailure, Runtime, RuntimeError,
 };
 use crate::setup;
 use crate::store::{Store, StoreError, new_id, now_ms};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Actor, Vault, VaultError};
 
 /// Why a run was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -734,6 +735,24 @@ impl Launcher {
         };
         if let Some(refused) = refused {
             return Ok(refused);
+        }
+        // An OAuth grant about to expire is refreshed now, at execution time.
+        let actor = Actor {
+            name: "oauth",
+            run_id: Some(run_id),
+        };
+        if let Err(e) =
+            oauth::refresh_expiring(&self.vault, actor, &setup, &self.config.egress_allow).await
+        {
+            let kind = match &e {
+                OauthError::Refused(_) | OauthError::NoClient(_) => FailureKind::AuthRejected,
+                OauthError::Transient(_) => FailureKind::UpstreamTransient,
+                _ => FailureKind::CredentialUnrecoverable,
+            };
+            return Ok(Ending::Refused(
+                kind,
+                format!("refreshing the OAuth grant: {e}"),
+            ));
         }
         let loaded = match self.loaded(&setup.connector).await {
             Ok(loaded) => loaded,

@@ -80,10 +80,17 @@ pub enum NextStep {
         /// Why, when a verification or run refused the previous ones.
         reason: Option<String>,
     },
-    /// Authorize with the provider (OAuth).
+    /// Authorize with the provider (OAuth): start it with
+    /// `POST /v1/owner/sources/{name}/authorize` or `sourcebox source
+    /// authorize NAME`, then open the URL it returns.
     Authorize {
-        /// The provider authorization is not available on this host yet.
+        /// Whether this host can run the authorization now.
         supported: bool,
+        /// Why a new authorization is needed, when the provider refused
+        /// the previous grant.
+        reason: Option<String>,
+        /// What the operator must do first, when it is not supported.
+        operator: Option<String>,
     },
     /// Log in through a browser.
     BrowserLogin {
@@ -463,7 +470,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     // says nothing about the credentials now held.
     let last_write = metas
         .iter()
-        .filter(|m| m.revoked_at.is_none() && m.provenance != Provenance::ConnectorRefresh)
+        .filter(|m| m.revoked_at.is_none() && !m.provenance.is_refresh())
         .map(|m| m.rotated_at)
         .max()
         .unwrap_or(0);
@@ -500,6 +507,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         _ => None,
     };
 
+    let oauth = facts.modality.as_deref() == Some("oauth");
     let (state, next_step) = if let Some(asked) = pending {
         (
             Lifecycle::WaitingForOwner,
@@ -524,19 +532,13 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     } else if let Some(reason) = facts.needs_reauth.clone() {
         (
             Lifecycle::NeedsReauth,
-            NextStep::ProvideCredentials {
-                fields: field_views(manifest)
-                    .into_iter()
-                    .filter(|f| f.required)
-                    .collect(),
-                reason: Some(reason),
-            },
+            new_credentials(store, &setup.connector, oauth, Some(reason))?,
         )
     } else if !missing.is_empty() {
         match facts.modality.as_deref() {
             Some("oauth") => (
                 Lifecycle::NeedsAuthorization,
-                NextStep::Authorize { supported: false },
+                new_credentials(store, &setup.connector, oauth, None)?,
             ),
             Some("browser-login") => (
                 Lifecycle::NeedsBrowserLogin,
@@ -557,14 +559,12 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     {
         if kind == "auth_rejected" || kind.starts_with("credential") {
             (
-                Lifecycle::NeedsCredentials,
-                NextStep::ProvideCredentials {
-                    fields: field_views(manifest)
-                        .into_iter()
-                        .filter(|f| f.required)
-                        .collect(),
-                    reason: Some(detail),
+                if oauth {
+                    Lifecycle::NeedsAuthorization
+                } else {
+                    Lifecycle::NeedsCredentials
                 },
+                new_credentials(store, &setup.connector, oauth, Some(detail))?,
             )
         } else {
             (
@@ -619,6 +619,41 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             })
             .collect(),
         next_step,
+    })
+}
+
+/// What gets a source new credentials after `reason` (or for the first
+/// time): a provider authorization for an OAuth source, the required
+/// fields otherwise.
+fn new_credentials(
+    store: &Store,
+    connector: &Installed,
+    oauth: bool,
+    reason: Option<String>,
+) -> Result<NextStep, SetupError> {
+    if !oauth {
+        return Ok(NextStep::ProvideCredentials {
+            fields: field_views(&connector.manifest)
+                .into_iter()
+                .filter(|f| f.required)
+                .collect(),
+            reason,
+        });
+    }
+    let operator = if crate::oauth::grant_field(&connector.manifest).is_none() {
+        Some(format!(
+            "connector {} {} declares no oauth-class credential to hold a grant; it cannot be authorized",
+            connector.id, connector.version
+        ))
+    } else if crate::oauth::client(store, &connector.id)?.is_none() {
+        Some(crate::oauth::OauthError::NoClient(connector.id.clone()).to_string())
+    } else {
+        None
+    };
+    Ok(NextStep::Authorize {
+        supported: operator.is_none(),
+        reason,
+        operator,
     })
 }
 

@@ -278,6 +278,18 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownSource(name.to_owned()))
     }
 
+    /// The source with row id `id`.
+    pub fn source_by_id(&self, id: i64) -> Result<SourceRef, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT o.id, o.name, s.id, s.name FROM sources s JOIN owners o ON o.id = s.owner_id
+                 WHERE s.id = ?1",
+            )?
+            .query_row([id], source_ref)
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownSource(format!("#{id}")))
+    }
+
     /// Every source of the default owner, by name.
     pub fn sources(&self) -> Result<Vec<SourceRef>, StoreError> {
         let mut stmt = self.conn.prepare(

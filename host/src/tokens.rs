@@ -53,7 +53,8 @@ fn hash(token: &[u8]) -> Vec<u8> {
     Sha256::digest(token).to_vec()
 }
 
-fn fresh(prefix: &str) -> Secret {
+/// 256 random bits, base64url, after `prefix`.
+pub(crate) fn fresh(prefix: &str) -> Secret {
     use base64::Engine;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::fill(bytes.as_mut()).expect("the operating system's random source failed");

@@ -138,6 +138,8 @@ pub enum Provenance {
     Interaction,
     /// Obtained through an OAuth grant.
     OauthGrant,
+    /// Refreshed by the host with the OAuth refresh token.
+    OauthRefresh,
     /// Refreshed by the connector.
     ConnectorRefresh,
     /// Imported from a vault backup.
@@ -174,7 +176,15 @@ macro_rules! string_enum {
 }
 
 string_enum!(CredentialClass { Password = "password", Token = "token", Session = "session", OtpSeed = "otp-seed", Oauth = "oauth" });
-string_enum!(Provenance { Owner = "owner", Interaction = "interaction", OauthGrant = "oauth-grant", ConnectorRefresh = "connector-refresh", Imported = "imported" });
+string_enum!(Provenance { Owner = "owner", Interaction = "interaction", OauthGrant = "oauth-grant", OauthRefresh = "oauth-refresh", ConnectorRefresh = "connector-refresh", Imported = "imported" });
+
+impl Provenance {
+    /// A refreshed value of a credential the owner already gave: it
+    /// neither clears a needs-reauth state nor makes a verification stale.
+    pub fn is_refresh(self) -> bool {
+        matches!(self, Self::OauthRefresh | Self::ConnectorRefresh)
+    }
+}
 
 /// Who is asking, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +263,23 @@ const DATA_KEY_DOMAIN: &[u8] = b"sourcebox/data-key/v1\0";
 const VALUE_DOMAIN: &[u8] = b"sourcebox/credential/v1\0";
 const ANSWER_KEY_DOMAIN: &[u8] = b"sourcebox/answer-key/v1\0";
 const ANSWER_DOMAIN: &[u8] = b"sourcebox/answer/v1\0";
+
+/// The (data key, value) domains of a secret kept aside.
+pub(crate) type AsideDomains = (&'static [u8], &'static [u8]);
+const ANSWER: AsideDomains = (ANSWER_KEY_DOMAIN, ANSWER_DOMAIN);
+
+/// A secret kept beside the credentials table (an interaction's answer, an
+/// OAuth authorization's PKCE verifier, an OAuth client's secret): sealed
+/// under a data key of its own, wrapped by a KEK version.
+#[derive(Debug)]
+pub(crate) struct Aside {
+    /// The KEK version that wraps `wrapped_key`.
+    pub kek_version: i64,
+    /// The data key, wrapped.
+    pub wrapped_key: Vec<u8>,
+    /// The value, sealed under the data key.
+    pub sealed: Vec<u8>,
+}
 
 /// Associated data binding a sealed value or wrapped key to its row.
 fn aad(domain: &[u8], source: &SourceRef, name: &str, version: i64) -> Vec<u8> {
@@ -435,7 +462,7 @@ impl Vault {
                 now,
                 expires_at,
             ])?;
-            if new.provenance != Provenance::ConnectorRefresh {
+            if !new.provenance.is_refresh() {
                 // A new value from the owner is what a needs-reauth source waits for.
                 conn.prepare_cached("UPDATE sources SET needs_reauth = NULL WHERE id = ?1")?
                     .execute([source.source_id])?;
@@ -564,6 +591,85 @@ impl Vault {
         Ok(missing)
     }
 
+    /// Runs `f` in one write transaction with an audit row for `action`:
+    /// if the audit row cannot be written, nothing of `f` is kept.
+    pub(crate) fn write<T>(
+        &self,
+        actor: Actor<'_>,
+        action: &str,
+        source: Option<&SourceRef>,
+        f: impl FnOnce(&Connection) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        immediate(self.store.conn(), |conn| {
+            let value = f(conn)?;
+            audit(conn, actor, action, source, None, "ok")?;
+            Ok(value)
+        })
+    }
+
+    /// Seals `value` under a fresh data key wrapped by the current KEK.
+    /// `aad(domain)` binds key and value to their row; the two domains
+    /// keep the key's and the value's associated data apart.
+    pub(crate) fn seal_aside(
+        &self,
+        conn: &Connection,
+        (key_domain, value_domain): AsideDomains,
+        aad: &dyn Fn(&[u8]) -> Vec<u8>,
+        value: &[u8],
+    ) -> Result<Aside, VaultError> {
+        let (kek_version, wrapper) = self.keyring.current(conn)?;
+        let data_key = Key256::generate();
+        Ok(Aside {
+            kek_version,
+            sealed: envelope::seal(&data_key, value, &aad(value_domain)),
+            wrapped_key: wrapper.wrap(&data_key, &aad(key_domain))?,
+        })
+    }
+
+    /// Opens what [`Vault::seal_aside`] sealed with the same domains and
+    /// binding. The inner error is why it cannot be opened (a wrong
+    /// binding, a destroyed KEK).
+    pub(crate) fn open_aside(
+        &self,
+        conn: &Connection,
+        (key_domain, value_domain): AsideDomains,
+        aad: &dyn Fn(&[u8]) -> Vec<u8>,
+        aside: &Aside,
+    ) -> Result<Result<Secret, EnvelopeError>, VaultError> {
+        let data_key = match self
+            .keyring
+            .wrapper(conn, aside.kek_version)?
+            .unwrap(&aside.wrapped_key, &aad(key_domain))
+        {
+            Err(VaultError::KeyUnwrap(reason)) => return Ok(Err(reason)),
+            other => other?,
+        };
+        Ok(envelope::open(&data_key, &aside.sealed, &aad(value_domain)))
+    }
+
+    /// The data key of `aside` wrapped under KEK `version` instead, or
+    /// `None` when it cannot be unwrapped any more.
+    pub(crate) fn rewrap_aside(
+        &self,
+        conn: &Connection,
+        key_domain: &[u8],
+        aad: &dyn Fn(&[u8]) -> Vec<u8>,
+        aside: &Aside,
+        version: i64,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        let key_aad = aad(key_domain);
+        let Ok(key) = self
+            .keyring
+            .wrapper(conn, aside.kek_version)?
+            .unwrap(&aside.wrapped_key, &key_aad)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.keyring.wrapper(conn, version)?.wrap(&key, &key_aad)?,
+        ))
+    }
+
     /// Answers a pending interaction of `source`: seals `answer` under a
     /// fresh data key bound to (source, interaction) and marks the
     /// interaction answered, in one audited transaction. Refused unless the
@@ -592,19 +698,16 @@ impl Vault {
                     source.source
                 )));
             }
-            let (kek_version, wrapper) = self.keyring.current(conn)?;
-            let data_key = Key256::generate();
-            let sealed = envelope::seal(
-                &data_key,
+            let aside = self.seal_aside(
+                conn,
+                ANSWER,
+                &|domain| aad(domain, source, interaction, 1),
                 answer.expose_secret(),
-                &aad(ANSWER_DOMAIN, source, interaction, 1),
-            );
-            let wrapped =
-                wrapper.wrap(&data_key, &aad(ANSWER_KEY_DOMAIN, source, interaction, 1))?;
+            )?;
             conn.execute(
                 "INSERT INTO interaction_answers (interaction_id, owner_id, source_id, kek_version, wrapped_key, sealed_value)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![interaction, source.owner_id, source.source_id, kek_version, wrapped, sealed],
+                params![interaction, source.owner_id, source.source_id, aside.kek_version, aside.wrapped_key, aside.sealed],
             )?;
             audit(
                 conn,
@@ -636,40 +739,39 @@ impl Vault {
             return Ok(None);
         }
         immediate(conn, |conn| {
-            let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+            let row: Option<Aside> = conn
                 .query_row(
                     "SELECT kek_version, wrapped_key, sealed_value FROM interaction_answers
                      WHERE interaction_id = ?1 AND source_id = ?2",
                     params![interaction, source.source_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| {
+                        Ok(Aside {
+                            kek_version: r.get(0)?,
+                            wrapped_key: r.get(1)?,
+                            sealed: r.get(2)?,
+                        })
+                    },
                 )
                 .optional()?;
-            let Some((kek_version, wrapped, sealed)) = row else {
+            let Some(aside) = row else {
                 return Ok(None);
             };
             conn.execute(
                 "DELETE FROM interaction_answers WHERE interaction_id = ?1",
                 [interaction],
             )?;
-            let unrecoverable = |reason| VaultError::Unrecoverable {
-                source_name: source.source.clone(),
-                name: format!("answer to interaction {interaction}"),
-                reason,
-            };
-            let data_key = match self
-                .keyring
-                .wrapper(conn, kek_version)?
-                .unwrap(&wrapped, &aad(ANSWER_KEY_DOMAIN, source, interaction, 1))
-            {
-                Err(VaultError::KeyUnwrap(reason)) => return Err(unrecoverable(reason)),
-                other => other?,
-            };
-            let answer = envelope::open(
-                &data_key,
-                &sealed,
-                &aad(ANSWER_DOMAIN, source, interaction, 1),
-            )
-            .map_err(unrecoverable)?;
+            let answer = self
+                .open_aside(
+                    conn,
+                    ANSWER,
+                    &|domain| aad(domain, source, interaction, 1),
+                    &aside,
+                )?
+                .map_err(|reason| VaultError::Unrecoverable {
+                    source_name: source.source.clone(),
+                    name: format!("answer to interaction {interaction}"),
+                    reason,
+                })?;
             audit(
                 conn,
                 actor,
@@ -888,22 +990,25 @@ impl Vault {
                     ))
                 })?
                 .collect::<Result<_, _>>()?;
-            for (interaction, source, old_version, wrapped) in &answers {
-                let key_aad = aad(ANSWER_KEY_DOMAIN, source, interaction, 1);
-                let rewrapped = match self
-                    .keyring
-                    .wrapper(conn, *old_version)?
-                    .unwrap(wrapped, &key_aad)
-                {
-                    Ok(key) => new_wrapper.wrap(&key, &key_aad)?,
-                    // Unreadable already: the waiting run will fail on it.
-                    Err(_) => continue,
+            for (interaction, source, old_version, wrapped) in answers {
+                let aside = Aside {
+                    kek_version: old_version,
+                    wrapped_key: wrapped,
+                    sealed: Vec::new(),
+                };
+                let binding = |domain: &[u8]| aad(domain, &source, &interaction, 1);
+                // Unreadable already: the waiting run will fail on it.
+                let Some(rewrapped) =
+                    self.rewrap_aside(conn, ANSWER_KEY_DOMAIN, &binding, &aside, version)?
+                else {
+                    continue;
                 };
                 conn.execute(
                     "UPDATE interaction_answers SET kek_version = ?2, wrapped_key = ?3 WHERE interaction_id = ?1",
                     params![interaction, version, rewrapped],
                 )?;
             }
+            crate::oauth::rewrap_clients(self, conn, version)?;
             // Revoked rows have no data key left; they just follow along.
             conn.execute(
                 "UPDATE credentials SET kek_version = ?1 WHERE wrapped_key IS NULL",

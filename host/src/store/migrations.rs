@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_launch.sql"),
     include_str!("migrations/0006_setup.sql"),
     include_str!("migrations/0007_api.sql"),
+    include_str!("migrations/0008_oauth.sql"),
 ];
 
 /// The schema version this build writes.

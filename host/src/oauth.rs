@@ -1,0 +1,853 @@
+//! OAuth provider authorization: the authorization-code grant with PKCE
+//! (RFC 6749 §4.1, RFC 7636 S256), the token exchange into the vault, and
+//! the refresh of an expiring grant before a run.
+//!
+//! The operator registers one OAuth client per connector (the provider's
+//! endpoints, the client id, the scopes, the redirect URI registered with
+//! the provider, and a confidential client's secret, which is sealed). The
+//! owner starts an authorization for a source and gets the URL to open;
+//! the provider sends the browser back to the redirect URI with a code and
+//! the state. The state is the only thing that ties the callback to the
+//! source: 256 random bits, kept only as a hash, single use, expiring. The
+//! code is exchanged by the host, under the same address rules as a run's
+//! requests, and the grant is stored as the source's `oauth`-class
+//! credential with provenance `oauth-grant`. No token ever reaches a
+//! response, a log line or the guest (the host injects the access token).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::catalog::{self, CatalogError};
+use crate::runtime::bindings::sourcebox::connector::types::{CredentialClass, Modality};
+use crate::store::{SourceRef, Store, StoreError, new_id, now_ms};
+use crate::vault::{
+    Actor, Aside, AsideDomains, NewCredential, Provenance, Secret, Vault, VaultError,
+};
+
+/// How long a started authorization waits for the provider's callback.
+pub const PENDING_FOR: Duration = Duration::from_secs(600);
+/// A grant expiring within this margin is refreshed before a run.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// The largest token response read.
+const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
+
+const CLIENT: AsideDomains = (
+    b"sourcebox/oauth-client-key/v1\0",
+    b"sourcebox/oauth-client-secret/v1\0",
+);
+const VERIFIER: AsideDomains = (
+    b"sourcebox/oauth-verifier-key/v1\0",
+    b"sourcebox/oauth-verifier/v1\0",
+);
+
+/// Why an OAuth step failed. Messages never carry a token, code, state or
+/// secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OauthError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The vault.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The catalog.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A registration or request that cannot be taken as given.
+    #[error("{0}")]
+    Invalid(String),
+    /// No OAuth client is registered for the connector.
+    #[error(
+        "no OAuth client is registered for connector {0}; the operator registers the one made with the provider: `sourcebox oauth-client set {0} --authorize-url URL --token-url URL --client-id ID --redirect-uri URL`"
+    )]
+    NoClient(String),
+    /// The callback's state matches no authorization waiting (unknown,
+    /// used already or expired).
+    #[error(
+        "this authorization is unknown, was completed already or has expired; start it again (`sourcebox source authorize NAME`)"
+    )]
+    UnknownState,
+    /// The provider refused (the owner declined, a bad code, a revoked
+    /// refresh token).
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    /// The provider could not be reached or answered something else than
+    /// a token response.
+    #[error("the token exchange failed: {0}")]
+    Transient(String),
+}
+
+impl From<rusqlite::Error> for OauthError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// An OAuth client as the operator registers it.
+#[derive(Debug)]
+pub struct Registration {
+    /// The connector it is for.
+    pub connector: String,
+    /// The provider's authorization endpoint.
+    pub authorize_url: String,
+    /// The provider's token endpoint.
+    pub token_url: String,
+    /// The client id the provider issued.
+    pub client_id: String,
+    /// Scopes to ask for.
+    pub scopes: Vec<String>,
+    /// The redirect URI registered with the provider: this server's
+    /// `/v1/oauth/callback`, as the owner's browser reaches it.
+    pub redirect_uri: String,
+    /// A confidential client's secret; `None` for a public (PKCE-only)
+    /// client.
+    pub client_secret: Option<Secret>,
+}
+
+/// A registered OAuth client, as shown: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ClientView {
+    /// Connector id.
+    pub connector: String,
+    /// The provider's authorization endpoint.
+    pub authorize_url: String,
+    /// The provider's token endpoint.
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// The registered redirect URI.
+    pub redirect_uri: String,
+    /// Whether a client secret is held (sealed).
+    pub confidential: bool,
+}
+
+/// A started authorization: the URL the owner opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Started {
+    /// The source.
+    pub source: String,
+    /// Open this in a browser and authorize; the provider then sends the
+    /// browser to the redirect URI.
+    pub authorize_url: String,
+    /// The authorization is void after this, ms since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// Registers (or replaces) the OAuth client of `registration.connector`.
+/// The token endpoint must be https, or plain http to an address the
+/// operator allowed; nothing is stored when any field is refused.
+pub fn register(
+    vault: &Vault,
+    actor: Actor<'_>,
+    registration: Registration,
+    egress_allow: &[SocketAddr],
+) -> Result<ClientView, OauthError> {
+    let store = vault.store();
+    let installed = catalog::latest(store, &registration.connector)?;
+    if !installed
+        .manifest
+        .setup
+        .modalities
+        .contains(&Modality::Oauth)
+    {
+        return Err(OauthError::Invalid(format!(
+            "connector {} {} does not offer OAuth authorization; nothing was stored",
+            installed.id, installed.version
+        )));
+    }
+    check_url("--authorize-url", &registration.authorize_url, &[], true)?;
+    check_url("--token-url", &registration.token_url, egress_allow, false)?;
+    check_url("--redirect-uri", &registration.redirect_uri, &[], true)?;
+    if registration.client_id.trim().is_empty() {
+        return Err(OauthError::Invalid(
+            "--client-id is empty; give the client id the provider issued".into(),
+        ));
+    }
+    if let Some(bad) = registration
+        .scopes
+        .iter()
+        .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
+        return Err(OauthError::Invalid(format!(
+            "scope '{bad}' is empty or has whitespace; give one --scope per scope"
+        )));
+    }
+    if registration
+        .client_secret
+        .as_ref()
+        .is_some_and(Secret::is_empty)
+    {
+        return Err(OauthError::Invalid(
+            "the client secret is empty; leave it out for a public client".into(),
+        ));
+    }
+    let connector = registration.connector.clone();
+    vault.write(actor, "oauth.client.set", None, |conn| {
+        let sealed = registration
+            .client_secret
+            .as_ref()
+            .map(|secret| {
+                vault.seal_aside(
+                    conn,
+                    CLIENT,
+                    &|domain| client_aad(domain, &connector),
+                    secret.expose_secret(),
+                )
+            })
+            .transpose()?;
+        conn.execute(
+            "INSERT OR REPLACE INTO oauth_clients (connector_id, authorize_url, token_url, client_id,
+                 scopes, redirect_uri, kek_version, wrapped_key, sealed_secret, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                connector,
+                registration.authorize_url,
+                registration.token_url,
+                registration.client_id,
+                serde_json::to_string(&registration.scopes).expect("strings serialize"),
+                registration.redirect_uri,
+                sealed.as_ref().map(|s| s.kek_version),
+                sealed.as_ref().map(|s| s.wrapped_key.clone()),
+                sealed.as_ref().map(|s| s.sealed.clone()),
+                now_ms(),
+            ],
+        )?;
+        Ok(())
+    })?;
+    client(store, &registration.connector)?.ok_or(OauthError::NoClient(registration.connector))
+}
+
+/// Removes the OAuth client of `connector`; sources keep the grants they
+/// hold, but cannot refresh them or authorize again.
+pub fn unregister(vault: &Vault, actor: Actor<'_>, connector: &str) -> Result<(), OauthError> {
+    let removed = vault.write(actor, "oauth.client.remove", None, |conn| {
+        Ok(conn.execute(
+            "DELETE FROM oauth_clients WHERE connector_id = ?1",
+            [connector],
+        )?)
+    })?;
+    if removed == 0 {
+        return Err(OauthError::NoClient(connector.to_owned()));
+    }
+    Ok(())
+}
+
+const CLIENT_SELECT: &str = "SELECT connector_id, authorize_url, token_url, client_id, scopes,
+    redirect_uri, wrapped_key IS NOT NULL FROM oauth_clients";
+
+fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientView> {
+    Ok(ClientView {
+        connector: r.get(0)?,
+        authorize_url: r.get(1)?,
+        token_url: r.get(2)?,
+        client_id: r.get(3)?,
+        scopes: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        redirect_uri: r.get(5)?,
+        confidential: r.get(6)?,
+    })
+}
+
+/// The OAuth client registered for `connector`, if any.
+pub fn client(store: &Store, connector: &str) -> Result<Option<ClientView>, StoreError> {
+    Ok(store
+        .conn()
+        .prepare_cached(&format!("{CLIENT_SELECT} WHERE connector_id = ?1"))?
+        .query_row([connector], client_row)
+        .optional()?)
+}
+
+/// Every registered OAuth client.
+pub fn clients(store: &Store) -> Result<Vec<ClientView>, StoreError> {
+    Ok(store
+        .conn()
+        .prepare(&format!("{CLIENT_SELECT} ORDER BY connector_id"))?
+        .query_map([], client_row)?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Starts an authorization for source `name`: a fresh state and PKCE
+/// verifier, kept for [`PENDING_FOR`]; returns the URL the owner opens.
+pub fn begin(vault: &Vault, actor: Actor<'_>, name: &str) -> Result<Started, OauthError> {
+    let store = vault.store();
+    let setup = catalog::source_setup(store, name)?;
+    let connector = &setup.connector;
+    let modality: Option<String> = store.conn().query_row(
+        "SELECT modality FROM sources WHERE id = ?1",
+        [setup.source.source_id],
+        |r| r.get(0),
+    )?;
+    if modality.as_deref() != Some("oauth") {
+        return Err(OauthError::Invalid(format!(
+            "source '{name}' is set up with {}, not OAuth; add a source with --modality oauth to authorize with the provider",
+            modality.as_deref().unwrap_or("no modality")
+        )));
+    }
+    let credential = grant_field(&setup.connector.manifest).ok_or_else(|| {
+        OauthError::Invalid(format!(
+            "connector {} {} declares no oauth-class credential to hold the grant",
+            connector.id, connector.version
+        ))
+    })?;
+    let client = client(store, &connector.id)?.ok_or(OauthError::NoClient(connector.id.clone()))?;
+    let state = crate::tokens::fresh("");
+    let verifier = crate::tokens::fresh("");
+    let challenge = pkce_challenge(&verifier);
+    let id = new_id();
+    let now = now_ms();
+    let expires_at = now + PENDING_FOR.as_millis() as i64;
+    let source = &setup.source;
+    vault.write(actor, "oauth.begin", Some(source), |conn| {
+        conn.execute(
+            "DELETE FROM oauth_pending WHERE expires_at < ?1",
+            [now],
+        )?;
+        let sealed = vault.seal_aside(
+            conn,
+            VERIFIER,
+            &|domain| pending_aad(domain, source, &id),
+            verifier.expose_secret(),
+        )?;
+        conn.execute(
+            "INSERT INTO oauth_pending (id, state_hash, owner_id, source_id, credential, kek_version,
+                 wrapped_key, sealed_verifier, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                Sha256::digest(state.expose_secret()).to_vec(),
+                source.owner_id,
+                source.source_id,
+                credential,
+                sealed.kek_version,
+                sealed.wrapped_key,
+                sealed.sealed,
+                now,
+                expires_at,
+            ],
+        )?;
+        Ok(())
+    })?;
+    let mut url = url::Url::parse(&client.authorize_url)
+        .map_err(|e| OauthError::Invalid(format!("the registered authorize URL: {e}")))?;
+    {
+        let state = std::str::from_utf8(state.expose_secret()).expect("base64 is ASCII");
+        let mut query = url.query_pairs_mut();
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &client.client_id)
+            .append_pair("redirect_uri", &client.redirect_uri);
+        if !client.scopes.is_empty() {
+            query.append_pair("scope", &client.scopes.join(" "));
+        }
+        query
+            .append_pair("state", state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+    }
+    Ok(Started {
+        source: name.to_owned(),
+        authorize_url: url.into(),
+        expires_at,
+    })
+}
+
+/// What the provider sent the owner's browser back with.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Callback {
+    /// The state of the authorization.
+    pub state: String,
+    /// The authorization code, when the owner authorized.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The provider's error code, when the owner declined or it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The provider's description of the error.
+    #[serde(default)]
+    pub error_description: Option<String>,
+}
+
+/// Completes the authorization the callback's state names: the state is
+/// used up, the code exchanged for a grant, and the grant stored as the
+/// source's credential. Returns the source's name.
+pub async fn complete(
+    vault: &std::sync::Mutex<Vault>,
+    actor: Actor<'_>,
+    callback: Callback,
+    egress_allow: &[SocketAddr],
+) -> Result<String, OauthError> {
+    let Callback {
+        state,
+        code,
+        error,
+        error_description,
+    } = callback;
+    let state = Secret::new(state.into_bytes());
+    let code = code.map(|c| Secret::new(c.into_bytes()));
+    // Used up first, whatever the provider said: a state works once.
+    let (source, credential, verifier, client, secret) = {
+        let vault = vault.lock().expect("vault lock");
+        let store = vault.store();
+        let found: Option<(String, i64, String, Aside)> = store
+            .conn()
+            .query_row(
+                "SELECT id, source_id, credential, kek_version, wrapped_key, sealed_verifier
+                 FROM oauth_pending WHERE state_hash = ?1 AND expires_at >= ?2",
+                params![Sha256::digest(state.expose_secret()).to_vec(), now_ms()],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        Aside {
+                            kek_version: r.get(3)?,
+                            wrapped_key: r.get(4)?,
+                            sealed: r.get(5)?,
+                        },
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, source_id, credential, sealed)) = found else {
+            return Err(OauthError::UnknownState);
+        };
+        let source = store.source_by_id(source_id)?;
+        let verifier = vault.write(actor, "oauth.complete", Some(&source), |conn| {
+            conn.execute("DELETE FROM oauth_pending WHERE id = ?1", [&id])?;
+            vault
+                .open_aside(
+                    conn,
+                    VERIFIER,
+                    &|domain| pending_aad(domain, &source, &id),
+                    &sealed,
+                )?
+                .map_err(|_| {
+                    VaultError::Invalid(
+                        "the authorization's verifier does not open; start it again".into(),
+                    )
+                })
+        })?;
+        let connector = catalog::source_setup(store, &source.source)?.connector.id;
+        let client =
+            client(store, &connector)?.ok_or_else(|| OauthError::NoClient(connector.clone()))?;
+        let secret = client_secret(&vault, &connector)?;
+        (source, credential, verifier, client, secret)
+    };
+    if let Some(error) = error {
+        return Err(OauthError::Refused(match error_description {
+            Some(description) => format!("{error}: {description}"),
+            None => error,
+        }));
+    }
+    let code = code.ok_or_else(|| {
+        OauthError::Invalid("the callback carries neither a code nor an error".into())
+    })?;
+    let form = form(&[
+        ("grant_type", b"authorization_code"),
+        ("code", code.expose_secret()),
+        ("redirect_uri", client.redirect_uri.as_bytes()),
+        ("client_id", client.client_id.as_bytes()),
+        ("code_verifier", verifier.expose_secret()),
+    ]);
+    let grant = exchange(&client, secret.as_ref(), form, None, egress_allow).await?;
+    let vault = vault.lock().expect("vault lock");
+    vault.set(
+        actor,
+        &source,
+        NewCredential {
+            name: &credential,
+            class: crate::vault::CredentialClass::Oauth,
+            provenance: Provenance::OauthGrant,
+            value: grant,
+            expires_at: None,
+        },
+    )?;
+    Ok(source.source)
+}
+
+/// Refreshes `source`'s grants that expire within [`REFRESH_MARGIN`]
+/// with their refresh tokens. Reads metadata first: nothing is decrypted
+/// for a grant that is not expiring.
+pub async fn refresh_expiring(
+    vault: &std::sync::Mutex<Vault>,
+    actor: Actor<'_>,
+    setup: &catalog::SourceSetup,
+    egress_allow: &[SocketAddr],
+) -> Result<(), OauthError> {
+    let Some(name) = grant_field(&setup.connector.manifest) else {
+        return Ok(());
+    };
+    let source = &setup.source;
+    let (current, client, secret) = {
+        let vault = vault.lock().expect("vault lock");
+        let expiring = crate::vault::metadata(vault.store(), Some(source))?
+            .into_iter()
+            .find(|m| m.name == name && m.revoked_at.is_none())
+            .and_then(|m| m.expires_at)
+            .is_some_and(|at| at <= now_ms() + REFRESH_MARGIN.as_millis() as i64);
+        if !expiring {
+            return Ok(());
+        }
+        let Some(client) = client(vault.store(), &setup.connector.id)? else {
+            return Err(OauthError::Refused(format!(
+                "the grant has expired and no OAuth client is registered for {} to refresh it",
+                setup.connector.id
+            )));
+        };
+        let secret = client_secret(&vault, &setup.connector.id)?;
+        (vault.get(actor, source, &name)?, client, secret)
+    };
+    let bundle: Bundle = serde_json::from_slice(current.expose_secret())
+        .map_err(|_| OauthError::Invalid(format!("the stored grant '{name}' is not a grant")))?;
+    let Some(refresh) = bundle.refresh_token.as_deref() else {
+        return Err(OauthError::Refused(format!(
+            "the grant '{name}' has expired and holds no refresh token; authorize again"
+        )));
+    };
+    let form = form(&[
+        ("grant_type", b"refresh_token"),
+        ("refresh_token", refresh.as_bytes()),
+        ("client_id", client.client_id.as_bytes()),
+    ]);
+    let grant = exchange(&client, secret.as_ref(), form, Some(bundle), egress_allow).await?;
+    vault.lock().expect("vault lock").set(
+        actor,
+        source,
+        NewCredential {
+            name: &name,
+            class: crate::vault::CredentialClass::Oauth,
+            provenance: Provenance::OauthRefresh,
+            value: grant,
+            expires_at: None,
+        },
+    )?;
+    Ok(())
+}
+
+/// The stored form of a grant (see the vault's `oauth` class).
+#[derive(Serialize, Deserialize)]
+struct Bundle {
+    access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        self.access_token.zeroize();
+        if let Some(refresh) = self.refresh_token.as_mut() {
+            refresh.zeroize();
+        }
+    }
+}
+
+/// A token endpoint's answer (RFC 6749 §5.1, §5.2).
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl Drop for TokenResponse {
+    fn drop(&mut self) {
+        if let Some(token) = self.access_token.as_mut() {
+            token.zeroize();
+        }
+        if let Some(token) = self.refresh_token.as_mut() {
+            token.zeroize();
+        }
+    }
+}
+
+/// Posts `form` to the client's token endpoint and returns the new grant
+/// as the stored bundle. A refresh that returns no new refresh token keeps
+/// the previous one.
+async fn exchange(
+    client: &ClientView,
+    secret: Option<&Secret>,
+    mut form: Vec<u8>,
+    previous: Option<Bundle>,
+    egress_allow: &[SocketAddr],
+) -> Result<Secret, OauthError> {
+    // A confidential client authenticates with HTTP Basic (RFC 6749 §2.3.1).
+    let authorization = secret.map(|secret| {
+        use base64::Engine;
+        let mut pair = zeroize::Zeroizing::new(form_encode(client.client_id.as_bytes()));
+        pair.push(b':');
+        pair.extend_from_slice(&form_encode(secret.expose_secret()));
+        let mut header = zeroize::Zeroizing::new(String::from("Basic "));
+        base64::engine::general_purpose::STANDARD.encode_string(&pair[..], &mut header);
+        http::HeaderValue::from_str(&header).expect("base64 is a header value")
+    });
+    let sent = crate::egress::post_form(
+        &client.token_url,
+        authorization,
+        form.clone(),
+        egress_allow,
+        MAX_TOKEN_RESPONSE,
+    )
+    .await;
+    form.zeroize();
+    let (status, mut body) = sent.map_err(OauthError::Transient)?;
+    let parsed: Result<TokenResponse, _> = serde_json::from_slice(&body);
+    body.zeroize();
+    let mut response = match parsed {
+        Ok(response) => response,
+        Err(_) if status >= 500 => {
+            return Err(OauthError::Transient(format!(
+                "the token endpoint answered {status}"
+            )));
+        }
+        Err(_) => {
+            return Err(OauthError::Transient(format!(
+                "the token endpoint answered {status} without a JSON token response"
+            )));
+        }
+    };
+    if let Some(error) = response.error.take() {
+        let said = match response.error_description.take() {
+            Some(description) => format!("{error}: {description}"),
+            None => error,
+        };
+        return Err(if status >= 500 {
+            OauthError::Transient(said)
+        } else {
+            OauthError::Refused(said)
+        });
+    }
+    let Some(access_token) = response.access_token.take().filter(|t| !t.is_empty()) else {
+        return Err(OauthError::Transient(format!(
+            "the token endpoint answered {status} without an access token"
+        )));
+    };
+    let refresh_token = response
+        .refresh_token
+        .take()
+        .or_else(|| previous.as_ref().and_then(|p| p.refresh_token.clone()));
+    let bundle = Bundle {
+        access_token,
+        refresh_token,
+        expires_at: response.expires_in.map(|s| now_ms() / 1000 + s.max(0)),
+    };
+    Ok(Secret::new(
+        serde_json::to_vec(&bundle).expect("a bundle serializes"),
+    ))
+}
+
+/// The access token of a stored grant, as a `Bearer` header value.
+pub(crate) fn bearer(grant: &Secret) -> Option<http::HeaderValue> {
+    let bundle: Bundle = serde_json::from_slice(grant.expose_secret()).ok()?;
+    let line =
+        zeroize::Zeroizing::new([b"Bearer ".as_slice(), bundle.access_token.as_bytes()].concat());
+    http::HeaderValue::from_bytes(&line).ok()
+}
+
+/// The credential a connector's grant is stored as: its first
+/// `oauth`-class field.
+pub(crate) fn grant_field(
+    manifest: &crate::runtime::bindings::sourcebox::connector::types::Manifest,
+) -> Option<String> {
+    manifest
+        .credentials
+        .iter()
+        .find(|c| c.class == CredentialClass::Oauth)
+        .map(|c| c.name.clone())
+}
+
+fn client_secret(vault: &Vault, connector: &str) -> Result<Option<Secret>, OauthError> {
+    let conn = vault.store().conn();
+    let sealed: Option<Aside> = conn
+        .query_row(
+            "SELECT kek_version, wrapped_key, sealed_secret FROM oauth_clients
+             WHERE connector_id = ?1 AND wrapped_key IS NOT NULL",
+            [connector],
+            |r| {
+                Ok(Aside {
+                    kek_version: r.get(0)?,
+                    wrapped_key: r.get(1)?,
+                    sealed: r.get(2)?,
+                })
+            },
+        )
+        .optional()?;
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    vault
+        .open_aside(conn, CLIENT, &|domain| client_aad(domain, connector), &sealed)?
+        .map(Some)
+        .map_err(|e| {
+            OauthError::Invalid(format!(
+                "the client secret of connector {connector} does not open ({e}); register the client again"
+            ))
+        })
+}
+
+/// Re-wraps the sealed client secrets under KEK `version` (inside the
+/// rotation's transaction).
+pub(crate) fn rewrap_clients(
+    vault: &Vault,
+    conn: &rusqlite::Connection,
+    version: i64,
+) -> Result<(), VaultError> {
+    let rows: Vec<(String, Aside)> = conn
+        .prepare(
+            "SELECT connector_id, kek_version, wrapped_key FROM oauth_clients
+             WHERE wrapped_key IS NOT NULL AND kek_version != ?1",
+        )?
+        .query_map([version], |r| {
+            Ok((
+                r.get(0)?,
+                Aside {
+                    kek_version: r.get(1)?,
+                    wrapped_key: r.get(2)?,
+                    sealed: Vec::new(),
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (connector, aside) in rows {
+        let binding = |domain: &[u8]| client_aad(domain, &connector);
+        if let Some(wrapped) = vault.rewrap_aside(conn, CLIENT.0, &binding, &aside, version)? {
+            conn.execute(
+                "UPDATE oauth_clients SET kek_version = ?2, wrapped_key = ?3 WHERE connector_id = ?1",
+                params![connector, version, wrapped],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn client_aad(domain: &[u8], connector: &str) -> Vec<u8> {
+    [domain, connector.as_bytes()].concat()
+}
+
+fn pending_aad(domain: &[u8], source: &SourceRef, id: &str) -> Vec<u8> {
+    let mut aad = domain.to_vec();
+    aad.extend_from_slice(&source.owner_id.to_le_bytes());
+    aad.extend_from_slice(&source.source_id.to_le_bytes());
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+/// `BASE64URL(SHA256(verifier))` (RFC 7636 §4.2).
+fn pkce_challenge(verifier: &Secret) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(verifier.expose_secret()))
+}
+
+fn form_encode(value: &[u8]) -> Vec<u8> {
+    url::form_urlencoded::byte_serialize(value)
+        .flat_map(str::bytes)
+        .collect()
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            body.push(b'&');
+        }
+        body.extend_from_slice(key.as_bytes());
+        body.push(b'=');
+        body.extend_from_slice(&form_encode(value));
+    }
+    body
+}
+
+/// An endpoint URL: https, or plain http only where `allowed` has the
+/// address (the browser-facing URLs may be plain http to loopback, where a
+/// provider sends a desktop's browser back).
+fn check_url(
+    flag: &str,
+    value: &str,
+    allowed: &[SocketAddr],
+    browser: bool,
+) -> Result<(), OauthError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| OauthError::Invalid(format!("{flag} '{value}' is not a URL ({e})")))?;
+    if url.fragment().is_some() || url.host_str().is_none_or(str::is_empty) {
+        return Err(OauthError::Invalid(format!(
+            "{flag} '{value}' must be an absolute URL with a host and no fragment"
+        )));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let plain_ok = match url.host() {
+        Some(url::Host::Ipv4(ip)) => {
+            (browser && ip.is_loopback()) || allowed.contains(&SocketAddr::new(ip.into(), port))
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            (browser && ip.is_loopback()) || allowed.contains(&SocketAddr::new(ip.into(), port))
+        }
+        Some(url::Host::Domain(host)) => browser && host == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if plain_ok => Ok(()),
+        _ => Err(OauthError::Invalid(format!(
+            "{flag} '{value}' must be https{}",
+            if browser {
+                " (plain http only to loopback)"
+            } else {
+                "; plain http is accepted only for an address allowed with --egress-allow ADDR:PORT"
+            }
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_challenge_is_rfc_7636_s256() {
+        // RFC 7636 appendix B.
+        let verifier = Secret::from_slice(b"dBjftJeZ4CVP-mJ92K9a_G23Yv6lnJjXqWZ_ZIPLi5U");
+        assert_eq!(
+            pkce_challenge(&verifier),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URj3uOCf7Lt_yE"
+        );
+    }
+
+    #[test]
+    fn form_bodies_are_url_encoded() {
+        assert_eq!(
+            form(&[("a", b"x y"), ("b", b"1&2=3")]),
+            b"a=x+y&b=1%262%3D3".to_vec()
+        );
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        let fixture: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        assert!(check_url("t", "https://example.com/token", &[], false).is_ok());
+        assert!(check_url("t", "http://example.com/token", &[], false).is_err());
+        assert!(check_url("t", "http://127.0.0.1:9/token", &[], false).is_err());
+        assert!(check_url("t", "http://127.0.0.1:9/token", &[fixture], false).is_ok());
+        assert!(check_url("r", "http://127.0.0.1:7780/v1/oauth/callback", &[], true).is_ok());
+        assert!(check_url("r", "http://example.com/cb", &[], true).is_err());
+        assert!(check_url("r", "https://example.com/cb#x", &[], true).is_err());
+        assert!(check_url("r", "not a url", &[], true).is_err());
+    }
+}
