@@ -823,10 +823,10 @@ mod tests {
     #[test]
     fn pkce_challenge_is_rfc_7636_s256() {
         // RFC 7636 appendix B.
-        let verifier = Secret::from_slice(b"dBjftJeZ4CVP-mJ92K9a_G23Yv6lnJjXqWZ_ZIPLi5U");
+        let verifier = Secret::from_slice(b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
         assert_eq!(
             pkce_challenge(&verifier),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URj3uOCf7Lt_yE"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 
