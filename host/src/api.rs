@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::catalog::{self, CatalogError};
+use crate::oauth::{self, OauthError};
 use crate::runs::{self, LaunchError, Launcher, Trigger};
 use crate::setup::{self, SetupError};
 use crate::store::StoreError;
@@ -230,6 +231,10 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_run_events))
         .routes(component_upload(routes!(owner_connectors, owner_install)))
         .routes(routes!(owner_connector))
+        .routes(routes!(owner_oauth_clients))
+        .routes(routes!(owner_set_oauth_client, owner_remove_oauth_client))
+        .routes(routes!(owner_authorize))
+        .routes(routes!(oauth_callback))
         .routes(routes!(owner_approve))
         .routes(routes!(owner_interactions))
         .routes(routes!(owner_answer))
@@ -526,6 +531,41 @@ impl From<SetupError> for ApiError {
     }
 }
 
+impl From<OauthError> for ApiError {
+    fn from(e: OauthError) -> Self {
+        match e {
+            OauthError::Store(e) => e.into(),
+            OauthError::Vault(e) => e.into(),
+            OauthError::Catalog(e) => e.into(),
+            OauthError::Invalid(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_oauth",
+                e.to_string(),
+            ),
+            OauthError::NoClient(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_oauth_client",
+                e.to_string(),
+            )
+            .next("PUT /v1/owner/oauth-clients/{connector}"),
+            OauthError::UnknownState => {
+                Self::new(StatusCode::BAD_REQUEST, "unknown_state", e.to_string())
+                    .next("POST /v1/owner/sources/{name}/authorize")
+            }
+            OauthError::Refused(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "provider_refused", e.to_string())
+                    .next("POST /v1/owner/sources/{name}/authorize")
+            }
+            OauthError::Transient(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                e.to_string(),
+            )
+            .next("POST /v1/owner/sources/{name}/authorize"),
+        }
+    }
+}
+
 impl From<LaunchError> for ApiError {
     fn from(e: LaunchError) -> Self {
         match e {
@@ -580,26 +620,52 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
     }
 }
 
+/// The peer's address, when the connection has one.
+async fn peer(parts: &mut Parts, api: &Arc<Api>) -> Option<IpAddr> {
+    ConnectInfo::<SocketAddr>::from_request_parts(parts, api)
+        .await
+        .map(|ConnectInfo(addr)| addr.ip())
+        .ok()
+}
+
+impl Api {
+    /// Refused with 429 while `peer` is past the failed-authentication
+    /// limit.
+    fn check_failures(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        if let Some(ip) = peer {
+            let failures = self.failures.lock().expect("failures lock");
+            if let Some((count, since)) = failures.get(&ip)
+                && *count >= self.limits.auth_failures
+                && since.elapsed() < AUTH_WINDOW
+            {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_failures",
+                    "too many failed authentications from this address; wait a minute",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication of `peer`.
+    fn count_failure(&self, peer: Option<IpAddr>) {
+        if let Some(ip) = peer {
+            let mut failures = self.failures.lock().expect("failures lock");
+            let entry = failures.entry(ip).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= AUTH_WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+        }
+    }
+}
+
 /// The principal behind the request's bearer token; failures are counted
 /// per peer address and refused with 429 past a limit.
 async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiError> {
-    let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, api)
-        .await
-        .map(|ConnectInfo(addr)| addr.ip())
-        .ok();
-    if let Some(ip) = peer {
-        let failures = api.failures.lock().expect("failures lock");
-        if let Some((count, since)) = failures.get(&ip)
-            && *count >= api.limits.auth_failures
-            && since.elapsed() < AUTH_WINDOW
-        {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_failures",
-                "too many failed authentications from this address; wait a minute",
-            ));
-        }
-    }
+    let peer = peer(parts, api).await;
+    api.check_failures(peer)?;
     let token = parts
         .headers
         .get(http::header::AUTHORIZATION)
@@ -610,20 +676,10 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
         Some(token) => tokens::authenticate(&*api.reader()?, token.expose_secret())?,
         None => None,
     };
-    match found {
-        Some(principal) => Ok(principal),
-        None => {
-            if let Some(ip) = peer {
-                let mut failures = api.failures.lock().expect("failures lock");
-                let entry = failures.entry(ip).or_insert((0, Instant::now()));
-                if entry.1.elapsed() >= AUTH_WINDOW {
-                    *entry = (0, Instant::now());
-                }
-                entry.0 += 1;
-            }
-            Err(ApiError::unauthorized())
-        }
-    }
+    found.ok_or_else(|| {
+        api.count_failure(peer);
+        ApiError::unauthorized()
+    })
 }
 
 /// The owner, by an owner token.
@@ -920,6 +976,111 @@ async fn owner_connector(
 #[utoipa::path(get, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every installed connector at its latest version, with its setup view", body = Vec<setup::ConnectorView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_connectors(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     Ok(Json(setup::connector_views(&*api.reader()?)?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/owner/oauth-clients", tag = "owner", security(("owner" = [])), responses((status = 200, description = "The registered OAuth clients; never a client secret", body = Vec<oauth::ClientView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_oauth_clients(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    Ok(Json(oauth::clients(&*api.reader()?)?).into_response())
+}
+
+/// An OAuth client made with the provider, as the operator registers it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OauthClientBody {
+    /// The provider's authorization endpoint.
+    authorize_url: String,
+    /// The provider's token endpoint: https, or http to an address allowed
+    /// with --egress-allow.
+    token_url: String,
+    /// The client id the provider issued.
+    client_id: String,
+    /// Scopes to ask for.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// The redirect URI registered with the provider: this server's
+    /// /v1/oauth/callback as the owner's browser reaches it.
+    redirect_uri: String,
+    /// A confidential client's secret (write-only); leave it out for a
+    /// public client.
+    #[serde(default)]
+    client_secret: Option<String>,
+}
+
+/// Registers or replaces the connector's OAuth client. Write-only for the
+/// secret: the response says only whether one is held.
+#[utoipa::path(put, path = "/v1/owner/oauth-clients/{connector}", tag = "owner", security(("owner" = [])), params(ConnectorId), request_body = OauthClientBody, responses((status = 200, description = "The registered client; never its secret", body = oauth::ClientView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_set_oauth_client(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(connector): Path<String>,
+    Body(body): Body<OauthClientBody>,
+) -> Result<Response, ApiError> {
+    let registration = oauth::Registration {
+        connector,
+        authorize_url: body.authorize_url,
+        token_url: body.token_url,
+        client_id: body.client_id,
+        scopes: body.scopes,
+        redirect_uri: body.redirect_uri,
+        client_secret: body.client_secret.map(|s| Secret::new(s.into_bytes())),
+    };
+    let view = oauth::register(
+        &api.vault(),
+        OWNER_API,
+        registration,
+        &api.launcher.config().egress_allow,
+    )?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/owner/oauth-clients/{connector}", tag = "owner", security(("owner" = [])), params(ConnectorId), responses((status = 204, description = "Removed; sources keep their grants but cannot refresh them"), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_remove_oauth_client(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(connector): Path<String>,
+) -> Result<Response, ApiError> {
+    oauth::unregister(&api.vault(), OWNER_API, &connector)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Starts an OAuth authorization for an OAuth source: open the URL it
+/// returns; the provider sends the browser back to /v1/oauth/callback.
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/authorize", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The URL to open, and until when it works", body = oauth::Started), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_authorize(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(oauth::begin(&api.vault(), OWNER_API, &name)?).into_response())
+}
+
+/// Where the provider sends the owner's browser back. No token: the
+/// authorization's state (single use, expiring) is what authenticates it.
+/// Answers with the source's setup view.
+#[utoipa::path(get, path = "/v1/oauth/callback", tag = "oauth", params(oauth::Callback), responses((status = 200, description = "Authorized: the source's setup view", body = setup::SourceView), (status = 502, description = "The provider's token endpoint could not be reached; start again", body = ErrorBody), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn oauth_callback(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Params(callback): Params<oauth::Callback>,
+) -> Result<Response, ApiError> {
+    let peer = Some(peer.ip());
+    api.check_failures(peer)?;
+    let actor = Actor {
+        name: "oauth:callback",
+        run_id: None,
+    };
+    let completed = oauth::complete(
+        api.launcher.vault(),
+        actor,
+        callback,
+        &api.launcher.config().egress_allow,
+    )
+    .await;
+    if matches!(completed, Err(OauthError::UnknownState)) {
+        api.count_failure(peer);
+    }
+    let name = completed?;
+    Ok(Json(setup::source_view(api.vault().store(), &name)?).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

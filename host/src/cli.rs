@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::catalog::{self, CatalogError};
 use crate::interactions;
+use crate::oauth;
 use crate::runs::scheduler::{self, Schedule};
 use crate::runs::{self, LaunchError};
 use crate::runtime::bindings::sourcebox::connector::types::EgressHost;
@@ -47,6 +48,9 @@ pub enum CliError {
     /// A setup step.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// An OAuth step.
+    #[error(transparent)]
+    Oauth(#[from] oauth::OauthError),
     /// A request that cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -139,6 +143,53 @@ pub enum Command {
     /// The owner token of the HTTP API.
     #[command(subcommand)]
     OwnerToken(OwnerTokenCommand),
+    /// OAuth clients made with providers, one per connector.
+    #[command(subcommand)]
+    OauthClient(OauthClientCommand),
+}
+
+/// `oauth-client` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OauthClientCommand {
+    /// Register (or replace) the OAuth client of a connector: what the
+    /// provider issued when the operator made the client with it.
+    Set {
+        /// Connector id.
+        connector: String,
+        /// The provider's authorization endpoint.
+        #[arg(long, value_name = "URL")]
+        authorize_url: String,
+        /// The provider's token endpoint (https, or http to an address
+        /// allowed with --egress-allow).
+        #[arg(long, value_name = "URL")]
+        token_url: String,
+        /// The client id.
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        /// The redirect URI registered with the provider: `sourcebox
+        /// serve`'s /v1/oauth/callback as the owner's browser reaches it.
+        #[arg(long, value_name = "URL")]
+        redirect_uri: String,
+        /// A scope to ask for (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// A confidential client: read its secret from standard input
+        /// (hidden prompt on a terminal). Without it, a public client.
+        #[arg(long)]
+        client_secret: bool,
+    },
+    /// List the registered clients (never a secret).
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a connector's client; its sources keep their grants but
+    /// cannot refresh them.
+    Rm {
+        /// Connector id.
+        connector: String,
+    },
 }
 
 /// `owner-token` subcommands.
@@ -353,6 +404,20 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Authorize an OAuth source with its provider: prints the URL to open.
+    /// The provider sends the browser back to `sourcebox serve`; without a
+    /// server, pass --finish and paste the address the browser was sent to.
+    Authorize {
+        /// Source name.
+        name: String,
+        /// Complete an authorization: read the address the provider sent
+        /// the browser back to from standard input.
+        #[arg(long)]
+        finish: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Confirm that a source may connect an account another source of the
     /// same connector is already connected to.
     Confirm {
@@ -549,6 +614,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 ),
             )
         }
+        Command::OauthClient(cmd) => oauth_client(dir, cli.unlock_fd, &cli.egress_allow, cmd, out),
         Command::Audit(AuditCommand::Verify) => {
             match audit::verify(Store::open(dir)?.conn()).map_err(VaultError::from)? {
                 ChainCheck::Intact { rows } => {
@@ -697,6 +763,63 @@ fn source(
         SourceCommand::Setup { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
             walk_setup(&launcher, &name, json, out)
+        }
+        SourceCommand::Authorize {
+            name,
+            finish: false,
+            json,
+        } => {
+            let vault = open_vault(dir, unlock_fd)?;
+            let started = oauth::begin(&vault, Actor::OWNER_CLI, &name)?;
+            if json {
+                let doc =
+                    serde_json::to_string(&started).map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            writeln_out(
+                out,
+                format_args!(
+                    "open this address and authorize (it works for {} minutes):\n{}",
+                    oauth::PENDING_FOR.as_secs() / 60,
+                    started.authorize_url
+                ),
+            )
+        }
+        SourceCommand::Authorize {
+            name,
+            finish: true,
+            json,
+        } => {
+            let mut address = String::new();
+            std::io::stdin()
+                .read_to_string(&mut address)
+                .map_err(|e| CliError::Io(format!("cannot read the address: {e}")))?;
+            let url = url::Url::parse(address.trim()).map_err(|e| {
+                CliError::Usage(format!(
+                    "standard input must be the address the provider sent the browser to ({e})"
+                ))
+            })?;
+            let callback: oauth::Callback = serde_urlencoded::from_str(url.query().unwrap_or(""))
+                .map_err(|e| {
+                CliError::Usage(format!(
+                    "that address carries no authorization response ({e})"
+                ))
+            })?;
+            let vault = Mutex::new(open_vault(dir, unlock_fd)?);
+            let authorized = async_runtime()?.block_on(oauth::complete(
+                &vault,
+                Actor::OWNER_CLI,
+                callback,
+                egress_allow,
+            ))?;
+            if authorized != name {
+                writeln_out(
+                    out,
+                    format_args!("that authorization was for source '{authorized}'"),
+                )?;
+            }
+            let vault = vault.into_inner().expect("vault lock");
+            print_view(&setup::source_view(vault.store(), &authorized)?, json, out)
         }
         SourceCommand::Confirm { name } => {
             let vault = open_vault(dir, unlock_fd)?;
@@ -1703,6 +1826,91 @@ fn read_fd(fd: u32) -> Result<Secret, CliError> {
 
 /// A credential value: a no-echo prompt on a terminal, otherwise all of
 /// standard input with one trailing newline removed.
+fn oauth_client(
+    dir: &Path,
+    unlock_fd: Option<u32>,
+    egress_allow: &[std::net::SocketAddr],
+    cmd: OauthClientCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let vault = open_vault(dir, unlock_fd)?;
+    match cmd {
+        OauthClientCommand::Set {
+            connector,
+            authorize_url,
+            token_url,
+            client_id,
+            redirect_uri,
+            scopes,
+            client_secret,
+        } => {
+            let client_secret = client_secret
+                .then(|| read_value(&format!("client secret for {connector}: ")))
+                .transpose()?;
+            let view = oauth::register(
+                &vault,
+                Actor::OWNER_CLI,
+                oauth::Registration {
+                    connector,
+                    authorize_url,
+                    token_url,
+                    client_id,
+                    scopes,
+                    redirect_uri,
+                    client_secret,
+                },
+                egress_allow,
+            )?;
+            writeln_out(
+                out,
+                format_args!(
+                    "OAuth client of {} registered ({}); sources of it can now be authorized",
+                    view.connector,
+                    if view.confidential {
+                        "confidential"
+                    } else {
+                        "public, PKCE only"
+                    }
+                ),
+            )
+        }
+        OauthClientCommand::List { json } => {
+            let clients = oauth::clients(vault.store())?;
+            if json {
+                let doc =
+                    serde_json::to_string(&clients).map_err(|e| CliError::Io(e.to_string()))?;
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            for c in &clients {
+                writeln_out(
+                    out,
+                    format_args!(
+                        "{}  client {}  {}  scopes: {}  redirect: {}",
+                        c.connector,
+                        c.client_id,
+                        if c.confidential {
+                            "confidential"
+                        } else {
+                            "public"
+                        },
+                        if c.scopes.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            c.scopes.join(" ")
+                        },
+                        c.redirect_uri
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        OauthClientCommand::Rm { connector } => {
+            oauth::unregister(&vault, Actor::OWNER_CLI, &connector)?;
+            writeln_out(out, format_args!("OAuth client of {connector} removed"))
+        }
+    }
+}
+
 fn read_value(text: &str) -> Result<Secret, CliError> {
     if std::io::stdin().is_terminal() {
         return prompt(text, "value");
