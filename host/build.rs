@@ -13,6 +13,7 @@ const COMPONENTS: &[&str] = &[
     "sourcebox-fixture-echo",
     "sourcebox-fixture-echo-next",
     "sourcebox-fixture-hostile",
+    "sourcebox-fixture-oauth",
 ];
 
 fn main() {

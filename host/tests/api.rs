@@ -755,6 +755,8 @@ async fn openapi_document_is_served_committed_and_covers_every_route() {
             let (token, expected) = match security.flatten().as_deref() {
                 Some("owner") => (Some(client.as_str()), 403),
                 Some("client") => (Some(owner.as_str()), 403),
+                // Authenticated by the authorization's state alone.
+                _ if path == "/v1/oauth/callback" => (None, 400),
                 _ => (None, 200),
             };
             let (status, raw, body) = server.call(&method, &concrete, token, body).await;
@@ -1287,4 +1289,500 @@ async fn setup_values_are_changed_checked_and_reverified() {
         .await;
     assert_eq!(view["state"], "ready", "{raw}");
     server.stop();
+}
+
+/// An OAuth provider on loopback that follows RFC 6749 and RFC 7636: the
+/// authorization endpoint sends the browser back with a code; the token
+/// endpoint takes the code only with the client's Basic credentials, the
+/// same redirect URI and the PKCE verifier of the challenge, and refreshes
+/// (rotating the refresh token, ending the old access token). `/me` and
+/// `/notes` answer only a live access token.
+#[derive(Clone, Default)]
+struct Provider {
+    inner: std::sync::Arc<std::sync::Mutex<ProviderState>>,
+}
+
+#[derive(Default)]
+struct ProviderState {
+    /// code → (challenge, redirect URI)
+    codes: std::collections::HashMap<String, (String, String)>,
+    live_access: Vec<String>,
+    live_refresh: Vec<String>,
+    /// Every token this provider issued, live or not.
+    issued: Vec<String>,
+    /// grant_type of each token request, in order.
+    grants: Vec<String>,
+    /// Bearer tokens /notes was called with.
+    notes_tokens: Vec<String>,
+    expires_in: i64,
+    refuse_refresh: bool,
+    counter: u32,
+}
+
+const CLIENT_ID: &str = "sourcebox-test-client";
+const CLIENT_SECRET: &str = "client-secret-canary-7c1e0b55d2";
+
+impl Provider {
+    async fn start() -> (SocketAddr, Self) {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::{IntoResponse, Redirect};
+        use axum::routing::{get, post};
+        use std::collections::HashMap;
+        type Q = HashMap<String, String>;
+
+        async fn authorize(
+            State(p): State<Provider>,
+            Query(q): Query<Q>,
+        ) -> axum::response::Response {
+            if q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+                || q.get("response_type").map(String::as_str) != Some("code")
+                || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+            {
+                return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
+            }
+            let mut s = p.inner.lock().expect("provider");
+            s.counter += 1;
+            let code = format!("code-{}", s.counter);
+            let redirect = q["redirect_uri"].clone();
+            s.codes.insert(
+                code.clone(),
+                (q["code_challenge"].clone(), redirect.clone()),
+            );
+            let state: String =
+                url::form_urlencoded::byte_serialize(q["state"].as_bytes()).collect();
+            Redirect::to(&format!("{redirect}?code={code}&state={state}")).into_response()
+        }
+
+        async fn token(
+            State(p): State<Provider>,
+            headers: HeaderMap,
+            body: String,
+        ) -> axum::response::Response {
+            let f: Q = url::form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+            use base64::Engine;
+            use sha2::Digest;
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+            );
+            let refuse = |error: &str| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(
+                        json!({"error": error, "error_description": "refused by the fixture"}),
+                    ),
+                )
+                    .into_response()
+            };
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": "invalid_client"})),
+                )
+                    .into_response();
+            }
+            let mut s = p.inner.lock().expect("provider");
+            let grant = f.get("grant_type").cloned().unwrap_or_default();
+            s.grants.push(grant.clone());
+            match grant.as_str() {
+                "authorization_code" => {
+                    let Some((challenge, redirect)) = f.get("code").and_then(|c| s.codes.remove(c))
+                    else {
+                        return refuse("invalid_grant");
+                    };
+                    let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+                    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+                    if computed != challenge || f.get("redirect_uri") != Some(&redirect) {
+                        return refuse("invalid_grant");
+                    }
+                }
+                "refresh_token" => {
+                    let given = f.get("refresh_token").cloned().unwrap_or_default();
+                    if s.refuse_refresh || !s.live_refresh.contains(&given) {
+                        return refuse("invalid_grant");
+                    }
+                    // Rotation: the old refresh token and access tokens end.
+                    s.live_refresh.retain(|t| *t != given);
+                    s.live_access.clear();
+                }
+                _ => return refuse("unsupported_grant_type"),
+            }
+            s.counter += 1;
+            let access = format!("access-canary-{:04}-9f2d41", s.counter);
+            let refresh = format!("refresh-canary-{:04}-6b0a93", s.counter);
+            s.live_access.push(access.clone());
+            s.live_refresh.push(refresh.clone());
+            s.issued.extend([access.clone(), refresh.clone()]);
+            axum::Json(json!({
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": s.expires_in,
+                "refresh_token": refresh,
+                "scope": "notes.read"
+            }))
+            .into_response()
+        }
+
+        fn bearer(p: &Provider, headers: &HeaderMap) -> Option<String> {
+            let token = headers
+                .get("authorization")?
+                .to_str()
+                .ok()?
+                .strip_prefix("Bearer ")?
+                .to_owned();
+            p.inner
+                .lock()
+                .expect("provider")
+                .live_access
+                .contains(&token)
+                .then_some(token)
+        }
+
+        async fn me(State(p): State<Provider>, headers: HeaderMap) -> axum::response::Response {
+            match bearer(&p, &headers) {
+                Some(_) => axum::Json(json!({"id": "u-42", "login": "carol"})).into_response(),
+                None => StatusCode::UNAUTHORIZED.into_response(),
+            }
+        }
+
+        async fn notes(State(p): State<Provider>, headers: HeaderMap) -> axum::response::Response {
+            match bearer(&p, &headers) {
+                Some(token) => {
+                    p.inner.lock().expect("provider").notes_tokens.push(token);
+                    axum::Json(json!([{"id": 1, "text": "first"}, {"id": 2, "text": "second"}]))
+                        .into_response()
+                }
+                None => StatusCode::UNAUTHORIZED.into_response(),
+            }
+        }
+
+        let provider = Provider::default();
+        provider.inner.lock().expect("provider").expires_in = 3600;
+        let app = axum::Router::new()
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .route("/me", get(me))
+            .route("/notes", get(notes))
+            .with_state(provider.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, provider)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ProviderState> {
+        self.inner.lock().expect("provider")
+    }
+}
+
+/// What the owner's browser does with an authorization URL at the
+/// provider: follows it and returns where the provider sends it back.
+async fn browser_visit(url: &str) -> String {
+    let url = url::Url::parse(url).expect("authorization URL");
+    let addr: SocketAddr = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().expect("port")
+    )
+    .parse()
+    .expect("provider address");
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (status, raw, _) = exchange(socket, addr, "GET", &path, None, None).await;
+    assert_eq!(status, 303, "{raw}");
+    raw.lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("a redirect")
+        .trim()
+        .to_owned()
+}
+
+/// OAuth from end to end, over the API and the CLI: the operator registers
+/// the client, the owner authorizes in a browser, the callback stores the
+/// grant, verification and runs use it (injected by the host), an expiring
+/// grant is refreshed at launch, and a refused refresh asks the owner to
+/// authorize again. No token, code or client secret ever leaves the vault:
+/// not in a response, the log or the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
+    use sha2::Digest;
+    let (provider_addr, provider) = Provider::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, provider_addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+
+    // Install the connector the owner reviewed.
+    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_OAUTH")).expect("component");
+    let digest = hex::encode(sha2::Sha256::digest(&component));
+    let (status, raw, _) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={digest}"),
+            owner,
+            "application/wasm",
+            &component,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let api = format!("http://{provider_addr}");
+    let source = json!({"name": "notes", "connector": "oauth-fixture", "modality": "oauth",
+        "allow_unproven": true, "setup": {"api_url": api}})
+    .to_string();
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&source))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["state"], "needs_authorization", "{raw}");
+    assert_eq!(view["next_step"]["step"], "authorize");
+    assert_eq!(view["next_step"]["supported"], false);
+    assert!(
+        view["next_step"]["operator"]
+            .as_str()
+            .is_some_and(|m| m.contains("oauth-client set oauth-fixture")),
+        "{raw}"
+    );
+    let (status, raw, body) = server
+        .call("POST", "/v1/owner/sources/notes/authorize", owner, None)
+        .await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "no_oauth_client"), "{raw}");
+
+    // The operator registers the client; a plain-http token endpoint that
+    // was not allowed is refused, and nothing is stored.
+    let redirect = format!("http://{}/v1/oauth/callback", server.addr);
+    let client = |token_url: &str| {
+        json!({"authorize_url": format!("{api}/authorize"), "token_url": token_url,
+            "client_id": CLIENT_ID, "scopes": ["notes.read"], "redirect_uri": redirect,
+            "client_secret": CLIENT_SECRET})
+        .to_string()
+    };
+    let (status, raw, body) = server
+        .call(
+            "PUT",
+            "/v1/owner/oauth-clients/oauth-fixture",
+            owner,
+            Some(&client("http://198.51.100.7/token")),
+        )
+        .await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "invalid_oauth"), "{raw}");
+    let (_, _, listed) = server
+        .call("GET", "/v1/owner/oauth-clients", owner, None)
+        .await;
+    assert_eq!(listed, json!([]));
+    let (status, raw, registered) = server
+        .call(
+            "PUT",
+            "/v1/owner/oauth-clients/oauth-fixture",
+            owner,
+            Some(&client(&format!("{api}/token"))),
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(registered["confidential"], true);
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/notes", owner, None)
+        .await;
+    assert_eq!(view["next_step"]["supported"], true, "{raw}");
+
+    // The owner authorizes in the browser; the provider sends it back.
+    let authorize = || async {
+        let (status, raw, started) = server
+            .call("POST", "/v1/owner/sources/notes/authorize", owner, None)
+            .await;
+        assert_eq!(status, 200, "{raw}");
+        let url = started["authorize_url"].as_str().expect("url").to_owned();
+        let query: std::collections::HashMap<String, String> = url::Url::parse(&url)
+            .expect("url")
+            .query_pairs()
+            .into_owned()
+            .collect();
+        assert_eq!(query["client_id"], CLIENT_ID);
+        assert_eq!(query["scope"], "notes.read");
+        assert_eq!(query["redirect_uri"], redirect);
+        assert_eq!(query["code_challenge_method"], "S256");
+        assert_eq!(query["state"].len(), 43, "256 random bits");
+        let back = browser_visit(&url).await;
+        assert!(back.starts_with(&redirect), "{back}");
+        (raw, back)
+    };
+    let (raw, back) = authorize().await;
+    seen += &raw;
+    let callback = back
+        .trim_start_matches(&format!("http://{}", server.addr))
+        .to_owned();
+    let (status, raw, view) = server.call("GET", &callback, None, None).await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "verifying", "{raw}");
+    assert_eq!(view["next_step"]["step"], "verify");
+    // A state works once.
+    let (status, raw, body) = server.call("GET", &callback, None, None).await;
+    assert_eq!(status, 400, "{raw}");
+    assert!(is_error(&body, "unknown_state"), "{raw}");
+    let (status, _, body) = server
+        .call("GET", "/v1/oauth/callback?state=forged&code=x", None, None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(is_error(&body, "unknown_state"));
+    let (_, raw, creds) = server
+        .call("GET", "/v1/owner/sources/notes", owner, None)
+        .await;
+    assert_eq!(creds["credentials"][0]["stored"], true, "{raw}");
+
+    // Verification and a run use the grant, which the host injects.
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources/notes/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "ready", "{raw}");
+    assert_eq!(view["identity"]["display"], "carol");
+    let run = |expect: &'static str| {
+        let server = &server;
+        async move {
+            let (status, raw, run) = server
+                .call("POST", "/v1/owner/sources/notes/runs", owner, None)
+                .await;
+            assert_eq!(status, 202, "{raw}");
+            let path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
+            for _ in 0..1200 {
+                let (_, raw, record) = server.call("GET", &path, owner, None).await;
+                if record["state"] == "succeeded" || record["state"] == "failed" {
+                    assert_eq!(record["state"], expect, "{raw}");
+                    return (raw, record);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("run {path} did not finish");
+        }
+    };
+    let (raw, record) = run("succeeded").await;
+    seen += &raw;
+    assert_eq!(record["records"], 2, "{raw}");
+    assert_eq!(
+        provider.state().grants,
+        ["authorization_code"],
+        "a grant an hour from expiry is not refreshed"
+    );
+
+    // A grant about to expire is refreshed before the run, with the
+    // refresh token; the run uses the new access token.
+    provider.state().expires_in = 20;
+    let (raw, back) = authorize().await;
+    seen += &raw;
+    let callback = back
+        .trim_start_matches(&format!("http://{}", server.addr))
+        .to_owned();
+    let (status, raw, _) = server.call("GET", &callback, None, None).await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    let (_, raw, view) = server
+        .call("POST", "/v1/owner/sources/notes/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(view["state"], "ready", "{raw}");
+    let (raw, _) = run("succeeded").await;
+    seen += &raw;
+    {
+        let state = provider.state();
+        assert_eq!(
+            state.grants,
+            [
+                "authorization_code",
+                "authorization_code",
+                "refresh_token",
+                "refresh_token"
+            ],
+            "refreshed at verification and again at the run (each grant lives 20 s)"
+        );
+        assert_eq!(state.notes_tokens.last(), state.live_access.last());
+    }
+    let cli = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = common::sourcebox();
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .arg("--egress-allow")
+            .arg(provider_addr.to_string())
+            .args(args);
+        common::run(cmd, stdin)
+    };
+    let listed = cli(&["credential", "list", "notes", "--json"], b"");
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("credential list");
+    assert_eq!(listed[0]["provenance"], "oauth-refresh", "{listed}");
+    assert_eq!(listed[0]["class"], "oauth", "{listed}");
+
+    // The provider refuses the refresh token: the run fails as
+    // auth_rejected and the owner is asked to authorize again.
+    provider.state().refuse_refresh = true;
+    let (raw, record) = run("failed").await;
+    seen += &raw;
+    assert_eq!(record["failure"], "auth_rejected", "{raw}");
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/notes", owner, None)
+        .await;
+    assert_eq!(view["state"], "needs_reauth", "{raw}");
+    assert_eq!(view["next_step"]["step"], "authorize");
+    assert!(
+        view["next_step"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("invalid_grant")),
+        "{raw}"
+    );
+
+    // The CLI completes an authorization from the address the browser
+    // was sent back to, when no server received it.
+    provider.state().refuse_refresh = false;
+    provider.state().expires_in = 3600;
+    let started = cli(&["source", "authorize", "notes", "--json"], b"");
+    assert!(started.status.success(), "{started:?}");
+    let started: Value = serde_json::from_slice(&started.stdout).expect("json");
+    let back = browser_visit(started["authorize_url"].as_str().expect("url")).await;
+    let finished = cli(
+        &["source", "authorize", "notes", "--finish", "--json"],
+        back.as_bytes(),
+    );
+    assert!(finished.status.success(), "{finished:?}");
+    let view: Value = serde_json::from_slice(&finished.stdout).expect("json");
+    assert_eq!(view["state"], "verifying", "{view}");
+    let again = cli(
+        &["source", "authorize", "notes", "--finish"],
+        back.as_bytes(),
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("start it again"),
+        "{again:?}"
+    );
+    seen += &String::from_utf8_lossy(&finished.stdout);
+
+    // Nothing secret anywhere: responses, the log, the data directory.
+    let log = server.stop();
+    let files = common::files_under(&data);
+    let secrets: Vec<String> = provider
+        .state()
+        .issued
+        .iter()
+        .cloned()
+        .chain([CLIENT_SECRET.to_owned()])
+        .collect();
+    assert!(secrets.len() >= 10, "{secrets:?}");
+    for secret in &secrets {
+        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
+        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
+        for (path, bytes) in &files {
+            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
+        }
+    }
 }
