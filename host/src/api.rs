@@ -1060,26 +1060,21 @@ async fn owner_authorize(
 #[utoipa::path(get, path = "/v1/oauth/callback", tag = "oauth", params(oauth::Callback), responses((status = 200, description = "Authorized: the source's setup view", body = setup::SourceView), (status = 502, description = "The provider's token endpoint could not be reached; start again", body = ErrorBody), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn oauth_callback(
     State(api): State<Arc<Api>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(callback): Params<oauth::Callback>,
 ) -> Result<Response, ApiError> {
-    let peer = Some(peer.ip());
-    api.check_failures(peer)?;
     let actor = Actor {
         name: "oauth:callback",
         run_id: None,
     };
-    let completed = oauth::complete(
+    // 256 random bits are not guessed: a wrong state is refused without
+    // counting against the peer's authentication failures.
+    let name = oauth::complete(
         api.launcher.vault(),
         actor,
         callback,
         &api.launcher.config().egress_allow,
     )
-    .await;
-    if matches!(completed, Err(OauthError::UnknownState)) {
-        api.count_failure(peer);
-    }
-    let name = completed?;
+    .await?;
     Ok(Json(setup::source_view(api.vault().store(), &name)?).into_response())
 }
 
