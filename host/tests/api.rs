@@ -1676,6 +1676,16 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         ["authorization_code"],
         "a grant an hour from expiry is not refreshed"
     );
+    // Verified, then collected: OAuth is proven for this version.
+    let (_, raw, connector) = server
+        .call("GET", "/v1/owner/connectors/oauth-fixture", owner, None)
+        .await;
+    assert_eq!(
+        connector["modalities"],
+        json!([{"modality": "oauth", "support": "proven",
+            "evidence": format!("verified, then collected in run {}", record["id"].as_str().expect("id"))}]),
+        "{raw}"
+    );
 
     // A grant about to expire is refreshed before the run, with the
     // refresh token; the run uses the new access token.
