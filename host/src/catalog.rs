@@ -2,12 +2,13 @@
 //! data directory), the manifest it described at install, and what the
 //! operator approved. Sources name the connector version they run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -194,8 +195,9 @@ pub struct Installed {
     pub digest: String,
     /// Contract version it was built for.
     pub api_version: String,
-    /// What describe() returned.
-    pub manifest: Manifest,
+    /// What describe() returned (parsed once per component digest and
+    /// shared).
+    pub manifest: Arc<Manifest>,
     /// What the operator approved.
     pub approved: Approved,
 }
@@ -287,7 +289,7 @@ pub fn install(
         version: manifest.version.clone(),
         digest,
         api_version: api_version.to_owned(),
-        manifest: manifest.clone(),
+        manifest: Arc::new(manifest.clone()),
         approved: approval_for(manifest),
     };
     store.conn().execute(
@@ -308,6 +310,28 @@ pub fn install(
 
 const SELECT: &str = "SELECT id, version, digest, api_version, manifest, approved FROM connectors";
 
+/// Manifests parsed so far, by component digest: a digest's manifest is
+/// what that component described at install and never changes.
+static MANIFESTS: LazyLock<Mutex<HashMap<String, Arc<Manifest>>>> = LazyLock::new(Mutex::default);
+
+/// The manifest of the row (`digest` in column 2, manifest in column 4),
+/// parsed once per digest.
+fn parsed_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<Manifest>> {
+    let digest = r.get_ref(2)?.as_str()?;
+    if let Some(manifest) = MANIFESTS.lock().expect("manifests lock").get(digest) {
+        return Ok(Arc::clone(manifest));
+    }
+    let manifest: Arc<Manifest> =
+        Arc::new(serde_json::from_str(r.get_ref(4)?.as_str()?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+        })?);
+    MANIFESTS
+        .lock()
+        .expect("manifests lock")
+        .insert(digest.to_owned(), Arc::clone(&manifest));
+    Ok(manifest)
+}
+
 fn installed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Installed> {
     let json_err = |i, e: serde_json::Error| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -317,7 +341,7 @@ fn installed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Installed> {
         version: r.get(1)?,
         digest: r.get(2)?,
         api_version: r.get(3)?,
-        manifest: serde_json::from_str(&r.get::<_, String>(4)?).map_err(|e| json_err(4, e))?,
+        manifest: parsed_manifest(r)?,
         approved: serde_json::from_str(&r.get::<_, String>(5)?).map_err(|e| json_err(5, e))?,
     })
 }

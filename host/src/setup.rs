@@ -766,7 +766,7 @@ pub(crate) fn record_verification(
     outcome: Result<&Identity, (&str, &str)>,
 ) -> Result<(), StoreError> {
     match outcome {
-        Ok(identity) => store.conn().execute(
+        Ok(identity) => store.conn().prepare_cached(
             "UPDATE sources SET
                  identity_changed_from = CASE
                      WHEN identity_id IS NOT NULL AND identity_id != ?2
@@ -776,13 +776,13 @@ pub(crate) fn record_verification(
                  identity_id = ?2, identity_display = ?3, verified_at = ?4,
                  verify_failure_kind = NULL, verify_failure = NULL, verify_failed_at = NULL
              WHERE id = ?1",
-            params![source_id, identity.id, identity.display, now_ms()],
-        )?,
-        Err((kind, detail)) => store.conn().execute(
+        )?
+        .execute(params![source_id, identity.id, identity.display, now_ms()])?,
+        Err((kind, detail)) => store.conn().prepare_cached(
             "UPDATE sources SET verified_at = NULL, verify_failure_kind = ?2, verify_failure = ?3,
                  verify_failed_at = ?4 WHERE id = ?1",
-            params![source_id, kind, detail, now_ms()],
-        )?,
+        )?
+        .execute(params![source_id, kind, detail, now_ms()])?,
     };
     Ok(())
 }
@@ -790,12 +790,14 @@ pub(crate) fn record_verification(
 /// Records, inside the caller's transaction, that a collection succeeded
 /// for a verified source: its connector version's modality is proven.
 pub(crate) fn record_proof(store: &Store, source_id: i64, run_id: &str) -> Result<(), StoreError> {
-    store.conn().execute(
-        "INSERT OR IGNORE INTO proofs (connector_id, version, modality, evidence, proven_at)
-         SELECT connector_id, connector_version, modality, 'verified, then collected in run ' || ?2, ?3
-         FROM sources WHERE id = ?1 AND verified_at IS NOT NULL AND modality IS NOT NULL
-             AND connector_id IS NOT NULL",
-        params![source_id, run_id, now_ms()],
-    )?;
+    store
+        .conn()
+        .prepare_cached(
+            "INSERT OR IGNORE INTO proofs (connector_id, version, modality, evidence, proven_at)
+             SELECT connector_id, connector_version, modality, 'verified, then collected in run ' || ?2, ?3
+             FROM sources WHERE id = ?1 AND verified_at IS NOT NULL AND modality IS NOT NULL
+                 AND connector_id IS NOT NULL",
+        )?
+        .execute(params![source_id, run_id, now_ms()])?;
     Ok(())
 }

@@ -305,6 +305,12 @@ impl credentials::Host for RunState {
         match resolved {
             Ok(secret) => match std::str::from_utf8(secret.expose_secret()) {
                 Ok(text) => {
+                    tracing::trace!(
+                        source = bound.binding.source.source,
+                        run = bound.binding.run_id,
+                        credential = name,
+                        "credential resolved"
+                    );
                     let text = text.to_owned();
                     bound.resolved.push(secret);
                     Ok(Ok(text))
