@@ -30,7 +30,7 @@ static RESOLVED: Mutex<Option<Instant>> = Mutex::new(None);
 /// event and nothing else.
 struct ResolvedAt;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ResolvedAt {
+impl<S: tracing::Subscriber> Layer<S> for ResolvedAt {
     fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         *RESOLVED.lock().expect("resolved") = Some(Instant::now());
     }
