@@ -47,6 +47,98 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `Retry-After` field as seconds to wait: delta-seconds, or an
+    /// HTTP-date counted from now (RFC 9110 §10.2.3).
+    ///
+    /// ```
+    /// # use sourcebox_sdk::http::Response;
+    /// let r = Response { status: 429, headers: vec![("Retry-After".into(), "120".into())], body: vec![] };
+    /// assert_eq!(r.retry_after(), Some(120));
+    /// let past = Response { status: 503, headers: vec![("retry-after".into(), "Wed, 21 Oct 2015 07:28:00 GMT".into())], body: vec![] };
+    /// assert_eq!(past.retry_after(), Some(0));
+    /// ```
+    pub fn retry_after(&self) -> Option<u32> {
+        let value = self.header("retry-after")?.trim();
+        if let Ok(seconds) = value.parse::<u32>() {
+            return Some(seconds);
+        }
+        let at = httpdate::parse_http_date(value).ok()?;
+        let wait = at
+            .duration_since(std::time::SystemTime::now())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Some(u32::try_from(wait).unwrap_or(u32::MAX))
+    }
+
+    /// The target of the `Link` field's `rel="next"` link (RFC 8288), as
+    /// REST APIs such as GitHub's paginate.
+    ///
+    /// ```
+    /// # use sourcebox_sdk::http::Response;
+    /// let link = r#"<https://api.example.com/items?page=3>; rel="next", <https://api.example.com/items?page=9>; rel="last""#;
+    /// let r = Response { status: 200, headers: vec![("Link".into(), link.into())], body: vec![] };
+    /// assert_eq!(r.next_link().as_deref(), Some("https://api.example.com/items?page=3"));
+    /// ```
+    pub fn next_link(&self) -> Option<String> {
+        self.header("link")?.split(',').find_map(|part| {
+            let (target, params) = part.split_once(';')?;
+            let next = params.split(';').any(|p| {
+                let Some((key, value)) = p.split_once('=') else {
+                    return false;
+                };
+                key.trim().eq_ignore_ascii_case("rel")
+                    && value
+                        .trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case("next"))
+            });
+            next.then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+        })
+    }
+
+    /// The response if its status is 2xx; otherwise the typed error the
+    /// host acts on: 401 → `AuthRejected` (the source needs new
+    /// credentials); 429, or 403/503 with `Retry-After` → `RateLimited`
+    /// (retried after the provider's delay); other 403 →
+    /// `AuthInsufficient`; 5xx → `UpstreamTransient` (retried with
+    /// backoff); anything else → `Fatal`.
+    ///
+    /// ```
+    /// # use sourcebox_sdk::{ConnectorError, http::Response};
+    /// let limited = Response { status: 429, headers: vec![("retry-after".into(), "30".into())], body: vec![] };
+    /// assert!(matches!(limited.check(), Err(ConnectorError::RateLimited(Some(30)))));
+    /// let ok = Response { status: 204, headers: vec![], body: vec![] };
+    /// assert!(ok.check().is_ok());
+    /// ```
+    pub fn check(self) -> Result<Response, crate::ConnectorError> {
+        use crate::ConnectorError;
+        let retry_after = self.retry_after();
+        match self.status {
+            200..=299 => Ok(self),
+            401 => Err(ConnectorError::AuthRejected(
+                "the provider refused the credentials (401)".into(),
+            )),
+            429 => Err(ConnectorError::RateLimited(retry_after)),
+            403 | 503 if retry_after.is_some() => Err(ConnectorError::RateLimited(retry_after)),
+            403 => Err(ConnectorError::AuthInsufficient(
+                "the provider answered 403: the credentials lack a permission or scope".into(),
+            )),
+            status @ 500..=599 => Err(ConnectorError::UpstreamTransient(format!(
+                "the provider answered {status}"
+            ))),
+            status => Err(ConnectorError::Fatal(format!(
+                "the provider answered {status}"
+            ))),
+        }
+    }
+
     /// The body as JSON.
     ///
     /// ```
@@ -186,6 +278,130 @@ impl Request {
             headers,
             body,
         })
+    }
+}
+
+/// Pages linked by `Link: <...>; rel="next"`, from `first` on: each
+/// request is built by `request` from the page's URL (to add headers or a
+/// credential), and iteration ends after the page with no next link, or
+/// at the first failed request.
+///
+/// ```no_run
+/// use sourcebox_sdk::http::{Request, link_pages};
+/// for page in link_pages("https://api.github.com/user/repos?per_page=100", |url| {
+///     Request::get(url).bearer_credential("token")
+/// }) {
+///     let items: Vec<serde_json::Value> = page?.check()?.json()?;
+///     # let _ = items;
+/// }
+/// # Ok::<(), sourcebox_sdk::ConnectorError>(())
+/// ```
+pub fn link_pages<F: FnMut(&str) -> Request>(first: &str, request: F) -> LinkPages<F> {
+    LinkPages {
+        next: Some(first.to_owned()),
+        request,
+    }
+}
+
+/// The iterator of [`link_pages`].
+pub struct LinkPages<F> {
+    next: Option<String>,
+    request: F,
+}
+
+impl<F> std::fmt::Debug for LinkPages<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkPages")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: FnMut(&str) -> Request> Iterator for LinkPages<F> {
+    type Item = Result<Response, HttpError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let url = self.next.take()?;
+        let response = (self.request)(&url).send();
+        if let Ok(response) = &response {
+            // A page that failed has no next page to follow.
+            if (200..300).contains(&response.status) {
+                self.next = response.next_link();
+            }
+        }
+        Some(response)
+    }
+}
+
+/// Pages chained by a cursor in each response (a `next_cursor` field, a
+/// continuation token): `request(None)` builds the first request,
+/// `request(Some(cursor))` the following ones, and `cursor` reads the next
+/// cursor from a page, `None` on the last one. Iteration also ends at the
+/// first failed request or non-2xx page (yielded, so its status can be
+/// checked).
+///
+/// ```no_run
+/// use sourcebox_sdk::http::{Request, cursor_pages};
+/// let pages = cursor_pages(
+///     |cursor| match cursor {
+///         None => Request::get("https://api.example.com/items"),
+///         Some(c) => Request::get(&format!("https://api.example.com/items?cursor={c}")),
+///     },
+///     |page| page.json::<serde_json::Value>().ok()?["next_cursor"].as_str().map(str::to_owned),
+/// );
+/// for page in pages {
+///     let items: serde_json::Value = page?.check()?.json()?;
+///     # let _ = items;
+/// }
+/// # Ok::<(), sourcebox_sdk::ConnectorError>(())
+/// ```
+pub fn cursor_pages<F, C>(request: F, cursor: C) -> CursorPages<F, C>
+where
+    F: FnMut(Option<&str>) -> Request,
+    C: FnMut(&Response) -> Option<String>,
+{
+    CursorPages {
+        state: Some(None),
+        request,
+        cursor,
+    }
+}
+
+/// The iterator of [`cursor_pages`].
+pub struct CursorPages<F, C> {
+    /// `None` when done; `Some(None)` before the first page.
+    state: Option<Option<String>>,
+    request: F,
+    cursor: C,
+}
+
+impl<F, C> std::fmt::Debug for CursorPages<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CursorPages")
+            .field("done", &self.state.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C> Iterator for CursorPages<F, C>
+where
+    F: FnMut(Option<&str>) -> Request,
+    C: FnMut(&Response) -> Option<String>,
+{
+    type Item = Result<Response, HttpError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let at = self.state.take()?;
+        let response = (self.request)(at.as_deref()).send();
+        if let Ok(response) = &response
+            && (200..300).contains(&response.status)
+        {
+            // A cursor that does not move would loop forever: stop instead.
+            self.state = (self.cursor)(response)
+                .filter(|next| Some(next) != at.as_ref())
+                .map(Some);
+        }
+        Some(response)
     }
 }
 

@@ -7,7 +7,7 @@
 //! rate limits. The token is added by the host (`bearer_credential`), so it
 //! never enters this component's memory.
 
-use sourcebox_sdk::http::{Request, Response};
+use sourcebox_sdk::http::{Request, Response, link_pages};
 use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, EgressHost,
@@ -25,63 +25,36 @@ fn api_base(setup: &[(String, String)]) -> String {
         .unwrap_or_else(|| DEFAULT_API.to_owned())
 }
 
-/// GET with the token, mapping GitHub's failure statuses to typed errors.
-fn get(url: &str) -> Result<Response, ConnectorError> {
-    let response = Request::get(url)
+/// A GET with GitHub's headers; the host adds the token.
+fn request(url: &str) -> Request {
+    Request::get(url)
         .header("accept", "application/vnd.github+json")
         .header("x-github-api-version", "2022-11-28")
         .bearer_credential("token")
-        .send()?;
-    let retry_after = response
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<u32>().ok());
-    let exhausted = response.header("x-ratelimit-remaining") == Some("0");
+}
+
+/// GitHub's failure statuses as typed errors: the SDK's mapping, plus
+/// GitHub's wording for a bad token and its primary rate limit (403 with
+/// `x-ratelimit-remaining: 0` and no `retry-after`).
+fn checked(response: Response) -> Result<Response, ConnectorError> {
     match response.status {
-        200..=299 => Ok(response),
         401 => Err(ConnectorError::AuthRejected(
             "GitHub refused the token (401 Bad credentials)".into(),
         )),
-        403 | 429 if retry_after.is_some() || exhausted => {
-            Err(ConnectorError::RateLimited(retry_after))
+        403 | 429 if response.header("x-ratelimit-remaining") == Some("0") => {
+            Err(ConnectorError::RateLimited(response.retry_after()))
         }
-        403 => Err(ConnectorError::AuthInsufficient(format!(
-            "GitHub returned 403 for {url}; the token lacks a scope"
-        ))),
-        500..=599 => Err(ConnectorError::UpstreamTransient(format!(
-            "GitHub returned {}",
-            response.status
-        ))),
-        status => Err(ConnectorError::Fatal(format!(
-            "GitHub returned {status} for {url}"
-        ))),
+        _ => response.check(),
     }
 }
 
-/// The `rel="next"` target of a `Link` header.
-fn next_link(response: &Response) -> Option<String> {
-    response.header("link")?.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| p.trim() == r#"rel="next""#)
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned()
-            })
-    })
-}
-
-/// Emits every item of every page starting at `url`; returns the count and
-/// the largest `updated_at` seen.
-fn collect_pages(stream: &str, mut url: String) -> Result<(u64, Option<String>), ConnectorError> {
+/// Emits every item of every page starting at `url` (`Link` pagination);
+/// returns the count and the largest `updated_at` seen.
+fn collect_pages(stream: &str, url: String) -> Result<(u64, Option<String>), ConnectorError> {
     let mut count = 0;
     let mut newest: Option<String> = None;
-    loop {
-        let response = get(&url)?;
-        let items: Vec<serde_json::Value> = response.json()?;
+    for page in link_pages(&url, request) {
+        let items: Vec<serde_json::Value> = checked(page?)?.json()?;
         for item in &items {
             if let Some(updated) = item.get("updated_at").and_then(|v| v.as_str())
                 && newest.as_deref().is_none_or(|n| updated > n)
@@ -91,11 +64,8 @@ fn collect_pages(stream: &str, mut url: String) -> Result<(u64, Option<String>),
             records::emit(stream, item)?;
             count += 1;
         }
-        match next_link(&response) {
-            Some(next) => url = next,
-            None => return Ok((count, newest)),
-        }
     }
+    Ok((count, newest))
 }
 
 impl Connector for GitHub {
@@ -116,7 +86,8 @@ impl Connector for GitHub {
     }
 
     fn verify(setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
-        let user: serde_json::Value = get(&format!("{}/user", api_base(&setup)))?.json()?;
+        let user: serde_json::Value =
+            checked(request(&format!("{}/user", api_base(&setup))).send()?)?.json()?;
         let login = user["login"]
             .as_str()
             .ok_or_else(|| ConnectorError::Fatal("GitHub's /user has no login".into()))?;
