@@ -1450,12 +1450,23 @@ impl Provider {
             }
         }
 
-        async fn notes(State(p): State<Provider>, headers: HeaderMap) -> axum::response::Response {
+        /// Two pages, chained by a cursor.
+        async fn notes(
+            State(p): State<Provider>,
+            Query(q): Query<Q>,
+            headers: HeaderMap,
+        ) -> axum::response::Response {
             match bearer(&p, &headers) {
                 Some(token) => {
                     p.inner.lock().expect("provider").notes_tokens.push(token);
-                    axum::Json(json!([{"id": 1, "text": "first"}, {"id": 2, "text": "second"}]))
-                        .into_response()
+                    let page = match q.get("cursor").map(String::as_str) {
+                        None => json!({"notes": [{"id": 1, "text": "first"}], "next_cursor": "c2"}),
+                        Some("c2") => {
+                            json!({"notes": [{"id": 2, "text": "second"}], "next_cursor": null})
+                        }
+                        Some(_) => return StatusCode::BAD_REQUEST.into_response(),
+                    };
+                    axum::Json(page).into_response()
                 }
                 None => StatusCode::UNAUTHORIZED.into_response(),
             }

@@ -1,9 +1,10 @@
 //! A test connector set up by OAuth provider authorization. Its only
 //! credential is an `oauth`-class grant, which the host obtains, refreshes
 //! and injects as a bearer token: this component never holds a token.
-//! It reads `GET {api_url}/me` (the account) and `GET {api_url}/notes`.
+//! It reads `GET {api_url}/me` (the account) and `GET {api_url}/notes`
+//! (pages chained by a cursor).
 
-use sourcebox_sdk::http::{Request, Response};
+use sourcebox_sdk::http::{Request, Response, cursor_pages};
 use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
     AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
@@ -55,14 +56,35 @@ impl Connector for OauthFixture {
         })
     }
 
+    /// Notes come in pages chained by `next_cursor`.
     fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
-        let notes: Vec<serde_json::Value> = get(&request.setup, "/notes")?.json()?;
-        for note in &notes {
-            records::emit("notes", note)?;
+        let base = setup_value(&request.setup, "api_url")
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned();
+        let pages = cursor_pages(
+            |cursor| {
+                let url = match cursor {
+                    None => format!("{base}/notes"),
+                    Some(c) => format!("{base}/notes?cursor={c}"),
+                };
+                Request::get(&url).bearer_credential("grant")
+            },
+            |page| {
+                page.json::<serde_json::Value>().ok()?["next_cursor"]
+                    .as_str()
+                    .map(str::to_owned)
+            },
+        );
+        let mut count = 0;
+        for page in pages {
+            let page: serde_json::Value = page?.check()?.json()?;
+            for note in page["notes"].as_array().into_iter().flatten() {
+                records::emit("notes", note)?;
+                count += 1;
+            }
         }
-        Ok(RunSummary {
-            records: notes.len() as u64,
-        })
+        Ok(RunSummary { records: count })
     }
 }
 
