@@ -231,6 +231,7 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_run_events))
         .routes(component_upload(routes!(owner_connectors, owner_install)))
         .routes(routes!(owner_connector))
+        .routes(routes!(owner_connector_limits, owner_set_connector_limits))
         .routes(routes!(owner_oauth_clients))
         .routes(routes!(owner_set_oauth_client, owner_remove_oauth_client))
         .routes(routes!(owner_authorize))
@@ -976,6 +977,57 @@ async fn owner_connector(
 #[utoipa::path(get, path = "/v1/owner/connectors", tag = "owner", security(("owner" = [])), responses((status = 200, description = "Every installed connector at its latest version, with its setup view", body = Vec<setup::ConnectorView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_connectors(_: Owner, State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     Ok(Json(setup::connector_views(&*api.reader()?)?).into_response())
+}
+
+/// A connector's run limits: those the operator set, and the ones runs get.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ConnectorLimits {
+    /// Connector id.
+    connector: String,
+    /// What the operator set; a limit left out keeps the host's default.
+    set: catalog::LimitOverrides,
+    /// Every limit a run of this connector gets.
+    effective: catalog::LimitOverrides,
+}
+
+fn connector_limits_view(
+    api: &Api,
+    store: &crate::store::Store,
+    id: &str,
+) -> Result<ConnectorLimits, ApiError> {
+    catalog::latest(store, id)?;
+    let set = catalog::connector_limits(store, id)?;
+    let effective = catalog::LimitOverrides::all(&set.apply(&api.launcher.config().limits));
+    Ok(ConnectorLimits {
+        connector: id.to_owned(),
+        set,
+        effective,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/owner/connectors/{id}/limits", tag = "owner", security(("owner" = [])), params(ConnectorId), responses((status = 200, description = "The connector's run limits", body = ConnectorLimits), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_connector_limits(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = connector_limits_view(&api, &*api.reader()?, &id)?;
+    Ok(Json(view).into_response())
+}
+
+/// Replaces the connector's run limits: a limit left out takes the host's
+/// default (`{}` resets them all). Runs that start afterwards get them.
+#[utoipa::path(put, path = "/v1/owner/connectors/{id}/limits", tag = "owner", security(("owner" = [])), params(ConnectorId), request_body = catalog::LimitOverrides, responses((status = 200, description = "The connector's run limits", body = ConnectorLimits), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_set_connector_limits(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Body(limits): Body<catalog::LimitOverrides>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    catalog::set_connector_limits(vault.store(), &id, &limits)?;
+    let view = connector_limits_view(&api, vault.store(), &id)?;
+    Ok(Json(view).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/oauth-clients", tag = "owner", security(("owner" = [])), responses((status = 200, description = "The registered OAuth clients; never a client secret", body = Vec<oauth::ClientView>), (status = "4XX", description = "The error shape", body = ErrorBody)))]

@@ -14,6 +14,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::runtime::Limits;
 use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
 use crate::store::{SourceRef, Store, StoreError, now_ms};
 
@@ -211,6 +212,128 @@ pub struct SourceSetup {
     pub connector: Installed,
     /// Non-secret setup values, defaults filled in.
     pub setup: Vec<(String, String)>,
+    /// The run limits the operator set for its connector.
+    pub limits: LimitOverrides,
+}
+
+/// Run limits the operator set for one connector; a limit left `None`
+/// keeps the host's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Wall-clock seconds the guest may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_secs: Option<u64>,
+    /// Linear memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Records emitted per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Bytes of records emitted per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_bytes: Option<u64>,
+    /// Outbound HTTP requests per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_requests: Option<u64>,
+    /// Bytes of HTTP response bodies per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_response_bytes: Option<u64>,
+}
+
+/// The most a connector may be given: a day of run time, 4 GiB of memory.
+const MAX_TIME_SECS: u64 = 24 * 3600;
+const MAX_MEMORY: u64 = 4 << 30;
+const MIN_MEMORY: u64 = 1 << 20;
+
+impl LimitOverrides {
+    /// `base` with these limits in place of its own.
+    pub fn apply(&self, base: &Limits) -> Limits {
+        Limits {
+            time: self
+                .time_secs
+                .map_or(base.time, std::time::Duration::from_secs),
+            memory: self
+                .memory_bytes
+                .map_or(base.memory, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+            records: self.records.unwrap_or(base.records),
+            record_bytes: self.record_bytes.unwrap_or(base.record_bytes),
+            http_requests: self.http_requests.unwrap_or(base.http_requests),
+            http_response_bytes: self.http_response_bytes.unwrap_or(base.http_response_bytes),
+        }
+    }
+
+    /// Every limit of `limits`, as overrides (to show the effective ones).
+    pub fn all(limits: &Limits) -> Self {
+        Self {
+            time_secs: Some(limits.time.as_secs()),
+            memory_bytes: Some(limits.memory as u64),
+            records: Some(limits.records),
+            record_bytes: Some(limits.record_bytes),
+            http_requests: Some(limits.http_requests),
+            http_response_bytes: Some(limits.http_response_bytes),
+        }
+    }
+
+    fn check(&self) -> Result<(), CatalogError> {
+        let refuse = |what: &str| Err(CatalogError::Setup(format!("{what}; nothing was changed")));
+        if self.time_secs.is_some_and(|t| t == 0 || t > MAX_TIME_SECS) {
+            return refuse("the time limit must be between 1 s and 24 h");
+        }
+        if self
+            .memory_bytes
+            .is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m))
+        {
+            return refuse("the memory limit must be between 1 MiB and 4 GiB");
+        }
+        for (name, value) in [
+            ("records", self.records),
+            ("record bytes", self.record_bytes),
+            ("HTTP requests", self.http_requests),
+            ("HTTP response bytes", self.http_response_bytes),
+        ] {
+            if value == Some(0) {
+                return refuse(&format!("the {name} limit must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The limits the operator set for connector `id` (every version).
+pub fn connector_limits(store: &Store, id: &str) -> Result<LimitOverrides, CatalogError> {
+    let text: Option<String> = store
+        .conn()
+        .prepare_cached("SELECT limits FROM connector_limits WHERE connector_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    match text {
+        None => Ok(LimitOverrides::default()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| CatalogError::Setup(format!("stored limits of {id}: {e}"))),
+    }
+}
+
+/// Sets the run limits of connector `id` (an installed one); the default
+/// (all `None`) removes them.
+pub fn set_connector_limits(
+    store: &Store,
+    id: &str,
+    limits: &LimitOverrides,
+) -> Result<(), CatalogError> {
+    latest(store, id)?;
+    limits.check()?;
+    if *limits == LimitOverrides::default() {
+        store
+            .conn()
+            .execute("DELETE FROM connector_limits WHERE connector_id = ?1", [id])?;
+    } else {
+        store.conn().execute(
+            "INSERT OR REPLACE INTO connector_limits (connector_id, limits) VALUES (?1, ?2)",
+            params![id, serde_json::to_string(limits).expect("limits serialize")],
+        )?;
+    }
+    Ok(())
 }
 
 impl SourceSetup {
@@ -635,10 +758,12 @@ pub fn add_source(
             modality
         ],
     )?;
+    let limits = connector_limits(store, &installed.id)?;
     Ok(SourceSetup {
         source,
         connector: installed,
         setup,
+        limits,
     })
 }
 
@@ -794,9 +919,11 @@ pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogErr
         .ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
     let setup: BTreeMap<String, String> = serde_json::from_str(&setup)
         .map_err(|e| CatalogError::Setup(format!("stored setup values: {e}")))?;
+    let limits = connector_limits(store, &connector.id)?;
     Ok(SourceSetup {
         source,
         connector,
         setup: setup.into_iter().collect(),
+        limits,
     })
 }

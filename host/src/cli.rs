@@ -17,7 +17,7 @@ use crate::oauth;
 use crate::runs::scheduler::{self, Schedule};
 use crate::runs::{self, LaunchError};
 use crate::runtime::bindings::sourcebox::connector::types::EgressHost;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{self, Runtime, RuntimeError};
 use crate::setup::{self, SetupError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
@@ -341,6 +341,66 @@ pub enum ConnectorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show or set a connector's run limits; a limit not given keeps its
+    /// value, `--reset` returns all to the defaults.
+    Limits {
+        /// Connector id.
+        id: String,
+        /// Wall-clock time a run may take (e.g. 90s, 10m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        time: Option<Duration>,
+        /// Linear memory (e.g. 64MiB, 1GiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        memory: Option<u64>,
+        /// Records a run may emit.
+        #[arg(long, value_name = "N")]
+        records: Option<u64>,
+        /// Bytes of records a run may emit (e.g. 512MiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        record_bytes: Option<u64>,
+        /// Outbound HTTP requests a run may send.
+        #[arg(long, value_name = "N")]
+        http_requests: Option<u64>,
+        /// Bytes of HTTP response bodies a run may read (e.g. 1GiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        http_response_bytes: Option<u64>,
+        /// Return every limit to its default.
+        #[arg(long, conflicts_with_all = ["time", "memory", "records", "record_bytes", "http_requests", "http_response_bytes"])]
+        reset: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A byte size: a number with an optional unit (B, KB, MB, GB, KiB, MiB,
+/// GiB).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 512MiB or 1GB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}'; use B, KB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// `source` subcommands.
@@ -914,6 +974,72 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(), CliError> {
     let store = Store::open(dir)?;
     match cmd {
+        ConnectorCommand::Limits {
+            id,
+            time,
+            memory,
+            records,
+            record_bytes,
+            http_requests,
+            http_response_bytes,
+            reset,
+            json,
+        } => {
+            let mut limits = catalog::connector_limits(&store, &id)?;
+            let given = catalog::LimitOverrides {
+                time_secs: time.map(|t| t.as_secs()),
+                memory_bytes: memory,
+                records,
+                record_bytes,
+                http_requests,
+                http_response_bytes,
+            };
+            if reset {
+                limits = catalog::LimitOverrides::default();
+            } else {
+                limits = catalog::LimitOverrides {
+                    time_secs: given.time_secs.or(limits.time_secs),
+                    memory_bytes: given.memory_bytes.or(limits.memory_bytes),
+                    records: given.records.or(limits.records),
+                    record_bytes: given.record_bytes.or(limits.record_bytes),
+                    http_requests: given.http_requests.or(limits.http_requests),
+                    http_response_bytes: given.http_response_bytes.or(limits.http_response_bytes),
+                };
+            }
+            if reset || given != catalog::LimitOverrides::default() {
+                catalog::set_connector_limits(&store, &id, &limits)?;
+            } else {
+                catalog::latest(&store, &id)?;
+            }
+            let effective = limits.apply(&runtime::Limits::default());
+            if json {
+                let doc = serde_json::json!({
+                    "connector": id,
+                    "set": limits,
+                    "effective": catalog::LimitOverrides::all(&effective),
+                });
+                return writeln_out(out, format_args!("{doc}"));
+            }
+            let mark = |set: bool| if set { "" } else { " (default)" };
+            writeln_out(
+                out,
+                format_args!(
+                    "limits of {id}:\n  time {}{}\n  memory {} bytes{}\n  records {}{}\n  record bytes {}{}\n  HTTP requests {}{}\n  HTTP response bytes {}{}",
+                    humantime::format_duration(effective.time),
+                    mark(limits.time_secs.is_some()),
+                    effective.memory,
+                    mark(limits.memory_bytes.is_some()),
+                    effective.records,
+                    mark(limits.records.is_some()),
+                    effective.record_bytes,
+                    mark(limits.record_bytes.is_some()),
+                    effective.http_requests,
+                    mark(limits.http_requests.is_some()),
+                    effective.http_response_bytes,
+                    mark(limits.http_response_bytes.is_some()),
+                ),
+            )
+        }
         ConnectorCommand::Install { path, yes } => {
             let bytes = std::fs::read(&path)
                 .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;

@@ -763,7 +763,7 @@ impl Launcher {
             source: setup.source,
             setup: setup.setup,
             run_id: run_id.to_owned(),
-            limits: self.config.limits.clone(),
+            limits: setup.limits.apply(&self.config.limits),
             egress_allow: self.config.egress_allow.clone(),
             control: RunControl {
                 cancel,

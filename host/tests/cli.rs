@@ -819,3 +819,118 @@ fn guest_output_reaches_the_host_log_with_secrets_redacted() {
     assert_no_leak(CANARY, &run.stderr, "host log");
     assert_no_leak(CANARY, &run.stdout, "run output");
 }
+
+/// Run limits are the operator's to set, per connector: past its records
+/// limit a run of echo ends `resource_exhausted`, while a limit set for
+/// another connector changes nothing for it; values out of bounds are
+/// refused; `--reset` restores the defaults.
+#[test]
+fn run_limits_are_set_per_connector() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let echo = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+    ok(cli(&dir, &["init"], b""), "init");
+    ok(
+        cli(&dir, &["connector", "install", echo, "--yes"], b""),
+        "install",
+    );
+    let add = [
+        "source",
+        "add",
+        "w",
+        "--connector",
+        "echo",
+        "--set",
+        "count=3",
+        "--allow-unproven",
+    ];
+    ok(cli(&dir, &add, b""), "add");
+    ok(
+        cli(&dir, &["credential", "set", "w", "token"], b"limits-token"),
+        "token",
+    );
+
+    ok(
+        cli(
+            &dir,
+            &["connector", "limits", "github", "--records", "1"],
+            b"",
+        ),
+        "github limits",
+    );
+    let run = ok(cli(&dir, &["run", "w"], b""), "run under another's limit");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("collected 3 records"));
+
+    ok(
+        cli(
+            &dir,
+            &[
+                "connector",
+                "limits",
+                "echo",
+                "--records",
+                "2",
+                "--memory",
+                "64MiB",
+            ],
+            b"",
+        ),
+        "echo limits",
+    );
+    let shown = ok(
+        cli(&dir, &["connector", "limits", "echo", "--json"], b""),
+        "show",
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(
+        shown["set"],
+        serde_json::json!({"memory_bytes": 64 << 20, "records": 2})
+    );
+    assert_eq!(shown["effective"]["records"], 2);
+    assert_eq!(shown["effective"]["time_secs"], 600, "a default kept");
+    fails_with(
+        cli(&dir, &["run", "w"], b""),
+        "resource_exhausted",
+        "a run past its records limit",
+    );
+
+    fails_with(
+        cli(
+            &dir,
+            &["connector", "limits", "echo", "--memory", "1KiB"],
+            b"",
+        ),
+        "between 1 MiB and 4 GiB",
+        "too little memory",
+    );
+    fails_with(
+        cli(
+            &dir,
+            &["connector", "limits", "echo", "--memory", "3XB"],
+            b"",
+        ),
+        "unknown size unit",
+        "a bad size",
+    );
+    fails_with(
+        cli(
+            &dir,
+            &["connector", "limits", "nope", "--records", "5"],
+            b"",
+        ),
+        "no connector 'nope'",
+        "an unknown connector",
+    );
+    let kept = ok(
+        cli(&dir, &["connector", "limits", "echo", "--json"], b""),
+        "show after refusals",
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&kept.stdout).expect("json");
+    assert_eq!(kept["set"], shown["set"], "a refused change stores nothing");
+
+    ok(
+        cli(&dir, &["connector", "limits", "echo", "--reset"], b""),
+        "reset",
+    );
+    ok(cli(&dir, &["run", "w"], b""), "run after reset");
+}

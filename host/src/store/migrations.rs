@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_setup.sql"),
     include_str!("migrations/0007_api.sql"),
     include_str!("migrations/0008_oauth.sql"),
+    include_str!("migrations/0009_limits.sql"),
 ];
 
 /// The schema version this build writes.
