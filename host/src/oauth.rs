@@ -402,18 +402,7 @@ pub async fn complete(
                 "SELECT id, source_id, credential, kek_version, wrapped_key, sealed_verifier
                  FROM oauth_pending WHERE state_hash = ?1 AND expires_at >= ?2",
                 params![Sha256::digest(state.expose_secret()).to_vec(), now_ms()],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        Aside {
-                            kek_version: r.get(3)?,
-                            wrapped_key: r.get(4)?,
-                            sealed: r.get(5)?,
-                        },
-                    ))
-                },
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, Aside::from_row(r, 3)?)),
             )
             .optional()?;
         let Some((id, source_id, credential, sealed)) = found else {
@@ -679,13 +668,7 @@ fn client_secret(vault: &Vault, connector: &str) -> Result<Option<Secret>, Oauth
             "SELECT kek_version, wrapped_key, sealed_secret FROM oauth_clients
              WHERE connector_id = ?1 AND wrapped_key IS NOT NULL",
             [connector],
-            |r| {
-                Ok(Aside {
-                    kek_version: r.get(0)?,
-                    wrapped_key: r.get(1)?,
-                    sealed: r.get(2)?,
-                })
-            },
+            |r| Aside::from_row(r, 0),
         )
         .optional()?;
     let Some(sealed) = sealed else {

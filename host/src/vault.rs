@@ -281,6 +281,18 @@ pub(crate) struct Aside {
     pub sealed: Vec<u8>,
 }
 
+impl Aside {
+    /// Reads (kek_version, wrapped key, sealed value) from columns
+    /// `first`, `first + 1` and `first + 2` of a row.
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            kek_version: r.get(first)?,
+            wrapped_key: r.get(first + 1)?,
+            sealed: r.get(first + 2)?,
+        })
+    }
+}
+
 /// Associated data binding a sealed value or wrapped key to its row.
 fn aad(domain: &[u8], source: &SourceRef, name: &str, version: i64) -> Vec<u8> {
     let mut aad = Vec::with_capacity(domain.len() + 24 + name.len());
@@ -744,13 +756,7 @@ impl Vault {
                     "SELECT kek_version, wrapped_key, sealed_value FROM interaction_answers
                      WHERE interaction_id = ?1 AND source_id = ?2",
                     params![interaction, source.source_id],
-                    |r| {
-                        Ok(Aside {
-                            kek_version: r.get(0)?,
-                            wrapped_key: r.get(1)?,
-                            sealed: r.get(2)?,
-                        })
-                    },
+                    |r| Aside::from_row(r, 0),
                 )
                 .optional()?;
             let Some(aside) = row else {
