@@ -548,7 +548,7 @@ impl From<OauthError> for ApiError {
                 "no_oauth_client",
                 e.to_string(),
             )
-            .next("PUT /v1/owner/oauth-clients/{connector}"),
+            .next("PUT /v1/owner/oauth-clients/{id}"),
             OauthError::UnknownState => {
                 Self::new(StatusCode::BAD_REQUEST, "unknown_state", e.to_string())
                     .next("POST /v1/owner/sources/{name}/authorize")
@@ -1060,7 +1060,7 @@ struct OauthClientBody {
 
 /// Registers or replaces the connector's OAuth client. Write-only for the
 /// secret: the response says only whether one is held.
-#[utoipa::path(put, path = "/v1/owner/oauth-clients/{connector}", tag = "owner", security(("owner" = [])), params(ConnectorId), request_body = OauthClientBody, responses((status = 200, description = "The registered client; never its secret", body = oauth::ClientView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(put, path = "/v1/owner/oauth-clients/{id}", tag = "owner", security(("owner" = [])), params(ConnectorId), request_body = OauthClientBody, responses((status = 200, description = "The registered client; never its secret", body = oauth::ClientView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_set_oauth_client(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -1085,7 +1085,7 @@ async fn owner_set_oauth_client(
     Ok(Json(view).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/owner/oauth-clients/{connector}", tag = "owner", security(("owner" = [])), params(ConnectorId), responses((status = 204, description = "Removed; sources keep their grants but cannot refresh them"), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/owner/oauth-clients/{id}", tag = "owner", security(("owner" = [])), params(ConnectorId), responses((status = 204, description = "Removed; sources keep their grants but cannot refresh them"), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_remove_oauth_client(
     _: Owner,
     State(api): State<Arc<Api>>,

@@ -747,6 +747,20 @@ async fn openapi_document_is_served_committed_and_covers_every_route() {
         let concrete = path.replace('{', "x").replace('}', "");
         for (method, op) in item.as_object().expect("path item") {
             operations += 1;
+            // Every `{param}` of the path is described as a path parameter.
+            let described: Vec<&str> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for param in path.split('{').skip(1).filter_map(|s| s.split('}').next()) {
+                assert!(
+                    described.contains(&param),
+                    "{method} {path}: path parameter '{param}' is not described ({described:?})"
+                );
+            }
             let method = method.to_uppercase();
             let body = matches!(method.as_str(), "POST" | "PUT").then_some("{}");
             let security = op["security"][0]
