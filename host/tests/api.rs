@@ -1780,6 +1780,10 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
     // was sent back to, when no server received it.
     provider.state().refuse_refresh = false;
     provider.state().expires_in = 3600;
+    // After a KEK rotation the sealed client secret still opens: the
+    // provider accepts the client's Basic credentials only with it.
+    let rotated = cli(&["vault", "rotate-kek"], b"");
+    assert!(rotated.status.success(), "{rotated:?}");
     let started = cli(&["source", "authorize", "notes", "--json"], b"");
     assert!(started.status.success(), "{started:?}");
     let started: Value = serde_json::from_slice(&started.stdout).expect("json");
