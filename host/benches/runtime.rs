@@ -199,5 +199,86 @@ fn records(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, instantiate, load, records);
+/// Cold start to first record with a warm compile cache: a fresh engine
+/// (what a new process starts with), the component loaded from the on-disk
+/// cache, a fresh store, instantiation, and the call running until its
+/// first record is upserted into SQLite (the hostile fixture's record
+/// flood, stopped by a limit of one record). Beside it, when `singer-sdk`
+/// is installed, a Python Singer-SDK tap (`benches/singer_tap.py`) from
+/// process start to its first RECORD message.
+fn cold_start(_: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = vault(&tmp.path().join("data"));
+    let cache = tmp.path().join("cache");
+    let bytes = std::fs::read(HOSTILE).expect("component");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    // Warm the on-disk compile cache once.
+    rt.block_on(Runtime::new(&cache).expect("runtime").load(&bytes))
+        .expect("prime the cache");
+    let one = Limits {
+        records: 1,
+        ..Limits::default()
+    };
+    let flood = binding(&vault, &[("attack", "record-flood")], one);
+    let ns = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            let runtime = Runtime::new(&cache).expect("runtime");
+            let loaded = rt.block_on(runtime.load(&bytes)).expect("load");
+            // Ends at the one-record limit, after the record is stored.
+            let ended = rt.block_on(runtime.run(&loaded, flood.clone(), Call::Collect(vec![])));
+            let elapsed = t.elapsed().as_nanos() as u64;
+            assert!(ended.is_err());
+            drop((loaded, runtime));
+            elapsed
+        })
+        .collect();
+    let stored: i64 = vault
+        .lock()
+        .expect("lock")
+        .store()
+        .conn()
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .expect("count");
+    assert!(stored >= 1, "no record reached SQLite");
+    common::percentiles("cold start to first record (warm compile cache)", ns);
+
+    let tap = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/singer_tap.py");
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import singer_sdk"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        println!("python Singer-SDK tap: not measured (pip install singer-sdk)");
+        return;
+    }
+    let ns = (0..10)
+        .map(|_| {
+            use std::io::BufRead;
+            let t = Instant::now();
+            let mut child = std::process::Command::new("python3")
+                .arg(&tap)
+                .current_dir(tmp.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3");
+            let stdout = child.stdout.take().expect("stdout");
+            let first = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|line| line.contains(r#""type":"RECORD""#));
+            let elapsed = t.elapsed().as_nanos() as u64;
+            assert!(first.is_some(), "the tap emitted no record");
+            let _ = child.wait();
+            elapsed
+        })
+        .collect();
+    common::percentiles("python Singer-SDK tap: process start to first RECORD", ns);
+}
+
+criterion_group!(benches, instantiate, load, records, cold_start);
 criterion_main!(benches);
