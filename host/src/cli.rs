@@ -832,9 +832,7 @@ fn source(
             let vault = open_vault(dir, unlock_fd)?;
             let started = oauth::begin(&vault, Actor::OWNER_CLI, &name)?;
             if json {
-                let doc =
-                    serde_json::to_string(&started).map_err(|e| CliError::Io(e.to_string()))?;
-                return writeln_out(out, format_args!("{doc}"));
+                return print_json(&started, out);
             }
             writeln_out(
                 out,
@@ -888,9 +886,7 @@ fn source(
         SourceCommand::List { json } => {
             let sources = scheduler::statuses(&Store::open(dir)?)?;
             if json {
-                let doc =
-                    serde_json::to_string(&sources).map_err(|e| CliError::Io(e.to_string()))?;
-                return writeln_out(out, format_args!("{doc}"));
+                return print_json(&sources, out);
             }
             for s in &sources {
                 let schedule = match &s.schedule {
@@ -1147,8 +1143,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
         ConnectorCommand::Show { id, json } => {
             let view = setup::connector_view(&Store::open(dir)?, &id)?;
             if json {
-                let doc = serde_json::to_string(&view).map_err(|e| CliError::Io(e.to_string()))?;
-                return writeln_out(out, format_args!("{doc}"));
+                return print_json(&view, out);
             }
             write!(out, "{}", render_connector(&view))
                 .map_err(|e| CliError::Io(format!("cannot write output: {e}")))
@@ -1186,10 +1181,15 @@ fn launch_config(egress_allow: &[std::net::SocketAddr]) -> runs::LaunchConfig {
     }
 }
 
+/// `value` as one line of JSON.
+fn print_json(value: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), CliError> {
+    let doc = serde_json::to_string(value).map_err(|e| CliError::Io(e.to_string()))?;
+    writeln_out(out, format_args!("{doc}"))
+}
+
 fn print_view(view: &setup::SourceView, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     if json {
-        let doc = serde_json::to_string(view).map_err(|e| CliError::Io(e.to_string()))?;
-        return writeln_out(out, format_args!("{doc}"));
+        return print_json(view, out);
     }
     write!(out, "{}", render_source(view))
         .map_err(|e| CliError::Io(format!("cannot write output: {e}")))
@@ -1591,8 +1591,7 @@ fn interaction(
             runs::recover(&store)?;
             let list = interactions::list(&store, all)?;
             if json {
-                let doc = serde_json::to_string(&list).map_err(|e| CliError::Io(e.to_string()))?;
-                return writeln_out(out, format_args!("{doc}"));
+                return print_json(&list, out);
             }
             if list.is_empty() {
                 return writeln_out(out, format_args!("no interaction is waiting for an answer"));
@@ -2003,9 +2002,7 @@ fn oauth_client(
         OauthClientCommand::List { json } => {
             let clients = oauth::clients(vault.store())?;
             if json {
-                let doc =
-                    serde_json::to_string(&clients).map_err(|e| CliError::Io(e.to_string()))?;
-                return writeln_out(out, format_args!("{doc}"));
+                return print_json(&clients, out);
             }
             for c in &clients {
                 writeln_out(
