@@ -990,12 +990,12 @@ struct ConnectorLimits {
     effective: catalog::LimitOverrides,
 }
 
+/// The limits view of connector `id`, known to be installed.
 fn connector_limits_view(
     api: &Api,
     store: &crate::store::Store,
     id: &str,
 ) -> Result<ConnectorLimits, ApiError> {
-    catalog::latest(store, id)?;
     let set = catalog::connector_limits(store, id)?;
     let effective = catalog::LimitOverrides::all(&set.apply(&api.launcher.config().limits));
     Ok(ConnectorLimits {
@@ -1011,7 +1011,9 @@ async fn owner_connector_limits(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let view = connector_limits_view(&api, &*api.reader()?, &id)?;
+    let store = api.reader()?;
+    catalog::latest(&store, &id)?;
+    let view = connector_limits_view(&api, &store, &id)?;
     Ok(Json(view).into_response())
 }
 

@@ -212,8 +212,6 @@ pub struct SourceSetup {
     pub connector: Installed,
     /// Non-secret setup values, defaults filled in.
     pub setup: Vec<(String, String)>,
-    /// The run limits the operator set for its connector.
-    pub limits: LimitOverrides,
 }
 
 /// Run limits the operator set for one connector; a limit left `None`
@@ -260,6 +258,18 @@ impl LimitOverrides {
             record_bytes: self.record_bytes.unwrap_or(base.record_bytes),
             http_requests: self.http_requests.unwrap_or(base.http_requests),
             http_response_bytes: self.http_response_bytes.unwrap_or(base.http_response_bytes),
+        }
+    }
+
+    /// These limits, with each one `newer` sets taking its place.
+    pub fn updated(&self, newer: &Self) -> Self {
+        Self {
+            time_secs: newer.time_secs.or(self.time_secs),
+            memory_bytes: newer.memory_bytes.or(self.memory_bytes),
+            records: newer.records.or(self.records),
+            record_bytes: newer.record_bytes.or(self.record_bytes),
+            http_requests: newer.http_requests.or(self.http_requests),
+            http_response_bytes: newer.http_response_bytes.or(self.http_response_bytes),
         }
     }
 
@@ -758,12 +768,10 @@ pub fn add_source(
             modality
         ],
     )?;
-    let limits = connector_limits(store, &installed.id)?;
     Ok(SourceSetup {
         source,
         connector: installed,
         setup,
-        limits,
     })
 }
 
@@ -919,11 +927,9 @@ pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogErr
         .ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
     let setup: BTreeMap<String, String> = serde_json::from_str(&setup)
         .map_err(|e| CatalogError::Setup(format!("stored setup values: {e}")))?;
-    let limits = connector_limits(store, &connector.id)?;
     Ok(SourceSetup {
         source,
         connector,
         setup: setup.into_iter().collect(),
-        limits,
     })
 }

@@ -981,7 +981,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
             reset,
             json,
         } => {
-            let mut limits = catalog::connector_limits(&store, &id)?;
+            let stored = catalog::connector_limits(&store, &id)?;
             let given = catalog::LimitOverrides {
                 time_secs: time.map(|t| t.as_secs()),
                 memory_bytes: memory,
@@ -990,18 +990,11 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 http_requests,
                 http_response_bytes,
             };
-            if reset {
-                limits = catalog::LimitOverrides::default();
+            let limits = if reset {
+                catalog::LimitOverrides::default()
             } else {
-                limits = catalog::LimitOverrides {
-                    time_secs: given.time_secs.or(limits.time_secs),
-                    memory_bytes: given.memory_bytes.or(limits.memory_bytes),
-                    records: given.records.or(limits.records),
-                    record_bytes: given.record_bytes.or(limits.record_bytes),
-                    http_requests: given.http_requests.or(limits.http_requests),
-                    http_response_bytes: given.http_response_bytes.or(limits.http_response_bytes),
-                };
-            }
+                stored.updated(&given)
+            };
             if reset || given != catalog::LimitOverrides::default() {
                 catalog::set_connector_limits(&store, &id, &limits)?;
             } else {

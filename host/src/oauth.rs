@@ -393,7 +393,7 @@ pub async fn complete(
     let state = Secret::new(state.into_bytes());
     let code = code.map(|c| Secret::new(c.into_bytes()));
     // Used up first, whatever the provider said: a state works once.
-    let (source, credential, verifier, client, secret) = {
+    let (source, credential, verifier, code, client, secret) = {
         let vault = vault.lock().expect("vault lock");
         let store = vault.store();
         let found: Option<(String, i64, String, Aside)> = store
@@ -424,21 +424,22 @@ pub async fn complete(
                     )
                 })
         })?;
+        if let Some(error) = error {
+            return Err(OauthError::Refused(match error_description {
+                Some(description) => format!("{error}: {description}"),
+                None => error,
+            }));
+        }
+        let code = code.ok_or_else(|| {
+            OauthError::Invalid("the callback carries neither a code nor an error".into())
+        })?;
+        // Only for a code to exchange: the client and its secret.
         let connector = catalog::source_setup(store, &source.source)?.connector.id;
         let client =
             client(store, &connector)?.ok_or_else(|| OauthError::NoClient(connector.clone()))?;
         let secret = client_secret(&vault, &connector)?;
-        (source, credential, verifier, client, secret)
+        (source, credential, verifier, code, client, secret)
     };
-    if let Some(error) = error {
-        return Err(OauthError::Refused(match error_description {
-            Some(description) => format!("{error}: {description}"),
-            None => error,
-        }));
-    }
-    let code = code.ok_or_else(|| {
-        OauthError::Invalid("the callback carries neither a code nor an error".into())
-    })?;
     let form = form(&[
         ("grant_type", b"authorization_code"),
         ("code", code.expose_secret()),

@@ -431,8 +431,8 @@ impl Launcher {
                 if inserted == 0 {
                     return Err(busy(store, setup.source.source_id, source)?);
                 }
-                let refusal = refusal(&vault, &setup)?;
-                Ok((find(store, &id)?, (setup, refusal)))
+                let resolved = resolve(&vault, setup)?;
+                Ok((find(store, &id)?, resolved))
             })?
         };
         self.run(record, Some(resolved)).await
@@ -574,7 +574,7 @@ impl Launcher {
             Arc::clone(&cancel),
             self.config.poll,
         ));
-        let mut connector = resolved.as_ref().map(|(setup, _)| connector_name(setup));
+        let mut connector = resolved.as_ref().map(|(setup, ..)| connector_name(setup));
         let ending = self
             .call(run_id, &source, trigger, cancel, resolved, &mut connector)
             .await;
@@ -723,14 +723,13 @@ impl Launcher {
         resolved: Option<Resolved>,
         connector: &mut Option<String>,
     ) -> Result<Ending, LaunchError> {
-        let (setup, refused) = match resolved {
+        let (setup, limits, refused) = match resolved {
             Some(resolved) => resolved,
             None => {
                 let vault = self.vault.lock().expect("vault lock");
                 let setup = catalog::source_setup(vault.store(), source)?;
                 *connector = Some(connector_name(&setup));
-                let refused = refusal(&vault, &setup)?;
-                (setup, refused)
+                resolve(&vault, setup)?
             }
         };
         if let Some(refused) = refused {
@@ -763,7 +762,7 @@ impl Launcher {
             source: setup.source,
             setup: setup.setup,
             run_id: run_id.to_owned(),
-            limits: setup.limits.apply(&self.config.limits),
+            limits: limits.apply(&self.config.limits),
             egress_allow: self.config.egress_allow.clone(),
             control: RunControl {
                 cancel,
@@ -784,9 +783,20 @@ impl Launcher {
     }
 }
 
-/// A source resolved at execution time, and the refusal of its launch if
-/// its required credentials are not all there.
-type Resolved = (catalog::SourceSetup, Option<Ending>);
+/// A source resolved at execution time, its connector's run limits, and
+/// the refusal of its launch if its required credentials are not all
+/// there.
+type Resolved = (
+    catalog::SourceSetup,
+    catalog::LimitOverrides,
+    Option<Ending>,
+);
+
+fn resolve(vault: &Vault, setup: catalog::SourceSetup) -> Result<Resolved, LaunchError> {
+    let limits = catalog::connector_limits(vault.store(), &setup.connector.id)?;
+    let refused = refusal(vault, &setup)?;
+    Ok((setup, limits, refused))
+}
 
 fn connector_name(setup: &catalog::SourceSetup) -> String {
     format!("{} {}", setup.connector.id, setup.connector.version)
