@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rusqlite::params;
 use sourcebox::runtime::{Binding, Call, Limits, Runtime};
-use sourcebox::store::Store;
+use sourcebox::store::{Store, now_ms};
 use sourcebox::vault::{Keyring, Vault, WrapperKind};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
 const HOSTILE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE");
@@ -114,6 +116,48 @@ fn instantiate(c: &mut Criterion) {
         "run_cached_connector_percentiles/instantiate_and_call_noop_verify",
         ns,
     );
+
+    // Per-run instantiation alone: from the `run` call to the host's
+    // `instance ready` trace event, with only that event enabled. It
+    // covers the fresh store and its empty WASI context, the egress
+    // policy, the limits and `instantiate_async` from the `InstancePre`.
+    let ready = tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(ReadyAt.with_filter(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_event() && meta.module_path() == Some("sourcebox::runtime")
+            }),
+        )),
+        || {
+            (0..5_000)
+                .map(|_| {
+                    *READY.lock().expect("ready") = None;
+                    let t = Instant::now();
+                    black_box(
+                        rt.block_on(runtime.run(&hostile, noop.clone(), Call::Verify))
+                            .expect("run"),
+                    );
+                    let at = READY.lock().expect("ready").expect("instance ready event");
+                    at.duration_since(t).as_nanos() as u64
+                })
+                .collect()
+        },
+    );
+    common::percentiles(
+        "run_cached_connector_percentiles/instantiate (run() to instance ready)",
+        ready,
+    );
+}
+
+/// When the host last reported an instance ready (its trace event).
+static READY: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// A tracing layer that notes the instant of each event it is given.
+struct ReadyAt;
+
+impl<S: tracing::Subscriber> Layer<S> for ReadyAt {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        *READY.lock().expect("ready") = Some(Instant::now());
+    }
 }
 
 /// Loading a component: compiled from scratch (empty cache) beside loaded
@@ -162,7 +206,7 @@ fn records(c: &mut Criterion) {
         records: N,
         ..Limits::default()
     };
-    let flood = binding(&vault, &[("attack", "record-flood")], limits);
+    let flood = binding(&vault, &[("attack", "record-flood")], limits.clone());
     let mut group = c.benchmark_group("records_into_sqlite_20k");
     group
         .sample_size(10)
@@ -171,6 +215,15 @@ fn records(c: &mut Criterion) {
         b.iter(|| {
             // The flood stops at the record limit: exactly N records.
             let r = rt.block_on(runtime.run(&hostile, flood.clone(), Call::Collect(vec![])));
+            assert!(r.is_err());
+        })
+    });
+    // The same 256-byte records, prebuilt and emitted as JSON text: the
+    // guest's serialization taken out.
+    let raw = binding(&vault, &[("attack", "raw-flood")], limits);
+    group.bench_function("component_emit_json_text", |b| {
+        b.iter(|| {
+            let r = rt.block_on(runtime.run(&hostile, raw.clone(), Call::Collect(vec![])));
             assert!(r.is_err());
         })
     });
@@ -184,16 +237,52 @@ fn records(c: &mut Criterion) {
                 let mut stmt = conn
                     .prepare_cached(
                         "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
-                         VALUES (?1, 'loot', ?2, ?3, 'native', 0, 0)
-                         ON CONFLICT (source_id, stream, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                         ON CONFLICT (source_id, stream, key) DO UPDATE SET
+                             data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at",
                     )
                     .expect("prepare");
+                // The same rows the host writes: a fresh timestamp per
+                // batch, so `records_by_update` changes as it does there.
+                let now = now_ms();
                 for i in chunk * 500..(chunk + 1) * 500 {
                     let record = serde_json::json!({"id": i, "pad": "x".repeat(200)}).to_string();
-                    stmt.execute(params![source.source_id, format!("[{i}]"), record]).expect("insert");
+                    stmt.execute(params![source.source_id, "loot", format!("[{i}]"), record, "native", now])
+                        .expect("insert");
                 }
                 conn.execute_batch("COMMIT").expect("commit");
             }
+        })
+    });
+    group.finish();
+}
+
+/// The boundary alone: 100,000 prebuilt 256-byte records emitted into a
+/// stream the connector did not declare, each lifted into the host (both
+/// strings copied out of linear memory) and refused at the stream lookup.
+fn boundary(c: &mut Criterion) {
+    const REFUSALS: u64 = 100_000;
+    let Fixture {
+        _tmp,
+        vault,
+        runtime,
+        rt,
+        hostile,
+    } = fixture();
+    let refused = binding(
+        &vault,
+        &[("attack", "raw-flood"), ("target", "nowhere")],
+        Limits::default(),
+    );
+    let mut group = c.benchmark_group("records_across_the_boundary");
+    group
+        .sample_size(10)
+        .throughput(criterion::Throughput::Elements(REFUSALS));
+    group.bench_function("emit_256b_refused_undeclared_stream", |b| {
+        b.iter(|| {
+            let r = rt.block_on(runtime.run(&hostile, refused.clone(), Call::Collect(vec![])));
+            let failure = format!("{r:?}");
+            assert!(failure.contains("refused 100000 records"), "{failure}");
         })
     });
     group.finish();
@@ -280,5 +369,5 @@ fn cold_start(_: &mut Criterion) {
     common::percentiles("python Singer-SDK tap: process start to first RECORD", ns);
 }
 
-criterion_group!(benches, instantiate, load, records, cold_start);
+criterion_group!(benches, instantiate, load, boundary, records, cold_start);
 criterion_main!(benches);

@@ -30,7 +30,12 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit/since_v0.1.0",
         world: "sourcebox-connector",
-        imports: { default: async | trappable },
+        imports: {
+            // Called once per record: a plain host call, no future to
+            // poll. It may write a batch to SQLite, as it did when async.
+            "sourcebox:connector/records.emit": trappable,
+            default: async | trappable,
+        },
         exports: { default: async },
         additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
         with: {
@@ -201,7 +206,9 @@ impl std::error::Error for Cancelled {}
 /// A compiled connector, ready to instantiate per run.
 pub struct LoadedConnector {
     pre: bindings::SourceboxConnectorPre<RunState>,
-    manifest: Manifest,
+    /// Shared with every run's store: cloning it per run cost more than
+    /// the instantiation.
+    manifest: Arc<Manifest>,
     api_version: String,
 }
 
@@ -392,7 +399,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Invalid(format!("describe() failed: {e:#}")))?;
         Ok(LoadedConnector {
             pre,
-            manifest,
+            manifest: Arc::new(manifest),
             api_version,
         })
     }
@@ -410,7 +417,7 @@ impl Runtime {
         let cancel = Arc::clone(&binding.control.cancel);
         let mut store = Store::new(
             &self.engine,
-            RunState::bound(binding, connector.manifest.clone(), authenticating),
+            RunState::bound(binding, Arc::clone(&connector.manifest), authenticating),
         );
         store.limiter(|s| s);
         // The time limit counts the guest's time, not the owner's: time spent
@@ -440,6 +447,8 @@ impl Runtime {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(Failure::Instantiate)?;
+            let (source, run) = store.data().log_context();
+            tracing::trace!(source, run, "instance ready");
             let guest = instance.sourcebox_connector_connector();
             Ok::<_, Failure>(match call {
                 Call::Verify => guest

@@ -271,8 +271,17 @@ async fn hostile_components_are_stopped_with_typed_failures() {
             "memory".into(),
             Err(RunFailure::ResourceExhausted(Exhausted::Memory)),
         ),
+        observed(
+            "bad-records",
+            r#"records=["invalid-record", "invalid-record", "invalid-record", "invalid-record", "unknown-stream", "stored"]"#,
+        ),
         (
             "record-flood".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
+        ),
+        // Prebuilt JSON text, emitted as fast as the boundary allows.
+        (
+            "raw-flood".into(),
             Err(RunFailure::ResourceExhausted(Exhausted::Records)),
         ),
     ];
@@ -296,8 +305,12 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         Err(RunFailure::ConnectorTrap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    // The flood stopped at the limit; nothing beyond it was stored.
-    assert!(w.records("a").len() <= 1_000);
+    // Of the bad records only the valid one was kept; each flood stopped at
+    // the limit, and nothing beyond it was stored.
+    let stored = w.records("a");
+    assert!(stored.iter().any(|r| r["id"] == "kept"));
+    assert!(!stored.iter().any(|r| r["pad"] == "no id"));
+    assert!(stored.len() <= 2_001, "{}", stored.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,18 @@ pub fn emit(stream: &str, record: &impl serde::Serialize) -> Result<(), RecordEr
     wit::emit(stream, &json)
 }
 
+/// Upserts one record given as JSON text, for a connector that already holds
+/// the record serialized (for example a provider's response passed through).
+/// The host checks that it is a JSON object with the stream's primary key.
+///
+/// ```no_run
+/// sourcebox_sdk::records::emit_json("repos", r#"{"id":1,"name":"x"}"#)?;
+/// # Ok::<(), sourcebox_sdk::records::RecordError>(())
+/// ```
+pub fn emit_json(stream: &str, record: &str) -> Result<(), RecordError> {
+    wit::emit(stream, record)
+}
+
 /// Saves the stream's checkpoint.
 ///
 /// ```no_run

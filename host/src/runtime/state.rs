@@ -51,7 +51,7 @@ pub struct RunState {
 
 struct Bound {
     binding: Binding,
-    manifest: Manifest,
+    manifest: std::sync::Arc<Manifest>,
     authenticating: bool,
     pending: Vec<(String, String, String)>,
     emitted: u64,
@@ -70,7 +70,11 @@ impl RunState {
     }
 
     /// Bound to `binding.source`.
-    pub(super) fn bound(binding: Binding, manifest: Manifest, authenticating: bool) -> Self {
+    pub(super) fn bound(
+        binding: Binding,
+        manifest: std::sync::Arc<Manifest>,
+        authenticating: bool,
+    ) -> Self {
         let limits = binding.limits.clone();
         let policy = EgressPolicy::for_source(&manifest, &binding.setup, &binding.egress_allow);
         let hooks = EgressHooks::for_run(
@@ -144,7 +148,8 @@ impl RunState {
         }
     }
 
-    fn log_context(&self) -> (&str, &str) {
+    /// The source and the run this store is bound to (`-` for `describe()`).
+    pub(super) fn log_context(&self) -> (&str, &str) {
         match &self.bound {
             Some(bound) => (
                 bound.binding.source.source.as_str(),
@@ -373,7 +378,7 @@ impl credentials::Host for RunState {
 }
 
 impl records::Host for RunState {
-    async fn emit(
+    fn emit(
         &mut self,
         stream: String,
         record: String,

@@ -112,6 +112,56 @@ impl Connector for Hostile {
                     i += 1;
                 }
             }
+            // Records the host must refuse, then one it must keep.
+            "bad-records" => {
+                let tries = [
+                    ("loot", "not json"),
+                    ("loot", "[1, 2]"),
+                    ("loot", r#"{"pad": "no id"}"#),
+                    ("loot", r#"{"id": null}"#),
+                    ("nowhere", r#"{"id": 1}"#),
+                    ("loot", r#"{"id": "kept"}"#),
+                ];
+                let results: Vec<&str> = tries
+                    .iter()
+                    .map(|(stream, record)| match records::emit_json(stream, record) {
+                        Ok(()) => "stored",
+                        Err(e) => e.name(),
+                    })
+                    .collect();
+                Err(observed(format!("records={results:?}")))
+            }
+            // The boundary alone: one prebuilt 256-byte record, its id
+            // rewritten in place, emitted as JSON text into the stream
+            // named by `target`. Into an undeclared stream every emit is
+            // refused, and it stops after `REFUSALS` of them.
+            "raw-flood" => {
+                const REFUSALS: u64 = 100_000;
+                let stream = match setup_value(&request.setup, "target") {
+                    Some("") | None => "loot",
+                    Some(stream) => stream,
+                };
+                let mut record =
+                    format!(r#"{{"id":"0000000000","pad":"{}"}}"#, "x".repeat(228)).into_bytes();
+                let mut refused = 0u64;
+                for i in 0u64.. {
+                    let mut n = i;
+                    for digit in record[7..17].iter_mut().rev() {
+                        *digit = b'0' + (n % 10) as u8;
+                        n /= 10;
+                    }
+                    let text = std::str::from_utf8(&record).expect("ASCII");
+                    match records::emit_json(stream, text) {
+                        Ok(()) => {}
+                        Err(records::RecordError::UnknownStream) if refused + 1 < REFUSALS => {
+                            refused += 1
+                        }
+                        Err(records::RecordError::UnknownStream) => break,
+                        Err(e) => return Err(observed(format!("emit: {}", e.name()))),
+                    }
+                }
+                Err(observed(format!("refused {} records", refused + 1)))
+            }
             "trap" => panic!("deliberate trap"),
             "print" => {
                 let token = credentials::get("token")?;
