@@ -573,6 +573,10 @@ impl From<LaunchError> for ApiError {
             LaunchError::Catalog(e) => e.into(),
             LaunchError::Store(e) => e.into(),
             LaunchError::Vault(e) => e.into(),
+            LaunchError::Paused { ref connector, .. } => {
+                let next = format!("POST /v1/owner/connectors/{connector}/approve");
+                Self::new(StatusCode::CONFLICT, "paused", e.to_string()).next(next)
+            }
             LaunchError::Busy { ref run, .. } => {
                 let run = run.clone();
                 Self::new(StatusCode::CONFLICT, "busy", e.to_string())
@@ -855,13 +859,14 @@ async fn owner_verify(
 }
 
 /// Queues a manual run; the scheduler starts it at its next tick.
-#[utoipa::path(post, path = "/v1/owner/sources/{name}/runs", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 202, description = "The queued run", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/runs", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 202, description = "The queued run", body = runs::RunRecord), (status = 409, description = "Paused until an upgrade is approved (`paused`)", body = ErrorBody), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_start_run(
     _: Owner,
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let vault = api.vault();
+    runs::refuse_paused(vault.store(), &name)?;
     let id = runs::enqueue(vault.store(), &name, Trigger::Manual, None, None, 1)?;
     let record = runs::find(vault.store(), &id)?;
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
@@ -1139,6 +1144,10 @@ struct InstallQuery {
     /// The SHA-256 (hex) of the component the owner reviewed; without it,
     /// nothing is installed and the review is returned.
     approve: Option<String>,
+    /// What a source does while the upgrade waits for the owner's approval
+    /// of what it asks for beyond its version: `keep_running` its version
+    /// (the default) or `pause`.
+    meanwhile: Option<catalog::Meanwhile>,
 }
 
 /// What an uploaded component asks for, and whether it was installed.
@@ -1250,7 +1259,11 @@ async fn owner_install(
     }
     let vault = api.vault();
     let installed = catalog::install(vault.store(), &bytes, loaded.api_version(), manifest)?;
-    let upgrades = catalog::offer_upgrade(vault.store(), &installed)?;
+    let upgrades = catalog::offer_upgrade(
+        vault.store(),
+        &installed,
+        query.meanwhile.unwrap_or_default(),
+    )?;
     let waiting = upgrades.iter().any(|u| !u.changes.is_empty());
     Ok((
         StatusCode::CREATED,

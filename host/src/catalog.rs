@@ -212,6 +212,9 @@ pub struct SourceSetup {
     pub connector: Installed,
     /// Non-secret setup values, defaults filled in.
     pub setup: Vec<(String, String)>,
+    /// The version whose approval the source waits for, when the owner
+    /// chose to pause it meanwhile: no run of it starts until then.
+    pub paused_for: Option<String>,
 }
 
 /// Run limits the operator set for one connector; a limit left `None`
@@ -627,13 +630,33 @@ pub struct Upgrade {
     /// What the new version asks for beyond the old; empty when it was
     /// upgraded at once.
     pub changes: Vec<String>,
+    /// What the source does until the owner approves: keeps running `from`,
+    /// or is paused.
+    pub meanwhile: Meanwhile,
+}
+
+/// What a source does while an upgrade of its connector waits for the
+/// owner's approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Meanwhile {
+    /// Runs go on with the version it runs now.
+    #[default]
+    KeepRunning,
+    /// No run starts, scheduled or manual, until the owner approves.
+    Pause,
 }
 
 /// Offers a newly installed version to every source running an older
 /// version of its connector: a source whose version asked for everything
 /// the new one does moves to it now; any other waits for the owner's
-/// approval (`connector approve`) and keeps running its version meanwhile.
-pub fn offer_upgrade(store: &Store, installed: &Installed) -> Result<Vec<Upgrade>, CatalogError> {
+/// approval (`connector approve`), and `meanwhile` says whether it keeps
+/// running its version or is paused until then.
+pub fn offer_upgrade(
+    store: &Store,
+    installed: &Installed,
+    meanwhile: Meanwhile,
+) -> Result<Vec<Upgrade>, CatalogError> {
     let newer = semver::Version::parse(&installed.version).ok();
     let on_connector: Vec<(i64, String, String)> = store
         .conn()
@@ -666,17 +689,20 @@ pub fn offer_upgrade(store: &Store, installed: &Installed) -> Result<Vec<Upgrade
         let changes = manifest_changes(&current.manifest, &installed.manifest);
         if changes.is_empty() {
             store.conn().execute(
-                "UPDATE sources SET connector_version = ?2, pending_version = NULL, pending_changes = NULL
+                "UPDATE sources SET connector_version = ?2, pending_version = NULL, pending_changes = NULL,
+                    pending_paused = 0
                  WHERE id = ?1",
                 params![source_id, installed.version],
             )?;
         } else {
             store.conn().execute(
-                "UPDATE sources SET pending_version = ?2, pending_changes = ?3 WHERE id = ?1",
+                "UPDATE sources SET pending_version = ?2, pending_changes = ?3, pending_paused = ?4
+                 WHERE id = ?1",
                 params![
                     source_id,
                     installed.version,
-                    serde_json::to_string(&changes).expect("json")
+                    serde_json::to_string(&changes).expect("json"),
+                    meanwhile == Meanwhile::Pause
                 ],
             )?;
         }
@@ -684,6 +710,11 @@ pub fn offer_upgrade(store: &Store, installed: &Installed) -> Result<Vec<Upgrade
             source,
             from,
             to: installed.version.clone(),
+            meanwhile: if changes.is_empty() {
+                Meanwhile::KeepRunning
+            } else {
+                meanwhile
+            },
             changes,
         });
     }
@@ -698,15 +729,23 @@ pub fn approve_upgrade(
     id: &str,
     source: Option<&str>,
 ) -> Result<Vec<Upgrade>, CatalogError> {
-    let pending: Vec<(i64, String, String, String, String)> = store
+    let pending: Vec<(i64, String, String, String, String, bool)> = store
         .conn()
         .prepare(
-            "SELECT id, name, connector_version, pending_version, pending_changes FROM sources
+            "SELECT id, name, connector_version, pending_version, pending_changes, pending_paused
+             FROM sources
              WHERE connector_id = ?1 AND pending_version IS NOT NULL AND (?2 IS NULL OR name = ?2)
              ORDER BY name",
         )?
         .query_map(params![id, source], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<Result<_, _>>()?;
     if pending.is_empty() {
@@ -716,9 +755,10 @@ pub fn approve_upgrade(
         }));
     }
     let mut approved = Vec::new();
-    for (source_id, name, from, to, changes) in pending {
+    for (source_id, name, from, to, changes, paused) in pending {
         store.conn().execute(
-            "UPDATE sources SET connector_version = ?2, pending_version = NULL, pending_changes = NULL
+            "UPDATE sources SET connector_version = ?2, pending_version = NULL, pending_changes = NULL,
+                pending_paused = 0
              WHERE id = ?1 AND pending_version = ?2",
             params![source_id, to],
         )?;
@@ -727,6 +767,11 @@ pub fn approve_upgrade(
             from,
             to,
             changes: serde_json::from_str(&changes).unwrap_or_default(),
+            meanwhile: if paused {
+                Meanwhile::Pause
+            } else {
+                Meanwhile::KeepRunning
+            },
         });
     }
     Ok(approved)
@@ -772,6 +817,7 @@ pub fn add_source(
         source,
         connector: installed,
         setup,
+        paused_for: None,
     })
 }
 
@@ -910,12 +956,17 @@ fn check_urls(
 /// A source's connector version and setup values.
 pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogError> {
     let source = store.source(name)?;
-    let (id, version, setup): (Option<String>, Option<String>, String) = store
-        .conn()
-        .prepare_cached("SELECT connector_id, connector_version, setup FROM sources WHERE id = ?1")?
-        .query_row([source.source_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let (id, version, setup, paused_for): (Option<String>, Option<String>, String, Option<String>) =
+        store
+            .conn()
+            .prepare_cached(
+                "SELECT connector_id, connector_version, setup,
+                    CASE WHEN pending_paused = 1 THEN pending_version END
+                 FROM sources WHERE id = ?1",
+            )?
+            .query_row([source.source_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
     let (Some(id), Some(version)) = (id, version) else {
         return Err(CatalogError::NoConnector(name.to_owned()));
     };
@@ -931,5 +982,6 @@ pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogErr
         source,
         connector,
         setup: setup.into_iter().collect(),
+        paused_for,
     })
 }

@@ -317,6 +317,11 @@ pub enum ConnectorCommand {
         /// Approve the capabilities shown without asking.
         #[arg(long)]
         yes: bool,
+        /// Sources that must approve what this version asks for beyond
+        /// theirs are paused until they do (default: they keep running the
+        /// version they run).
+        #[arg(long)]
+        pause_until_approved: bool,
     },
     /// List installed connectors.
     List {
@@ -1029,7 +1034,11 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 ),
             )
         }
-        ConnectorCommand::Install { path, yes } => {
+        ConnectorCommand::Install {
+            path,
+            yes,
+            pause_until_approved,
+        } => {
             let bytes = std::fs::read(&path)
                 .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
             let runtime = Runtime::new(&store.dir().join("cache"))?;
@@ -1090,7 +1099,12 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     installed.id, installed.version, installed.digest
                 ),
             )?;
-            for upgrade in catalog::offer_upgrade(&store, &installed)? {
+            let meanwhile = if pause_until_approved {
+                catalog::Meanwhile::Pause
+            } else {
+                catalog::Meanwhile::KeepRunning
+            };
+            for upgrade in catalog::offer_upgrade(&store, &installed, meanwhile)? {
                 if upgrade.changes.is_empty() {
                     writeln_out(
                         out,
@@ -1100,14 +1114,19 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                         ),
                     )?;
                 } else {
+                    let meanwhile = match upgrade.meanwhile {
+                        catalog::Meanwhile::KeepRunning => {
+                            format!("it keeps running {} meanwhile", upgrade.from)
+                        }
+                        catalog::Meanwhile::Pause => "it is paused until then".to_owned(),
+                    };
                     writeln_out(
                         out,
                         format_args!(
-                            "  source {} needs approval to move from {} to {}; it keeps running {} meanwhile. {} asks for: {}. Approve with: sourcebox connector approve {} --source {}",
+                            "  source {} needs approval to move from {} to {}; {meanwhile}. {} asks for: {}. Approve with: sourcebox connector approve {} --source {}",
                             upgrade.source,
                             upgrade.from,
                             upgrade.to,
-                            upgrade.from,
                             upgrade.to,
                             upgrade.changes.join("; "),
                             installed.id,
@@ -1302,15 +1321,22 @@ pub fn render_source(view: &setup::SourceView) -> String {
             format!("next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n")
         }
         NextStep::ApproveUpgrade {
-            from, to, changes, ..
+            from,
+            to,
+            changes,
+            meanwhile,
         } => {
             let connector = view
                 .connector
                 .as_deref()
                 .and_then(|c| c.split(' ').next())
                 .unwrap_or("");
+            let until = match meanwhile.as_str() {
+                "paused" => "the source is paused: no run starts".to_owned(),
+                _ => format!("the source keeps running {from}"),
+            };
             let mut step = format!(
-                "next: approve {connector} {to}, which asks for more than {from}; until then the source keeps running {from}\n"
+                "next: approve {connector} {to}, which asks for more than {from}; until then {until}\n"
             );
             for change in changes {
                 step += &format!("  {change}\n");

@@ -169,9 +169,45 @@ pub enum LaunchError {
         /// The run in flight.
         run: String,
     },
+    /// The owner chose to pause the source until they approve what a new
+    /// version of its connector asks for.
+    #[error(
+        "source '{source_name}' is paused until the owner approves {connector} {to}; see `sourcebox source show {source_name}`, then `sourcebox connector approve {connector} --source {source_name}`"
+    )]
+    Paused {
+        /// The source.
+        source_name: String,
+        /// Its connector.
+        connector: String,
+        /// The version waiting for approval.
+        to: String,
+    },
     /// The runner lock file.
     #[error("runner lock: {0}")]
     Runner(std::io::Error),
+}
+
+/// Refused with [`LaunchError::Paused`] when the owner paused `source` until
+/// they approve an upgrade, so that a run is not queued only to be
+/// cancelled. Any other problem with the source is left to the launch,
+/// which reports it.
+pub fn refuse_paused(store: &Store, source: &str) -> Result<(), LaunchError> {
+    match catalog::source_setup(store, source) {
+        Ok(setup) => paused(&setup),
+        Err(_) => Ok(()),
+    }
+}
+
+/// [`LaunchError::Paused`] for `setup`, when it is paused.
+fn paused(setup: &catalog::SourceSetup) -> Result<(), LaunchError> {
+    match &setup.paused_for {
+        Some(to) => Err(LaunchError::Paused {
+            source_name: setup.source.source.clone(),
+            connector: setup.connector.id.clone(),
+            to: to.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 impl From<rusqlite::Error> for LaunchError {
@@ -413,6 +449,7 @@ impl Launcher {
             let store = vault.store();
             immediate(store, || {
                 let setup = catalog::source_setup(store, source)?;
+                paused(&setup)?;
                 let inserted = store
                     .conn()
                     .prepare_cached(&format!(
@@ -445,6 +482,20 @@ impl Launcher {
         let record = {
             let vault = self.vault.lock().expect("vault lock");
             let store = vault.store();
+            let queued = find(store, run_id)?;
+            if queued.state == "queued" {
+                // Queued before the owner paused the source: it does not
+                // start, and says why.
+                let setup = catalog::source_setup(store, &queued.source)?;
+                if let Err(e) = paused(&setup) {
+                    store.conn().execute(
+                        "UPDATE runs SET state = 'cancelled', detail = ?2, finished_at = ?3
+                         WHERE id = ?1 AND state = 'queued'",
+                        params![run_id, e.to_string(), now_ms()],
+                    )?;
+                    return Err(e);
+                }
+            }
             let started = store.conn().execute(
                 &format!(
                     "UPDATE runs SET state = 'running', runner = ?2, started_at = ?3

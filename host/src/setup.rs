@@ -142,14 +142,15 @@ pub enum NextStep {
     /// Approve what a newer version of the connector asks for beyond the
     /// version the source runs.
     ApproveUpgrade {
-        /// The version the source runs, and keeps running meanwhile.
+        /// The version the source runs.
         from: String,
         /// The version waiting for approval.
         to: String,
         /// What it asks for beyond `from`.
         changes: Vec<String>,
         /// What happens until then: `keeps_running_from` (runs go on with
-        /// `from`).
+        /// `from`) or `paused` (no run starts), as the owner chose at
+        /// install.
         meanwhile: String,
     },
     /// Nothing: the source is ready.
@@ -392,6 +393,7 @@ struct Facts {
     confirmed_identity: Option<String>,
     needs_reauth: Option<String>,
     pending: Option<(String, Vec<String>)>,
+    paused: bool,
     changed_from: Option<String>,
     /// Records the source holds, counted only after an account change.
     records: u64,
@@ -423,7 +425,8 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
                 pending_version, pending_changes, identity_changed_from,
                 CASE WHEN identity_changed_from IS NULL THEN 0
-                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END
+                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END,
+                pending_paused
          FROM sources WHERE id = ?1",
         )?
         .query_row([source.source_id], |r| {
@@ -453,6 +456,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 },
                 changed_from: r.get(11)?,
                 records: r.get::<_, i64>(12)? as u64,
+                paused: r.get(13)?,
             })
         })?;
     let manifest = &setup.connector.manifest;
@@ -524,7 +528,12 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 from: setup.connector.version.clone(),
                 to,
                 changes,
-                meanwhile: "keeps_running_from".to_owned(),
+                meanwhile: if facts.paused {
+                    "paused"
+                } else {
+                    "keeps_running_from"
+                }
+                .to_owned(),
             },
         )
     } else if let Some(run) = verifying {

@@ -920,7 +920,7 @@ async fn connectors_are_reviewed_installed_and_approved_over_http() {
     let (status, raw, done) = server
         .send(
             "POST",
-            &format!("/v1/owner/connectors?approve={next_digest}"),
+            &format!("/v1/owner/connectors?approve={next_digest}&meanwhile=pause"),
             owner,
             "application/wasm",
             &next,
@@ -928,6 +928,7 @@ async fn connectors_are_reviewed_installed_and_approved_over_http() {
         .await;
     assert_eq!(status, 201, "{raw}");
     assert_eq!(done["upgrades"][0]["source"], "x");
+    assert_eq!(done["upgrades"][0]["meanwhile"], "pause", "{raw}");
     assert!(
         done["upgrades"][0]["changes"].as_array().is_some_and(|c| c
             .iter()
@@ -937,6 +938,17 @@ async fn connectors_are_reviewed_installed_and_approved_over_http() {
     let (_, raw, view) = server.call("GET", "/v1/owner/sources/x", owner, None).await;
     assert_eq!(view["state"], "needs_approval", "{raw}");
     assert_eq!(view["connector"], "echo 0.1.0", "{raw}");
+    assert_eq!(view["next_step"]["meanwhile"], "paused", "{raw}");
+    // Paused until approved: a run is refused, and the error says how on.
+    let (status, raw, body) = server
+        .call("POST", "/v1/owner/sources/x/runs", owner, None)
+        .await;
+    assert_eq!(status, 409, "{raw}");
+    assert!(is_error(&body, "paused"), "{raw}");
+    assert_eq!(
+        body["error"]["next_step"], "POST /v1/owner/connectors/echo/approve",
+        "{raw}"
+    );
 
     // Approving a source that waits for nothing says so; approving x moves it.
     let (status, raw, body) = server

@@ -21,6 +21,7 @@ use sourcebox::store::Store;
 use sourcebox::vault::{Actor, Secret, Vault, VaultError};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
+const ECHO_NEXT: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO_NEXT");
 use common::{ALICE, BOB, REJECTED, fixture};
 
 /// FNV-1a, as the echo fixture fingerprints values.
@@ -548,6 +549,60 @@ async fn a_401_is_not_retried_and_the_source_needs_reauth() {
         .await
         .expect("launch");
     assert_eq!(record.state, "succeeded", "{record:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_before_the_owner_paused_the_source_does_not_start() {
+    let host = host(config(&[])).await;
+    host.add("work", "echo", &[], Some("t0k3n"));
+    let queued = runs::enqueue(
+        host.vault().store(),
+        "work",
+        Trigger::Scheduled,
+        None,
+        None,
+        1,
+    )
+    .expect("enqueue");
+    // 0.2.0 asks for a new host; the owner pauses the source until approval.
+    let next = std::fs::read(ECHO_NEXT).expect("echo 0.2.0");
+    let loaded = host.launcher.runtime().load(&next).await.expect("load");
+    {
+        let vault = host.vault();
+        let installed = catalog::install(
+            vault.store(),
+            &next,
+            loaded.api_version(),
+            loaded.manifest(),
+        )
+        .expect("install");
+        let upgrades = catalog::offer_upgrade(vault.store(), &installed, catalog::Meanwhile::Pause)
+            .expect("offer");
+        assert_eq!(upgrades[0].meanwhile, catalog::Meanwhile::Pause);
+    }
+    let refused = host.launcher.execute(&queued).await;
+    assert!(
+        matches!(&refused, Err(runs::LaunchError::Paused { to, .. }) if to == "0.2.0"),
+        "{refused:?}"
+    );
+    let record = runs::find(host.vault().store(), &queued).expect("run");
+    assert_eq!(record.state, "cancelled", "{record:?}");
+    assert!(
+        record
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("paused until the owner approves echo 0.2.0")),
+        "{record:?}"
+    );
+    assert!(matches!(
+        scheduler::eligible(&host.vault(), "work").expect("eligible"),
+        Err(why) if why.contains("paused")
+    ));
+    catalog::approve_upgrade(host.vault().store(), "echo", Some("work")).expect("approve");
+    assert_eq!(
+        scheduler::eligible(&host.vault(), "work").expect("eligible"),
+        Ok(())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -628,6 +628,100 @@ async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_vers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_can_pause_sources_until_an_upgrade_is_approved() {
+    let (addr, _seen) = common::fixture_server().await;
+    let dir = Dir::new(Some(addr)).await;
+    dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
+    let url = format!("url=http://{addr}/page");
+    for name in ["x", "y"] {
+        dir.ok(
+            &[
+                "source",
+                "add",
+                name,
+                "--connector",
+                "echo",
+                "--allow-unproven",
+                "--set",
+                &url,
+            ],
+            b"",
+        )
+        .await;
+        dir.ok(&["source", "setup", name], b"t0k3n\n").await;
+    }
+    let runs_of = |name: &'static str| {
+        let dir = &dir;
+        async move {
+            let runs = dir.ok(&["runs", name, "--json"], b"").await;
+            serde_json::from_str::<Vec<serde_json::Value>>(&runs).expect("runs")
+        }
+    };
+    let before = runs_of("x").await.len();
+
+    let installed = dir
+        .ok(
+            &[
+                "connector",
+                "install",
+                ECHO_NEXT,
+                "--yes",
+                "--pause-until-approved",
+            ],
+            b"",
+        )
+        .await;
+    assert!(
+        installed.contains(
+            "source x needs approval to move from 0.1.0 to 0.2.0; it is paused until then"
+        ),
+        "{installed}"
+    );
+    let view = dir.view("x").await;
+    assert_eq!(view.state, Lifecycle::NeedsApproval);
+    assert!(
+        matches!(&view.next_step, NextStep::ApproveUpgrade { meanwhile, .. } if meanwhile == "paused"),
+        "{view:?}"
+    );
+    let shown = dir.ok(&["source", "show", "x"], b"").await;
+    assert!(
+        shown.contains("until then the source is paused: no run starts"),
+        "{shown}"
+    );
+
+    // No run starts: not manual, not scheduled, not a verification.
+    let (ok, _, err) = dir.cli(&["run", "x"], b"").await;
+    assert!(
+        !ok && err.contains("source 'x' is paused until the owner approves echo 0.2.0")
+            && err.contains("sourcebox connector approve echo --source x"),
+        "{err}"
+    );
+    let (ok, _, err) = dir.cli(&["source", "verify", "x"], b"").await;
+    assert!(!ok && err.contains("is paused"), "{err}");
+    assert_eq!(runs_of("x").await.len(), before, "a paused source ran");
+    {
+        let store = sourcebox::store::Store::open(&dir.path).expect("open");
+        let keyring = sourcebox::vault::Keyring::unlock(&store, None).expect("unlock");
+        let vault = sourcebox::vault::Vault::new(store, keyring);
+        let eligible = sourcebox::runs::scheduler::eligible(&vault, "x").expect("eligible");
+        assert!(
+            matches!(&eligible, Err(why) if why.contains("paused until the owner approves echo 0.2.0")),
+            "{eligible:?}"
+        );
+    }
+
+    // Approving one source resumes it on the new version; the other stays
+    // paused.
+    dir.ok(&["connector", "approve", "echo", "--source", "x"], b"")
+        .await;
+    dir.ok(&["run", "x"], b"").await;
+    assert_eq!(runs_of("x").await[0]["connector"], "echo 0.2.0");
+    let (ok, _, err) = dir.cli(&["run", "y"], b"").await;
+    assert!(!ok && err.contains("source 'y' is paused"), "{err}");
+    assert_eq!(dir.view("y").await.state, Lifecycle::NeedsApproval);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
     let dir = Dir::new(None).await;
     dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;

@@ -187,6 +187,12 @@ pub fn eligible(vault: &Vault, source: &str) -> Result<Result<(), String>, Launc
         [setup.source.source_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    if let Some(to) = &setup.paused_for {
+        return Ok(Err(format!(
+            "it is paused until the owner approves {} {to}",
+            setup.connector.id
+        )));
+    }
     if let Some(reason) = reauth {
         return Ok(Err(format!("it needs re-authentication ({reason})")));
     }
@@ -365,6 +371,11 @@ fn finished(
         // Another process started a run of the source first; it stays queued.
         Ok((run, Err(LaunchError::Busy { .. }))) => {
             in_flight.remove(&run);
+        }
+        // Queued before the owner paused the source: cancelled, with why.
+        Ok((run, Err(e @ LaunchError::Paused { .. }))) => {
+            in_flight.remove(&run);
+            tracing::info!(run, "run not started: {e}");
         }
         Ok((run, Err(e))) => {
             in_flight.remove(&run);

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_api.sql"),
     include_str!("migrations/0008_oauth.sql"),
     include_str!("migrations/0009_limits.sql"),
+    include_str!("migrations/0010_paused_upgrades.sql"),
 ];
 
 /// The schema version this build writes.
