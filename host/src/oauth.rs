@@ -24,7 +24,7 @@ use zeroize::Zeroize;
 
 use crate::catalog::{self, CatalogError};
 use crate::runtime::bindings::sourcebox::connector::types::{CredentialClass, Modality};
-use crate::store::{SourceRef, Store, StoreError, new_id, now_ms};
+use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{
     Actor, Aside, AsideDomains, NewCredential, Provenance, Secret, Vault, VaultError,
 };
@@ -312,7 +312,7 @@ pub fn begin(vault: &Vault, actor: Actor<'_>, name: &str) -> Result<Started, Oau
         let sealed = vault.seal_aside(
             conn,
             VERIFIER,
-            &|domain| pending_aad(domain, source, &id),
+            &|domain| pending_aad(domain, source.owner_id, source.source_id, &id),
             verifier.expose_secret(),
         )?;
         conn.execute(
@@ -415,7 +415,7 @@ pub async fn complete(
                 .open_aside(
                     conn,
                     VERIFIER,
-                    &|domain| pending_aad(domain, &source, &id),
+                    &|domain| pending_aad(domain, source.owner_id, source.source_id, &id),
                     &sealed,
                 )?
                 .map_err(|_| {
@@ -685,8 +685,10 @@ fn client_secret(vault: &Vault, connector: &str) -> Result<Option<Secret>, Oauth
         })
 }
 
-/// Re-wraps the sealed client secrets under KEK `version` (inside the
-/// rotation's transaction).
+/// Re-wraps the sealed client secrets and the sealed verifiers of pending
+/// authorizations under KEK `version` (inside the rotation's transaction),
+/// so an owner who is at the provider while the KEK rotates can still
+/// finish.
 pub(crate) fn rewrap_clients(
     vault: &Vault,
     conn: &rusqlite::Connection,
@@ -717,6 +719,24 @@ pub(crate) fn rewrap_clients(
             )?;
         }
     }
+    let pending: Vec<(String, i64, i64, Aside)> = conn
+        .prepare(
+            "SELECT id, owner_id, source_id, kek_version, wrapped_key, sealed_verifier
+             FROM oauth_pending WHERE kek_version != ?1 AND expires_at >= ?2",
+        )?
+        .query_map(params![version, now_ms()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, Aside::from_row(r, 3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, owner_id, source_id, aside) in pending {
+        let binding = |domain: &[u8]| pending_aad(domain, owner_id, source_id, &id);
+        if let Some(wrapped) = vault.rewrap_aside(conn, VERIFIER.0, &binding, &aside, version)? {
+            conn.execute(
+                "UPDATE oauth_pending SET kek_version = ?2, wrapped_key = ?3 WHERE id = ?1",
+                params![id, version, wrapped],
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -724,10 +744,10 @@ fn client_aad(domain: &[u8], connector: &str) -> Vec<u8> {
     [domain, connector.as_bytes()].concat()
 }
 
-fn pending_aad(domain: &[u8], source: &SourceRef, id: &str) -> Vec<u8> {
+fn pending_aad(domain: &[u8], owner_id: i64, source_id: i64, id: &str) -> Vec<u8> {
     let mut aad = domain.to_vec();
-    aad.extend_from_slice(&source.owner_id.to_le_bytes());
-    aad.extend_from_slice(&source.source_id.to_le_bytes());
+    aad.extend_from_slice(&owner_id.to_le_bytes());
+    aad.extend_from_slice(&source_id.to_le_bytes());
     aad.extend_from_slice(id.as_bytes());
     aad
 }

@@ -1792,12 +1792,14 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
     // was sent back to, when no server received it.
     provider.state().refuse_refresh = false;
     provider.state().expires_in = 3600;
-    // After a KEK rotation the sealed client secret still opens: the
-    // provider accepts the client's Basic credentials only with it.
-    let rotated = cli(&["vault", "rotate-kek"], b"");
-    assert!(rotated.status.success(), "{rotated:?}");
+    // A KEK rotation while the owner is at the provider: the sealed PKCE
+    // verifier of the pending authorization still opens, and so does the
+    // sealed client secret (the provider accepts the client's Basic
+    // credentials only with it).
     let started = cli(&["source", "authorize", "notes", "--json"], b"");
     assert!(started.status.success(), "{started:?}");
+    let rotated = cli(&["vault", "rotate-kek"], b"");
+    assert!(rotated.status.success(), "{rotated:?}");
     let started: Value = serde_json::from_slice(&started.stdout).expect("json");
     let back = browser_visit(started["authorize_url"].as_str().expect("url")).await;
     let finished = cli(
