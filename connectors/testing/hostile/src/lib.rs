@@ -124,10 +124,12 @@ impl Connector for Hostile {
                 ];
                 let results: Vec<&str> = tries
                     .iter()
-                    .map(|(stream, record)| match records::emit_json(stream, record) {
-                        Ok(()) => "stored",
-                        Err(e) => e.name(),
-                    })
+                    .map(
+                        |(stream, record)| match records::emit_json(stream, record) {
+                            Ok(()) => "stored",
+                            Err(e) => e.name(),
+                        },
+                    )
                     .collect();
                 Err(observed(format!("records={results:?}")))
             }
