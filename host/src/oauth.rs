@@ -463,32 +463,59 @@ pub async fn complete(
     Ok(source.source)
 }
 
-/// Refreshes `source`'s grants that expire within [`REFRESH_MARGIN`]
-/// with their refresh tokens. Reads metadata first: nothing is decrypted
-/// for a grant that is not expiring.
+/// Refreshes `source`'s grant with its refresh token when it expires within
+/// [`REFRESH_MARGIN`]. Reads metadata first: nothing is decrypted for a
+/// grant that is not expiring. True when it was refreshed.
 pub async fn refresh_expiring(
     vault: &std::sync::Mutex<Vault>,
     actor: Actor<'_>,
     setup: &catalog::SourceSetup,
     egress_allow: &[SocketAddr],
-) -> Result<(), OauthError> {
+) -> Result<bool, OauthError> {
+    refresh(vault, actor, setup, egress_allow, true).await
+}
+
+/// Refreshes `source`'s grant after the provider rejected its access token
+/// before the expiry the host knew of (or the provider gave none). True
+/// when it was refreshed; false when the source has no grant or the grant
+/// holds no refresh token, so the rejection stands.
+pub async fn refresh_rejected(
+    vault: &std::sync::Mutex<Vault>,
+    actor: Actor<'_>,
+    setup: &catalog::SourceSetup,
+    egress_allow: &[SocketAddr],
+) -> Result<bool, OauthError> {
+    refresh(vault, actor, setup, egress_allow, false).await
+}
+
+async fn refresh(
+    vault: &std::sync::Mutex<Vault>,
+    actor: Actor<'_>,
+    setup: &catalog::SourceSetup,
+    egress_allow: &[SocketAddr],
+    only_expiring: bool,
+) -> Result<bool, OauthError> {
     let Some(name) = grant_field(&setup.connector.manifest) else {
-        return Ok(());
+        return Ok(false);
     };
     let source = &setup.source;
     let (current, client, secret) = {
         let vault = vault.lock().expect("vault lock");
-        let expiring = crate::vault::metadata(vault.store(), Some(source))?
+        let Some(meta) = crate::vault::metadata(vault.store(), Some(source))?
             .into_iter()
             .find(|m| m.name == name && m.revoked_at.is_none())
-            .and_then(|m| m.expires_at)
+        else {
+            return Ok(false);
+        };
+        let expiring = meta
+            .expires_at
             .is_some_and(|at| at <= now_ms() + REFRESH_MARGIN.as_millis() as i64);
-        if !expiring {
-            return Ok(());
+        if only_expiring && !expiring {
+            return Ok(false);
         }
         let Some(client) = client(vault.store(), &setup.connector.id)? else {
             return Err(OauthError::Refused(format!(
-                "the grant has expired and no OAuth client is registered for {} to refresh it",
+                "the grant needs a refresh and no OAuth client is registered for {} to do it",
                 setup.connector.id
             )));
         };
@@ -498,6 +525,9 @@ pub async fn refresh_expiring(
     let bundle: Bundle = serde_json::from_slice(current.expose_secret())
         .map_err(|_| OauthError::Invalid(format!("the stored grant '{name}' is not a grant")))?;
     let Some(refresh) = bundle.refresh_token.as_deref() else {
+        if !only_expiring {
+            return Ok(false);
+        }
         return Err(OauthError::Refused(format!(
             "the grant '{name}' has expired and holds no refresh token; authorize again"
         )));
@@ -519,7 +549,7 @@ pub async fn refresh_expiring(
             expires_at: None,
         },
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// The stored form of a grant (see the vault's `oauth` class).

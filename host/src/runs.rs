@@ -791,27 +791,21 @@ impl Launcher {
             name: "oauth",
             run_id: Some(run_id),
         };
-        if let Err(e) =
-            oauth::refresh_expiring(&self.vault, actor, &setup, &self.config.egress_allow).await
-        {
-            let kind = match &e {
-                OauthError::Refused(_) | OauthError::NoClient(_) => FailureKind::AuthRejected,
-                OauthError::Transient(_) => FailureKind::UpstreamTransient,
-                _ => FailureKind::CredentialUnrecoverable,
+        let refreshed =
+            match oauth::refresh_expiring(&self.vault, actor, &setup, &self.config.egress_allow)
+                .await
+            {
+                Ok(refreshed) => refreshed,
+                Err(e) => return Ok(refresh_failed(e)),
             };
-            return Ok(Ending::Refused(
-                kind,
-                format!("refreshing the OAuth grant: {e}"),
-            ));
-        }
         let loaded = match self.loaded(&setup.connector).await {
             Ok(loaded) => loaded,
             Err(failure) => return Ok(Ending::Failed(failure)),
         };
         let binding = Binding {
             vault: Arc::clone(&self.vault),
-            source: setup.source,
-            setup: setup.setup,
+            source: setup.source.clone(),
+            setup: setup.setup.clone(),
             run_id: run_id.to_owned(),
             limits: limits.apply(&self.config.limits),
             egress_allow: self.config.egress_allow.clone(),
@@ -827,11 +821,47 @@ impl Launcher {
             Trigger::SetupVerification => Call::Verify,
             _ => Call::Collect(Vec::new()),
         };
-        Ok(match self.runtime.run(&loaded, binding, call).await {
+        let ended = self
+            .runtime
+            .run(&loaded, binding.clone(), call.clone())
+            .await;
+        // The provider rejected an access token the host did not just
+        // refresh (it ended before the expiry the host knew of, or the
+        // provider gave none): refresh the grant once and call again.
+        let ended = match ended {
+            Err(RunFailure::Connector(ConnectorError::AuthRejected(_))) if !refreshed => {
+                match oauth::refresh_rejected(&self.vault, actor, &setup, &self.config.egress_allow)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(
+                            source = setup.source.source,
+                            run = run_id,
+                            "access token rejected; grant refreshed, calling again"
+                        );
+                        self.runtime.run(&loaded, binding, call).await
+                    }
+                    Ok(false) => ended,
+                    Err(e) => return Ok(refresh_failed(e)),
+                }
+            }
+            ended => ended,
+        };
+        Ok(match ended {
             Ok(outcome) => Ending::Done(outcome),
             Err(failure) => Ending::Failed(failure),
         })
     }
+}
+
+/// How a run ends when its OAuth grant could not be refreshed.
+fn refresh_failed(e: OauthError) -> Ending {
+    let kind = match &e {
+        OauthError::Refused(_) | OauthError::NoClient(_) => FailureKind::AuthRejected,
+        OauthError::Transient(_) => FailureKind::UpstreamTransient,
+        _ => FailureKind::CredentialUnrecoverable,
+    };
+    Ending::Refused(kind, format!("refreshing the OAuth grant: {e}"))
 }
 
 /// A source resolved at execution time, its connector's run limits, and

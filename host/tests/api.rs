@@ -1724,6 +1724,19 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         "{raw}"
     );
 
+    // The provider ends the access token before the expiry it gave (as
+    // one that gives no expiry may): the run's first call is rejected, the
+    // host refreshes the grant once and calls again with the new token.
+    provider.state().live_access.clear();
+    let (raw, record) = run("succeeded").await;
+    seen += &raw;
+    assert_eq!(record["records"], 2, "{raw}");
+    {
+        let state = provider.state();
+        assert_eq!(state.grants, ["authorization_code", "refresh_token"]);
+        assert_eq!(state.notes_tokens.last(), state.live_access.last());
+    }
+
     // A grant about to expire is refreshed before the run, with the
     // refresh token; the run uses the new access token.
     provider.state().expires_in = 20;
@@ -1748,6 +1761,7 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
             state.grants,
             [
                 "authorization_code",
+                "refresh_token",
                 "authorization_code",
                 "refresh_token",
                 "refresh_token"
