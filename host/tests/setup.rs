@@ -77,6 +77,23 @@ impl Dir {
         .await
     }
 
+    /// Adds an echo source fetching `url` with a stored token, set up.
+    async fn add_echo(&self, name: &str, url: &str) {
+        let set = format!("url={url}");
+        let add = [
+            "source",
+            "add",
+            name,
+            "--connector",
+            "echo",
+            "--allow-unproven",
+            "--set",
+            &set,
+        ];
+        self.ok(&add, b"").await;
+        self.ok(&["source", "setup", name], b"t0k3n\n").await;
+    }
+
     async fn view(&self, source: &str) -> SourceView {
         let json = self.ok(&["source", "show", source, "--json"], b"").await;
         serde_json::from_str(&json).expect("view json")
@@ -489,22 +506,7 @@ async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_vers
         runs[0]["connector"].as_str().unwrap_or("").to_owned()
     };
     dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
-    let url = format!("url=http://{addr}/page");
-    dir.ok(
-        &[
-            "source",
-            "add",
-            "x",
-            "--connector",
-            "echo",
-            "--allow-unproven",
-            "--set",
-            &url,
-        ],
-        b"",
-    )
-    .await;
-    dir.ok(&["source", "setup", "x"], b"t0k3n\n").await;
+    dir.add_echo("x", &format!("http://{addr}/page")).await;
     dir.ok(&["run", "x"], b"").await;
     assert_eq!(dir.view("x").await.state, Lifecycle::Ready);
 
@@ -632,23 +634,8 @@ async fn an_owner_can_pause_sources_until_an_upgrade_is_approved() {
     let (addr, _seen) = common::fixture_server().await;
     let dir = Dir::new(Some(addr)).await;
     dir.ok(&["connector", "install", ECHO, "--yes"], b"").await;
-    let url = format!("url=http://{addr}/page");
     for name in ["x", "y"] {
-        dir.ok(
-            &[
-                "source",
-                "add",
-                name,
-                "--connector",
-                "echo",
-                "--allow-unproven",
-                "--set",
-                &url,
-            ],
-            b"",
-        )
-        .await;
-        dir.ok(&["source", "setup", name], b"t0k3n\n").await;
+        dir.add_echo(name, &format!("http://{addr}/page")).await;
     }
     let runs_of = |name: &'static str| {
         let dir = &dir;
