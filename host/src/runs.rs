@@ -821,6 +821,7 @@ impl Launcher {
             Trigger::SetupVerification => Call::Verify,
             _ => Call::Collect(Vec::new()),
         };
+        let started = std::time::Instant::now();
         let ended = self
             .runtime
             .run(&loaded, binding.clone(), call.clone())
@@ -839,6 +840,10 @@ impl Launcher {
                             run = run_id,
                             "access token rejected; grant refreshed, calling again"
                         );
+                        // One run, one time limit: the second call gets
+                        // what the first call's wall time left of it.
+                        let mut binding = binding;
+                        binding.limits.time = binding.limits.time.saturating_sub(started.elapsed());
                         self.runtime.run(&loaded, binding, call).await
                     }
                     Ok(false) => ended,
