@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod browser;
 pub mod catalog;
 pub mod cli;
 pub mod egress;

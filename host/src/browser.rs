@@ -1,0 +1,469 @@
+//! A headless Chromium for one streamed browser login.
+//!
+//! Each [`LoginBrowser`] is its own Chromium process with a fresh profile
+//! directory, erased when the session ends. The host drives it over the
+//! DevTools protocol on a pair of pipes (`--remote-debugging-pipe`, file
+//! descriptors 3 and 4), so there is no debugging port another local
+//! process could connect to. The browser reaches only the hosts it is
+//! given: every other request goes to a proxy address that cannot be
+//! connected to, and loopback is not exempt. What it hands back at the end
+//! is the session: the cookies of those hosts, as a [`Secret`].
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::vault::Secret;
+
+/// How long one DevTools command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where requests to any host not allowed go: the limited broadcast
+/// address, which no TCP connection can reach, so they fail at once.
+const NOWHERE: &str = "http://255.255.255.255:1";
+
+/// Why a browser session failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrowserError {
+    /// Chromium could not be started.
+    #[error(
+        "could not start the browser '{binary}': {error}; install Chromium (Debian: apt-get install chromium) or pass its path"
+    )]
+    Start {
+        /// The binary tried.
+        binary: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The browser ended or broke the protocol.
+    #[error("browser: {0}")]
+    Protocol(String),
+    /// The browser did not answer in time.
+    #[error("browser: no answer to {0} within 15 s")]
+    Timeout(String),
+    /// The page asked for is not on a host the session may reach.
+    #[error("{0} is not one of the hosts this login may reach")]
+    NotAllowed(String),
+}
+
+/// A key the owner can press in the streamed browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+pub enum Key {
+    /// Submit a form.
+    Enter,
+    /// Next field.
+    Tab,
+    /// Delete the character before the caret.
+    Backspace,
+}
+
+impl Key {
+    fn event(self) -> (&'static str, i64, Option<&'static str>) {
+        match self {
+            Self::Enter => ("Enter", 13, Some("\r")),
+            Self::Tab => ("Tab", 9, None),
+            Self::Backspace => ("Backspace", 8, None),
+        }
+    }
+}
+
+/// One Chromium, one page, for one login.
+pub struct LoginBrowser {
+    cdp: Arc<Cdp>,
+    /// The page's DevTools session.
+    page: String,
+    /// The hosts (`host` or `host:port`) it may reach.
+    reach: Vec<String>,
+    child: Child,
+    profile: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for LoginBrowser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginBrowser")
+            .field("reach", &self.reach)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginBrowser {
+    /// Starts `binary` (for example `chromium`) with a fresh profile,
+    /// allowed to reach only `reach` (each `host` or `host:port`), and
+    /// opens `url`, which must be on one of them.
+    pub async fn open(
+        binary: &std::path::Path,
+        url: &str,
+        reach: &[String],
+    ) -> Result<Self, BrowserError> {
+        let target = url::Url::parse(url).map_err(|_| BrowserError::NotAllowed(url.to_owned()))?;
+        if !matches!(target.scheme(), "http" | "https") || !allowed(&target, reach) {
+            return Err(BrowserError::NotAllowed(url.to_owned()));
+        }
+        let start = |error: String| BrowserError::Start {
+            binary: binary.display().to_string(),
+            error,
+        };
+        let profile = tempfile::Builder::new()
+            .prefix("sourcebox-login-")
+            .tempdir()
+            .map_err(|e| start(format!("profile directory: {e}")))?;
+        let (from_browser, browser_out) = std::io::pipe().map_err(|e| start(e.to_string()))?;
+        let (browser_in, to_browser) = std::io::pipe().map_err(|e| start(e.to_string()))?;
+        // Only the allowed hosts go direct; `<-loopback>` takes away
+        // Chromium's own exemption of loopback from the proxy.
+        let bypass = std::iter::once("<-loopback>".to_owned())
+            .chain(reach.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(";");
+        let mut command = Command::new(binary);
+        command
+            .arg("--headless")
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--proxy-server={NOWHERE}"))
+            .arg(format!("--proxy-bypass-list={bypass}"))
+            .args([
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--disable-gpu",
+                "--window-size=1024,768",
+                "about:blank",
+            ])
+            // Nothing of the host's environment: only what it needs to run.
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", profile.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if running_as_root() {
+            // Chromium's own sandbox cannot start as root; the browser still
+            // reaches only the allowed hosts and holds only this login.
+            command.arg("--no-sandbox");
+        }
+        command
+            .fd_mappings(vec![
+                FdMapping {
+                    parent_fd: browser_in.into(),
+                    child_fd: 3,
+                },
+                FdMapping {
+                    parent_fd: browser_out.into(),
+                    child_fd: 4,
+                },
+            ])
+            .map_err(|e| start(e.to_string()))?;
+        let child = command.spawn().map_err(|e| start(e.to_string()))?;
+        // The child holds its ends now; ours were moved into the command.
+        drop(command);
+        let cdp = Cdp::start(to_browser, from_browser);
+        let mut browser = Self {
+            cdp,
+            page: String::new(),
+            reach: reach.to_vec(),
+            child,
+            profile: Some(profile),
+        };
+        let target = browser
+            .cdp
+            .call("Target.createTarget", json!({ "url": url }), None)
+            .await?;
+        let target = target["targetId"].as_str().unwrap_or_default().to_owned();
+        let attached = browser
+            .cdp
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target, "flatten": true }),
+                None,
+            )
+            .await?;
+        browser.page = attached["sessionId"]
+            .as_str()
+            .ok_or_else(|| BrowserError::Protocol("no page session".into()))?
+            .to_owned();
+        Ok(browser)
+    }
+
+    /// What the page shows now, as a PNG.
+    pub async fn screenshot(&self) -> Result<Vec<u8>, BrowserError> {
+        use base64::Engine;
+        let shot = self
+            .page_call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .map_err(|e| BrowserError::Protocol(format!("screenshot: {e}")))
+    }
+
+    /// A left click at (`x`, `y`) in the page's CSS pixels.
+    pub async fn click(&self, x: f64, y: f64) -> Result<(), BrowserError> {
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.page_call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Types `text` into the focused field. It may be a password: it is
+    /// never logged, and the message that carried it is dropped at once.
+    pub async fn type_text(&self, text: &Secret) -> Result<(), BrowserError> {
+        let text = String::from_utf8_lossy(text.expose_secret());
+        self.page_call("Input.insertText", json!({ "text": text }))
+            .await
+            .map(drop)
+    }
+
+    /// Presses `key`.
+    pub async fn press(&self, key: Key) -> Result<(), BrowserError> {
+        let (name, code, text) = key.event();
+        for kind in ["keyDown", "keyUp"] {
+            let mut event = json!({
+                "type": kind, "key": name, "code": name,
+                "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code
+            });
+            if let (Some(text), "keyDown") = (text, kind) {
+                event["text"] = json!(text);
+            }
+            self.page_call("Input.dispatchKeyEvent", event).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the page has finished loading.
+    pub async fn loaded(&self) -> Result<bool, BrowserError> {
+        let state = self
+            .page_call(
+                "Runtime.evaluate",
+                json!({ "expression": "document.readyState", "returnByValue": true }),
+            )
+            .await?;
+        Ok(state["result"]["value"] == "complete")
+    }
+
+    /// The address the page is at now.
+    pub async fn location(&self) -> Result<String, BrowserError> {
+        let history = self
+            .page_call("Page.getNavigationHistory", json!({}))
+            .await?;
+        let at = history["currentIndex"].as_u64().unwrap_or_default() as usize;
+        Ok(history["entries"][at]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Ends the session: the cookies of the allowed hosts, as one JSON
+    /// array (`name`, `value`, `domain`, `path`, `expires`, `secure`,
+    /// `httpOnly`), then the browser is closed and its profile erased.
+    pub async fn finish(mut self) -> Result<Secret, BrowserError> {
+        let all = self.cdp.call("Storage.getCookies", json!({}), None).await?;
+        let reach = &self.reach;
+        let kept: Vec<Value> = all["cookies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                let domain = c["domain"].as_str().unwrap_or_default();
+                let domain = domain.trim_start_matches('.');
+                reach
+                    .iter()
+                    .any(|r| host_of(r) == domain || host_of(r).ends_with(&format!(".{domain}")))
+            })
+            .map(|c| {
+                json!({
+                    "name": c["name"], "value": c["value"], "domain": c["domain"],
+                    "path": c["path"], "expires": c["expires"], "secure": c["secure"],
+                    "httpOnly": c["httpOnly"]
+                })
+            })
+            .collect();
+        let session = Secret::new(serde_json::to_vec(&kept).expect("JSON values serialize"));
+        drop(all);
+        let _ = self.cdp.call("Browser.close", json!({}), None).await;
+        // Let it shut down its own processes before anything is killed.
+        for _ in 0..50 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop();
+        Ok(session)
+    }
+
+    async fn page_call(&self, method: &str, params: Value) -> Result<Value, BrowserError> {
+        self.cdp.call(method, params, Some(&self.page)).await
+    }
+
+    /// Kills the browser (if it is still running) and erases its profile.
+    /// Its helper processes may still be writing there for a moment after
+    /// the main process is gone, so the removal is retried.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(profile) = self.profile.take() {
+            let path = profile.keep();
+            for _ in 0..50 {
+                match std::fs::remove_dir_all(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => return,
+                }
+            }
+            tracing::warn!(profile = %path.display(), "a login browser's profile could not be erased");
+        }
+    }
+
+    /// The profile directory, while the session lasts.
+    pub fn profile_dir(&self) -> Option<PathBuf> {
+        self.profile.as_ref().map(|p| p.path().to_owned())
+    }
+}
+
+impl Drop for LoginBrowser {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `host` of `host` or `host:port`.
+fn host_of(entry: &str) -> &str {
+    match entry.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => entry,
+    }
+}
+
+/// Whether `url` is on one of `reach`.
+fn allowed(url: &url::Url, reach: &[String]) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let port = url.port_or_known_default();
+    reach.iter().any(|entry| match entry.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
+            h == host && p.parse::<u16>().ok() == port
+        }
+        _ => entry == host,
+    })
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// The DevTools protocol over the two pipes: NUL-terminated JSON messages,
+/// answers matched to their command by id on a reader thread.
+struct Cdp {
+    writer: Mutex<std::io::PipeWriter>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>,
+    next: AtomicU64,
+}
+
+impl Cdp {
+    fn start(writer: std::io::PipeWriter, mut reader: std::io::PipeReader) -> Arc<Self> {
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>> = Arc::default();
+        let answers = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("sourcebox-browser".into())
+            .spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = reader.read(&mut chunk) {
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buffer.iter().position(|b| *b == 0) {
+                        let message: Vec<u8> = buffer.drain(..=end).collect();
+                        let Ok(message) = serde_json::from_slice::<Value>(&message[..end]) else {
+                            continue;
+                        };
+                        let Some(id) = message["id"].as_u64() else {
+                            continue; // an event: not used
+                        };
+                        if let Some(sender) = answers.lock().expect("pending").remove(&id) {
+                            let _ = sender.send(message);
+                        }
+                    }
+                }
+                // The browser is gone: every command still waiting fails.
+                answers.lock().expect("pending").clear();
+            })
+            .expect("browser reader thread");
+        Arc::new(Self {
+            writer: Mutex::new(writer),
+            pending,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        session: Option<&str>,
+    ) -> Result<Value, BrowserError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        self.pending.lock().expect("pending").insert(id, sender);
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        let mut bytes = serde_json::to_vec(&message).expect("JSON values serialize");
+        drop(message);
+        bytes.push(0);
+        let written = self.writer.lock().expect("writer").write_all(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        written.map_err(|e| BrowserError::Protocol(format!("{method}: {e}")))?;
+        let answer = tokio::time::timeout(COMMAND_TIMEOUT, answer)
+            .await
+            .map_err(|_| BrowserError::Timeout(method.to_owned()))?
+            .map_err(|_| BrowserError::Protocol(format!("{method}: the browser ended")))?;
+        if let Some(error) = answer.get("error") {
+            return Err(BrowserError::Protocol(format!(
+                "{method}: {}",
+                error["message"].as_str().unwrap_or("refused")
+            )));
+        }
+        Ok(answer["result"].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_hosts_and_ports_are_allowed() {
+        let reach = vec!["127.0.0.1:8080".to_owned(), "login.example.com".to_owned()];
+        let ok = |u: &str| allowed(&url::Url::parse(u).expect("url"), &reach);
+        assert!(ok("http://127.0.0.1:8080/login"));
+        assert!(!ok("http://127.0.0.1:8081/login"));
+        assert!(ok("https://login.example.com/a"));
+        assert!(!ok("https://evil.example.com/"));
+        assert!(!ok("http://169.254.169.254/"));
+        assert_eq!(host_of("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_of("login.example.com"), "login.example.com");
+    }
+}
