@@ -6,11 +6,14 @@
 //! descriptors 3 and 4), so there is no debugging port another local
 //! process could connect to. The browser reaches only the hosts it is
 //! given: every other request goes to a proxy address that cannot be
-//! connected to, and loopback is not exempt. What it hands back at the end
-//! is the session: the cookies of those hosts, as a [`Secret`].
+//! connected to, and loopback is not exempt. It resolves no name itself:
+//! each allowed name is pinned to the address the host vetted, and every
+//! other name is unresolvable. What it hands back at the end is the
+//! session: the cookies of those hosts, as a [`Secret`].
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,13 +78,36 @@ impl Key {
     }
 }
 
+/// A host a login may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// A host name or an IP literal, as in URLs.
+    pub host: String,
+    /// Only this port, or any.
+    pub port: Option<u16>,
+    /// For a name: the address the host resolved and vetted for it. The
+    /// browser connects there and never resolves the name itself; a name
+    /// without one cannot be resolved at all.
+    pub address: Option<IpAddr>,
+}
+
+impl Reach {
+    /// The proxy bypass entry: `host` or `host:port`.
+    fn entry(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
 /// One Chromium, one page, for one login.
 pub struct LoginBrowser {
     cdp: Arc<Cdp>,
     /// The page's DevTools session.
     page: String,
-    /// The hosts (`host` or `host:port`) it may reach.
-    reach: Vec<String>,
+    /// The hosts it may reach.
+    reach: Vec<Reach>,
     child: Child,
     profile: Option<tempfile::TempDir>,
 }
@@ -96,12 +122,12 @@ impl std::fmt::Debug for LoginBrowser {
 
 impl LoginBrowser {
     /// Starts `binary` (for example `chromium`) with a fresh profile,
-    /// allowed to reach only `reach` (each `host` or `host:port`), and
-    /// opens `url`, which must be on one of them.
+    /// allowed to reach only `reach`, and opens `url`, which must be on one
+    /// of them.
     pub async fn open(
         binary: &std::path::Path,
         url: &str,
-        reach: &[String],
+        reach: &[Reach],
     ) -> Result<Self, BrowserError> {
         let target = url::Url::parse(url).map_err(|_| BrowserError::NotAllowed(url.to_owned()))?;
         if !matches!(target.scheme(), "http" | "https") || !allowed(&target, reach) {
@@ -120,9 +146,17 @@ impl LoginBrowser {
         // Only the allowed hosts go direct; `<-loopback>` takes away
         // Chromium's own exemption of loopback from the proxy.
         let bypass = std::iter::once("<-loopback>".to_owned())
-            .chain(reach.iter().cloned())
+            .chain(reach.iter().map(Reach::entry))
             .collect::<Vec<_>>()
             .join(";");
+        // Allowed names go to their vetted address; any other name does not
+        // resolve. The first matching rule applies.
+        let resolve = reach
+            .iter()
+            .filter_map(|r| r.address.map(|a| format!("MAP {} {a}", r.host)))
+            .chain(std::iter::once("MAP * ~NOTFOUND".to_owned()))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut command = Command::new(binary);
         command
             .arg("--headless")
@@ -130,6 +164,7 @@ impl LoginBrowser {
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(format!("--proxy-server={NOWHERE}"))
             .arg(format!("--proxy-bypass-list={bypass}"))
+            .arg(format!("--host-resolver-rules={resolve}"))
             .args([
                 "--no-first-run",
                 "--no-default-browser-check",
@@ -282,7 +317,7 @@ impl LoginBrowser {
                 let domain = domain.trim_start_matches('.');
                 reach
                     .iter()
-                    .any(|r| host_of(r) == domain || host_of(r).ends_with(&format!(".{domain}")))
+                    .any(|r| r.host == domain || r.host.ends_with(&format!(".{domain}")))
             })
             .map(|c| {
                 json!({
@@ -342,26 +377,15 @@ impl Drop for LoginBrowser {
     }
 }
 
-/// `host` of `host` or `host:port`.
-fn host_of(entry: &str) -> &str {
-    match entry.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-        _ => entry,
-    }
-}
-
 /// Whether `url` is on one of `reach`.
-fn allowed(url: &url::Url, reach: &[String]) -> bool {
+fn allowed(url: &url::Url, reach: &[Reach]) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
     let port = url.port_or_known_default();
-    reach.iter().any(|entry| match entry.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
-            h == host && p.parse::<u16>().ok() == port
-        }
-        _ => entry == host,
-    })
+    reach
+        .iter()
+        .any(|r| r.host == host && r.port.is_none_or(|p| Some(p) == port))
 }
 
 fn running_as_root() -> bool {
@@ -456,14 +480,25 @@ mod tests {
 
     #[test]
     fn only_listed_hosts_and_ports_are_allowed() {
-        let reach = vec!["127.0.0.1:8080".to_owned(), "login.example.com".to_owned()];
+        let reach = vec![
+            Reach {
+                host: "127.0.0.1".into(),
+                port: Some(8080),
+                address: None,
+            },
+            Reach {
+                host: "login.example.com".into(),
+                port: None,
+                address: Some([93, 184, 215, 14].into()),
+            },
+        ];
         let ok = |u: &str| allowed(&url::Url::parse(u).expect("url"), &reach);
         assert!(ok("http://127.0.0.1:8080/login"));
         assert!(!ok("http://127.0.0.1:8081/login"));
         assert!(ok("https://login.example.com/a"));
         assert!(!ok("https://evil.example.com/"));
         assert!(!ok("http://169.254.169.254/"));
-        assert_eq!(host_of("127.0.0.1:8080"), "127.0.0.1");
-        assert_eq!(host_of("login.example.com"), "login.example.com");
+        assert_eq!(reach[0].entry(), "127.0.0.1:8080");
+        assert_eq!(reach[1].entry(), "login.example.com");
     }
 }

@@ -12,11 +12,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use sourcebox::browser::{BrowserError, Key, LoginBrowser};
+use sourcebox::browser::{BrowserError, Key, LoginBrowser, Reach};
 use sourcebox::vault::Secret;
 
 const SESSION: &str = "sid-canary-51f0c2d7";
 const PASSWORD: &str = "correct-horse-battery";
+/// The login site's name: in no DNS, so only the pin makes it resolve.
+const NAME: &str = "login.sourcebox.test";
 
 fn chromium() -> PathBuf {
     std::env::var_os("SOURCEBOX_CHROMIUM")
@@ -71,7 +73,8 @@ async fn sites() -> (SocketAddr, Seen, SocketAddr, Seen) {
 <button style="position:absolute;left:10px;top:110px;width:100px;height:30px">Log in</button>
 </form>
 <img src="http://127.0.0.1:{off}/tracker.png">
-<img src="http://localhost:{port}/by-name.png">
+<img src="http://localhost:{port}/by-other-name.png">
+<img src="http://127.0.0.1:{port}/by-address.png">
 </body></html>"#,
             off = site.off.port(),
             port = site.port,
@@ -137,11 +140,21 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// The login site under its name, pinned to its loopback address.
+fn pinned(site: SocketAddr) -> Vec<Reach> {
+    vec![Reach {
+        host: NAME.into(),
+        port: Some(site.port()),
+        address: Some(site.ip()),
+    }]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_logs_in_through_the_streamed_browser_and_the_session_is_captured() {
     let (site, login_seen, off, off_seen) = sites().await;
-    let reach = vec![site.to_string()];
-    let browser = LoginBrowser::open(&chromium(), &format!("http://{site}/login"), &reach)
+    let reach = pinned(site);
+    let home = format!("http://{NAME}:{}", site.port());
+    let browser = LoginBrowser::open(&chromium(), &format!("{home}/login"), &reach)
         .await
         .expect("the browser starts (install chromium, or set SOURCEBOX_CHROMIUM)");
     let profile = browser.profile_dir().expect("profile");
@@ -169,7 +182,7 @@ async fn an_owner_logs_in_through_the_streamed_browser_and_the_session_is_captur
         browser
             .location()
             .await
-            .is_ok_and(|at| at == format!("http://{site}/home"))
+            .is_ok_and(|at| at == format!("{home}/home"))
     })
     .await;
     until("the page to load", async || {
@@ -185,14 +198,13 @@ async fn an_owner_logs_in_through_the_streamed_browser_and_the_session_is_captur
     assert_eq!(cookies[0]["httpOnly"], true);
     assert!(!profile.exists(), "the profile outlived the session");
 
-    // It reached only the allowed host and port: not another port on
-    // loopback, not the same server under another name.
+    // It reached only the allowed name and port: not another port on
+    // loopback, not the same server under another name or its address.
     let login_seen = login_seen.lock().expect("seen").clone();
     assert!(login_seen.contains(&"/home".to_owned()), "{login_seen:?}");
-    assert!(
-        !login_seen.contains(&"/by-name.png".to_owned()),
-        "{login_seen:?}"
-    );
+    for path in ["/by-other-name.png", "/by-address.png"] {
+        assert!(!login_seen.contains(&path.to_owned()), "{login_seen:?}");
+    }
     assert!(
         off_seen.lock().expect("seen").is_empty(),
         "a host not allowed was reached: {off}"
@@ -202,9 +214,10 @@ async fn an_owner_logs_in_through_the_streamed_browser_and_the_session_is_captur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_page_on_a_host_not_allowed_is_refused_before_any_browser_starts() {
     let (site, _, off, _) = sites().await;
-    let reach = vec![site.to_string()];
+    let reach = pinned(site);
     for url in [
         format!("http://{off}/login"),
+        format!("http://{site}/login"),
         "http://169.254.169.254/".to_owned(),
         "file:///etc/passwd".to_owned(),
     ] {
@@ -216,7 +229,7 @@ async fn a_login_page_on_a_host_not_allowed_is_refused_before_any_browser_starts
     }
     let missing = LoginBrowser::open(
         std::path::Path::new("/nonexistent/chromium"),
-        &format!("http://{site}/login"),
+        &format!("http://{NAME}:{}/login", site.port()),
         &reach,
     )
     .await;
