@@ -105,6 +105,45 @@ impl EgressPolicy {
                 None => format!("{host} has no addresses"),
             })
     }
+
+    /// What a login browser for this source may reach, under the same
+    /// rules as a run's requests: each declared host whose name resolves
+    /// to a public address, pinned to that address (any port); a
+    /// non-public address only where the operator allowed it exactly, on
+    /// that port. A host that resolves to neither is left out, so the
+    /// browser cannot reach it.
+    pub async fn browser_reach(&self) -> Vec<crate::browser::Reach> {
+        use crate::browser::Reach;
+        let mut reach = Vec::new();
+        for host in &self.hosts {
+            let literal = host.parse::<IpAddr>().ok();
+            let ips: Vec<IpAddr> = match literal {
+                Some(ip) => vec![ip],
+                None => tokio::net::lookup_host((host.as_str(), 443))
+                    .await
+                    .map(|addrs| addrs.map(|a| a.ip()).collect())
+                    .unwrap_or_default(),
+            };
+            // A literal needs no pin; a name is pinned to what was vetted.
+            let pin = |ip: IpAddr| literal.is_none().then_some(ip);
+            if let Some(ip) = ips.iter().copied().find(|ip| !forbidden(*ip)) {
+                reach.push(Reach {
+                    host: host.clone(),
+                    port: None,
+                    address: pin(ip),
+                });
+                continue;
+            }
+            for allowed in self.allowed_addrs.iter().filter(|a| ips.contains(&a.ip())) {
+                reach.push(Reach {
+                    host: host.clone(),
+                    port: Some(allowed.port()),
+                    address: pin(allowed.ip()),
+                });
+            }
+        }
+        reach
+    }
 }
 
 /// Addresses a connector may never reach unless the operator allowed the
@@ -547,5 +586,43 @@ mod tests {
         );
         assert!(policy.host_allowed("LOCALHOST"));
         assert!(!policy.host_allowed("example.com"));
+    }
+
+    #[tokio::test]
+    async fn a_login_browser_reaches_what_a_run_may_reach_pinned() {
+        use crate::browser::Reach;
+        let policy = EgressPolicy {
+            hosts: vec![
+                "127.0.0.1".into(),
+                "localhost".into(),
+                "169.254.169.254".into(),
+                "10.1.2.3".into(),
+                "93.184.215.14".into(),
+            ],
+            allowed_addrs: vec!["127.0.0.1:8080".parse().expect("addr")],
+        };
+        assert_eq!(
+            policy.browser_reach().await,
+            [
+                // Loopback only on the allowed port; the literal unpinned,
+                // the name pinned to the allowed address.
+                Reach {
+                    host: "127.0.0.1".into(),
+                    port: Some(8080),
+                    address: None,
+                },
+                Reach {
+                    host: "localhost".into(),
+                    port: Some(8080),
+                    address: Some([127, 0, 0, 1].into()),
+                },
+                // Metadata and private addresses: left out.
+                Reach {
+                    host: "93.184.215.14".into(),
+                    port: None,
+                    address: None,
+                },
+            ]
+        );
     }
 }
