@@ -28,6 +28,8 @@ use crate::vault::Secret;
 
 /// How long one DevTools command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the browser may take to start and answer its first command.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where requests to any host not allowed go: the limited broadcast
 /// address, which no TCP connection can reach, so they fail at once.
 const NOWHERE: &str = "http://255.255.255.255:1";
@@ -50,7 +52,7 @@ pub enum BrowserError {
     #[error("browser: {0}")]
     Protocol(String),
     /// The browser did not answer in time.
-    #[error("browser: no answer to {0} within 15 s")]
+    #[error("browser: no answer to {0} in time")]
     Timeout(String),
     /// The page asked for is not on a host the session may reach.
     #[error("{0} is not one of the hosts this login may reach")]
@@ -183,6 +185,9 @@ impl LoginBrowser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // Its own process group, so that ending the session ends every
+        // process it started.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         if running_as_root() {
             // Chromium's own sandbox cannot start as root; the browser still
             // reaches only the allowed hosts and holds only this login.
@@ -211,6 +216,10 @@ impl LoginBrowser {
             child,
             profile: Some(profile),
         };
+        browser
+            .cdp
+            .call_within(STARTUP_TIMEOUT, "Browser.getVersion", json!({}), None)
+            .await?;
         let target = browser
             .cdp
             .call("Target.createTarget", json!({ "url": url }), None)
@@ -349,6 +358,13 @@ impl LoginBrowser {
     /// Its helper processes may still be writing there for a moment after
     /// the main process is gone, so the removal is retried.
     fn stop(&mut self) {
+        // The whole process group (renderers, GPU and network services
+        // included), then the main process in case that failed.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(profile) = self.profile.take() {
@@ -447,6 +463,17 @@ impl Cdp {
         params: Value,
         session: Option<&str>,
     ) -> Result<Value, BrowserError> {
+        self.call_within(COMMAND_TIMEOUT, method, params, session)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        method: &str,
+        params: Value,
+        session: Option<&str>,
+    ) -> Result<Value, BrowserError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (sender, answer) = oneshot::channel();
         self.pending.lock().expect("pending").insert(id, sender);
@@ -460,7 +487,7 @@ impl Cdp {
         let written = self.writer.lock().expect("writer").write_all(&bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         written.map_err(|e| BrowserError::Protocol(format!("{method}: {e}")))?;
-        let answer = tokio::time::timeout(COMMAND_TIMEOUT, answer)
+        let answer = tokio::time::timeout(timeout, answer)
             .await
             .map_err(|_| BrowserError::Timeout(method.to_owned()))?
             .map_err(|_| BrowserError::Protocol(format!("{method}: the browser ended")))?;
