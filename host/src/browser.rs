@@ -28,7 +28,7 @@ use crate::vault::Secret;
 
 /// How long one DevTools command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the browser may take to start and answer its first command.
+/// How long the browser may take to start and open its first page.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where requests to any host not allowed go: the limited broadcast
 /// address, which no TCP connection can reach, so they fail at once.
@@ -222,7 +222,12 @@ impl LoginBrowser {
             .await?;
         let target = browser
             .cdp
-            .call("Target.createTarget", json!({ "url": url }), None)
+            .call_within(
+                STARTUP_TIMEOUT,
+                "Target.createTarget",
+                json!({ "url": url }),
+                None,
+            )
             .await?;
         let target = target["targetId"].as_str().unwrap_or_default().to_owned();
         let attached = browser
