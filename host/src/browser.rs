@@ -105,7 +105,7 @@ impl Reach {
 
 /// One Chromium, one page, for one login.
 pub struct LoginBrowser {
-    cdp: Arc<Cdp>,
+    cdp: Cdp,
     /// The page's DevTools session.
     page: String,
     /// The hosts it may reach.
@@ -428,7 +428,7 @@ struct Cdp {
 }
 
 impl Cdp {
-    fn start(writer: std::io::PipeWriter, mut reader: std::io::PipeReader) -> Arc<Self> {
+    fn start(writer: std::io::PipeWriter, mut reader: std::io::PipeReader) -> Self {
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>> = Arc::default();
         let answers = Arc::clone(&pending);
         std::thread::Builder::new()
@@ -455,11 +455,11 @@ impl Cdp {
                 answers.lock().expect("pending").clear();
             })
             .expect("browser reader thread");
-        Arc::new(Self {
+        Self {
             writer: Mutex::new(writer),
             pending,
             next: AtomicU64::new(1),
-        })
+        }
     }
 
     async fn call(

@@ -647,6 +647,17 @@ pub enum Meanwhile {
     Pause,
 }
 
+impl Meanwhile {
+    /// [`Meanwhile::Pause`] when `paused`, else [`Meanwhile::KeepRunning`].
+    pub fn paused_if(paused: bool) -> Self {
+        if paused {
+            Self::Pause
+        } else {
+            Self::KeepRunning
+        }
+    }
+}
+
 /// Offers a newly installed version to every source running an older
 /// version of its connector: a source whose version asked for everything
 /// the new one does moves to it now; any other waits for the owner's
@@ -767,11 +778,7 @@ pub fn approve_upgrade(
             from,
             to,
             changes: serde_json::from_str(&changes).unwrap_or_default(),
-            meanwhile: if paused {
-                Meanwhile::Pause
-            } else {
-                Meanwhile::KeepRunning
-            },
+            meanwhile: Meanwhile::paused_if(paused),
         });
     }
     Ok(approved)

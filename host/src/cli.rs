@@ -1099,11 +1099,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     installed.id, installed.version, installed.digest
                 ),
             )?;
-            let meanwhile = if pause_until_approved {
-                catalog::Meanwhile::Pause
-            } else {
-                catalog::Meanwhile::KeepRunning
-            };
+            let meanwhile = catalog::Meanwhile::paused_if(pause_until_approved);
             for upgrade in catalog::offer_upgrade(&store, &installed, meanwhile)? {
                 if upgrade.changes.is_empty() {
                     writeln_out(

@@ -719,7 +719,7 @@ fn client_secret(vault: &Vault, connector: &str) -> Result<Option<Secret>, Oauth
 /// authorizations under KEK `version` (inside the rotation's transaction),
 /// so an owner who is at the provider while the KEK rotates can still
 /// finish.
-pub(crate) fn rewrap_clients(
+pub(crate) fn rewrap_sealed(
     vault: &Vault,
     conn: &rusqlite::Connection,
     version: i64,
@@ -751,11 +751,21 @@ pub(crate) fn rewrap_clients(
     }
     let pending: Vec<(String, i64, i64, Aside)> = conn
         .prepare(
-            "SELECT id, owner_id, source_id, kek_version, wrapped_key, sealed_verifier
+            "SELECT id, owner_id, source_id, kek_version, wrapped_key
              FROM oauth_pending WHERE kek_version != ?1 AND expires_at >= ?2",
         )?
         .query_map(params![version, now_ms()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, Aside::from_row(r, 3)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                // Only the key is re-wrapped: the sealed verifier stays.
+                Aside {
+                    kek_version: r.get(3)?,
+                    wrapped_key: r.get(4)?,
+                    sealed: Vec::new(),
+                },
+            ))
         })?
         .collect::<Result<_, _>>()?;
     for (id, owner_id, source_id, aside) in pending {

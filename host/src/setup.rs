@@ -393,7 +393,6 @@ struct Facts {
     confirmed_identity: Option<String>,
     needs_reauth: Option<String>,
     pending: Option<(String, Vec<String>)>,
-    paused: bool,
     changed_from: Option<String>,
     /// Records the source holds, counted only after an account change.
     records: u64,
@@ -425,8 +424,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
                 pending_version, pending_changes, identity_changed_from,
                 CASE WHEN identity_changed_from IS NULL THEN 0
-                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END,
-                pending_paused
+                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END
          FROM sources WHERE id = ?1",
         )?
         .query_row([source.source_id], |r| {
@@ -456,7 +454,6 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 },
                 changed_from: r.get(11)?,
                 records: r.get::<_, i64>(12)? as u64,
-                paused: r.get(13)?,
             })
         })?;
     let manifest = &setup.connector.manifest;
@@ -528,7 +525,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 from: setup.connector.version.clone(),
                 to,
                 changes,
-                meanwhile: if facts.paused {
+                meanwhile: if setup.paused_for.is_some() {
                     "paused"
                 } else {
                     "keeps_running_from"

@@ -1014,7 +1014,7 @@ impl Vault {
                     params![interaction, version, rewrapped],
                 )?;
             }
-            crate::oauth::rewrap_clients(self, conn, version)?;
+            crate::oauth::rewrap_sealed(self, conn, version)?;
             // Revoked rows have no data key left; they just follow along.
             conn.execute(
                 "UPDATE credentials SET kek_version = ?1 WHERE wrapped_key IS NULL",
