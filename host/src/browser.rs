@@ -320,6 +320,22 @@ impl LoginBrowser {
     /// array (`name`, `value`, `domain`, `path`, `expires`, `secure`,
     /// `httpOnly`), then the browser is closed and its profile erased.
     pub async fn finish(mut self) -> Result<Secret, BrowserError> {
+        let session = self.cookies().await?;
+        let _ = self.cdp.call("Browser.close", json!({}), None).await;
+        // Let it shut down its own processes before anything is killed.
+        for _ in 0..50 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop();
+        Ok(session)
+    }
+
+    /// The cookies of the allowed hosts, as [`LoginBrowser::finish`]
+    /// returns them, leaving the browser open.
+    pub async fn cookies(&self) -> Result<Secret, BrowserError> {
         let all = self.cdp.call("Storage.getCookies", json!({}), None).await?;
         let reach = &self.reach;
         let kept: Vec<Value> = all["cookies"]
@@ -341,18 +357,9 @@ impl LoginBrowser {
                 })
             })
             .collect();
-        let session = Secret::new(serde_json::to_vec(&kept).expect("JSON values serialize"));
-        drop(all);
-        let _ = self.cdp.call("Browser.close", json!({}), None).await;
-        // Let it shut down its own processes before anything is killed.
-        for _ in 0..50 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.stop();
-        Ok(session)
+        Ok(Secret::new(
+            serde_json::to_vec(&kept).expect("JSON values serialize"),
+        ))
     }
 
     async fn page_call(&self, method: &str, params: Value) -> Result<Value, BrowserError> {
@@ -533,4 +540,98 @@ mod tests {
         assert_eq!(reach[0].entry(), "127.0.0.1:8080");
         assert_eq!(reach[1].entry(), "login.example.com");
     }
+}
+
+/// The login browsers open in this process, each under the interaction
+/// that asked for it: what the owner's screen and input routes reach.
+#[derive(Debug, Clone, Default)]
+pub struct Logins {
+    binary: Option<PathBuf>,
+    open: Arc<Mutex<HashMap<String, Arc<LoginBrowser>>>>,
+}
+
+impl Logins {
+    /// Logins through `binary`; none at all without one.
+    pub fn new(binary: Option<PathBuf>) -> Self {
+        Self {
+            binary,
+            open: Arc::default(),
+        }
+    }
+
+    /// The browser binary, if this process can open login browsers.
+    pub fn binary(&self) -> Option<&std::path::Path> {
+        self.binary.as_deref()
+    }
+
+    /// The browser open for interaction `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<LoginBrowser>> {
+        self.open.lock().expect("logins lock").get(id).cloned()
+    }
+
+    pub(crate) fn insert(&self, id: &str, browser: LoginBrowser) {
+        self.open
+            .lock()
+            .expect("logins lock")
+            .insert(id.to_owned(), Arc::new(browser));
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<LoginBrowser>> {
+        self.open.lock().expect("logins lock").remove(id)
+    }
+}
+
+/// The Chromium this host uses for logins: `SOURCEBOX_CHROMIUM` if set,
+/// else `chromium` (or `chromium-browser`) on the `PATH`.
+pub fn find_chromium() -> Option<PathBuf> {
+    let on_path = |name: &std::ffi::OsStr| {
+        let path = std::path::Path::new(name);
+        if path.components().count() > 1 {
+            return path.is_file().then(|| path.to_owned());
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    };
+    match std::env::var_os("SOURCEBOX_CHROMIUM") {
+        Some(binary) => on_path(&binary),
+        None => ["chromium", "chromium-browser"]
+            .into_iter()
+            .find_map(|name| on_path(name.as_ref())),
+    }
+}
+
+/// The `Cookie` header value a request to `host` carries from a captured
+/// session (the JSON array [`LoginBrowser::finish`] returns): the cookies
+/// whose domain `host` is, or is under; `Secure` ones only over TLS.
+/// `None` when no cookie applies or the session is not such an array.
+pub(crate) fn cookie_header(
+    session: &Secret,
+    host: &str,
+    tls: bool,
+) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let cookies: Vec<Value> = serde_json::from_slice(session.expose_secret()).ok()?;
+    let host = host.to_ascii_lowercase();
+    let mut header = zeroize::Zeroizing::new(Vec::new());
+    for cookie in cookies.iter() {
+        let (Some(name), Some(value), Some(domain)) = (
+            cookie["name"].as_str(),
+            cookie["value"].as_str(),
+            cookie["domain"].as_str(),
+        ) else {
+            continue;
+        };
+        let domain = domain.trim_start_matches('.').to_ascii_lowercase();
+        let applies = host == domain || host.ends_with(&format!(".{domain}"));
+        if !applies || (cookie["secure"] == true && !tls) {
+            continue;
+        }
+        if !header.is_empty() {
+            header.extend_from_slice(b"; ");
+        }
+        header.extend_from_slice(name.as_bytes());
+        header.push(b'=');
+        header.extend_from_slice(value.as_bytes());
+    }
+    (!header.is_empty()).then_some(header)
 }

@@ -31,7 +31,9 @@ use crate::runtime::bindings::sourcebox::connector::types::{
 use crate::runtime::{Binding, Exhausted, Limits};
 use crate::vault::Actor;
 
-/// The header a guest sets to have a credential injected as a bearer token.
+/// The header a guest sets to have a credential injected in the form its
+/// class takes: a bearer token (token, OAuth access token), or the
+/// cookies of a captured session.
 pub const BEARER_HEADER: &str = "x-sourcebox-bearer";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -190,9 +192,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
 pub struct EgressHooks {
     policy: Arc<EgressPolicy>,
     binding: Option<Binding>,
-    /// Hosts each injectable credential may go to, and whether it is an
-    /// OAuth grant (whose access token is what is injected).
-    credential_hosts: Vec<(String, Vec<String>, bool)>,
+    /// Hosts each injectable credential may go to, and its class (an
+    /// OAuth grant's access token is what is injected, a session's
+    /// cookies).
+    credential_hosts: Vec<(String, Vec<String>, CredentialClass)>,
     /// The first refusal, reported as the run's `egress_denied` failure.
     denied: Arc<Mutex<Option<String>>>,
     /// Requests sent so far, and how many the run may send.
@@ -243,7 +246,7 @@ impl EgressHooks {
                     (
                         c.name.clone(),
                         c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                        c.class == CredentialClass::Oauth,
+                        c.class,
                     )
                 })
                 .collect(),
@@ -320,7 +323,7 @@ impl WasiHttpHooks for EgressHooks {
                     *n == name && (hosts.is_empty() || hosts.contains(&host.to_ascii_lowercase()))
                 });
                 let value = match (&self.binding, declared) {
-                    (Some(binding), Some((_, _, oauth))) => {
+                    (Some(binding), Some((_, _, class))) => {
                         let actor = Actor {
                             name: "egress",
                             run_id: Some(&binding.run_id),
@@ -331,23 +334,34 @@ impl WasiHttpHooks for EgressHooks {
                             .expect("vault lock")
                             .get(actor, &binding.source, &name)
                             .ok()
-                            .map(|v| (v, *oauth))
+                            .map(|v| (v, *class))
                     }
                     _ => None,
                 };
-                match value.and_then(|(v, oauth)| {
-                    if oauth {
-                        crate::oauth::bearer(&v)
-                    } else {
+                let tls = uri.scheme() == Some(&Scheme::HTTPS);
+                match value.and_then(|(v, class)| match class {
+                    CredentialClass::Oauth => {
+                        crate::oauth::bearer(&v).map(|h| (http::header::AUTHORIZATION, h))
+                    }
+                    CredentialClass::Session => {
+                        crate::browser::cookie_header(&v, &host, tls).and_then(|line| {
+                            http::HeaderValue::from_bytes(&line)
+                                .ok()
+                                .map(|h| (http::header::COOKIE, h))
+                        })
+                    }
+                    _ => {
                         let line = zeroize::Zeroizing::new(
                             [b"Bearer ".as_slice(), v.expose_secret()].concat(),
                         );
-                        http::HeaderValue::from_bytes(&line).ok()
+                        http::HeaderValue::from_bytes(&line)
+                            .ok()
+                            .map(|h| (http::header::AUTHORIZATION, h))
                     }
                 }) {
-                    Some(mut header) => {
+                    Some((name, mut header)) => {
                         header.set_sensitive(true);
-                        Some(header)
+                        Some((name, header))
                     }
                     None => {
                         let err = deny(format!("credential '{name}' may not be sent to {host}"));
@@ -356,10 +370,8 @@ impl WasiHttpHooks for EgressHooks {
                 }
             }
         };
-        if let Some(header) = injected {
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, header);
+        if let Some((name, header)) = injected {
+            request.headers_mut().insert(name, header);
         }
         let budget = Budget {
             used: Arc::clone(&self.response_bytes),

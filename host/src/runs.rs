@@ -28,6 +28,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::catalog::{self, CatalogError};
+use crate::browser::Logins;
 use crate::events::{EventKind, Events};
 use crate::oauth::{self, OauthError};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
@@ -312,6 +313,9 @@ pub struct LaunchConfig {
     pub poll: Duration,
     /// Per-run limits.
     pub limits: Limits,
+    /// The browser a login interaction opens for the owner to stream;
+    /// without one, a connector asking for a login hears `unsupported`.
+    pub browser: Option<PathBuf>,
 }
 
 impl Default for LaunchConfig {
@@ -322,6 +326,7 @@ impl Default for LaunchConfig {
             interaction_wait: RunControl::default().interaction_wait,
             poll: Duration::from_millis(250),
             limits: Limits::default(),
+            browser: None,
         }
     }
 }
@@ -373,6 +378,7 @@ pub struct Launcher {
     events: Events,
     loaded: Mutex<HashMap<String, Arc<LoadedConnector>>>,
     cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    logins: Logins,
     runner: Runner,
 }
 
@@ -410,6 +416,7 @@ impl Launcher {
         Ok(Self {
             runtime,
             vault,
+            logins: Logins::new(config.browser.clone()),
             config,
             events: Events::default(),
             loaded: Mutex::default(),
@@ -436,6 +443,11 @@ impl Launcher {
     /// This process's configuration.
     pub fn config(&self) -> &LaunchConfig {
         &self.config
+    }
+
+    /// The login browsers this process's runs have open.
+    pub fn logins(&self) -> &Logins {
+        &self.logins
     }
 
     /// Runs `source`'s connector now and records the run, a refused launch
@@ -815,6 +827,7 @@ impl Launcher {
                 interactive: true,
                 interaction_wait: self.config.interaction_wait,
                 poll: self.config.poll,
+                logins: self.logins.clone(),
             },
         };
         let call = match trigger {

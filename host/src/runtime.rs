@@ -268,6 +268,8 @@ pub struct RunControl {
     pub interaction_wait: Duration,
     /// How often a waiting interaction looks for the answer.
     pub poll: Duration,
+    /// Where a login interaction opens its browser.
+    pub logins: crate::browser::Logins,
 }
 
 impl Default for RunControl {
@@ -278,6 +280,7 @@ impl Default for RunControl {
             interactive: false,
             interaction_wait: Duration::from_secs(15 * 60),
             poll: Duration::from_millis(200),
+            logins: crate::browser::Logins::default(),
         }
     }
 }

@@ -520,6 +520,16 @@ impl interaction::Host for RunState {
             Kind::Challenge => "challenge",
         };
         let prompt: String = prompt.chars().take(MAX_LOG_LINE).collect();
+        // A login opens the browser the owner will stream before the owner
+        // is asked, at the page the connector named.
+        let login = if kind == "login" {
+            match open_login(bound, &prompt).await {
+                Ok(login) => Some(login),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        } else {
+            None
+        };
         let source = bound.binding.source.clone();
         let run_id = bound.binding.run_id.clone();
         let vault = std::sync::Arc::clone(&bound.binding.vault);
@@ -539,6 +549,15 @@ impl interaction::Host for RunState {
             )
             .map_err(|e| host_fault(&e))?
         };
+        // Taken out of the registry however the wait ends, which closes it.
+        let _open = login.map(|(browser, credential)| {
+            control.logins.insert(&id, browser);
+            OpenLogin {
+                logins: control.logins.clone(),
+                id: id.clone(),
+                credential,
+            }
+        });
         tracing::info!(
             source = source.source,
             run = run_id,
@@ -606,6 +625,14 @@ impl interaction::Host for RunState {
         );
         let bound = self.bound.as_mut().expect("bound above");
         match outcome {
+            Ok(answer) if _open.is_some() => {
+                // The owner says the login is done: what the browser holds
+                // becomes the source's session, and the connector hears
+                // which credential it is.
+                bound.resolved.push(answer);
+                let login = _open.as_ref().expect("a login");
+                Ok(store_session(bound, login).await)
+            }
             Ok(answer) => match std::str::from_utf8(answer.expose_secret()) {
                 Ok(text) => {
                     let text = text.to_owned();
@@ -621,6 +648,115 @@ impl interaction::Host for RunState {
                 Ok(Err(InteractionError::Timeout))
             }
             Err(Some(other)) => Ok(Err(other)),
+        }
+    }
+}
+
+/// A login browser open under an interaction, closed when dropped.
+struct OpenLogin {
+    logins: crate::browser::Logins,
+    id: String,
+    /// The session credential the login is captured as.
+    credential: String,
+}
+
+impl Drop for OpenLogin {
+    fn drop(&mut self) {
+        // Dropping the last handle ends the browser and erases its profile.
+        drop(self.logins.remove(&self.id));
+    }
+}
+
+/// Opens the browser for a login at `url`: only where this host has a
+/// browser, the connector declares a session credential to capture, and
+/// `url` is on a host the source may reach.
+async fn open_login(
+    bound: &mut Bound,
+    url: &str,
+) -> Result<(crate::browser::LoginBrowser, String), InteractionError> {
+    let control = &bound.binding.control;
+    let Some(binary) = control.logins.binary().map(ToOwned::to_owned) else {
+        return Err(InteractionError::Unsupported);
+    };
+    let Some(credential) = bound
+        .manifest
+        .credentials
+        .iter()
+        .find(|c| c.class == CredentialClass::Session)
+        .map(|c| c.name.clone())
+    else {
+        tracing::warn!(
+            run = bound.binding.run_id,
+            "a login was asked for, but the connector declares no session credential to keep it in"
+        );
+        return Err(InteractionError::Unsupported);
+    };
+    let policy = EgressPolicy::for_source(
+        &bound.manifest,
+        &bound.binding.setup,
+        &bound.binding.egress_allow,
+    );
+    let reach = policy.browser_reach().await;
+    match crate::browser::LoginBrowser::open(&binary, url, &reach).await {
+        Ok(browser) => Ok((browser, credential)),
+        Err(crate::browser::BrowserError::NotAllowed(what)) => {
+            let why = format!("a login page at {what} is not on a host this source may reach");
+            tracing::warn!(run = bound.binding.run_id, "{why}");
+            bound.host_failure = Some(super::RunFailure::EgressDenied(why));
+            Err(InteractionError::Unsupported)
+        }
+        Err(e) => {
+            tracing::warn!(run = bound.binding.run_id, error = %e, "the login browser did not start");
+            Err(InteractionError::Unsupported)
+        }
+    }
+}
+
+/// Keeps the cookies the login browser holds as the source's session
+/// credential; answers the connector with its name. A browser that holds
+/// none (the owner did not log in) is a declined login.
+async fn store_session(bound: &mut Bound, login: &OpenLogin) -> Result<String, InteractionError> {
+    let run = bound.binding.run_id.clone();
+    let Some(browser) = login.logins.remove(&login.id) else {
+        return Err(InteractionError::Timeout);
+    };
+    let session = match browser.cookies().await {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(run, error = %e, "the login browser's session could not be read");
+            return Err(InteractionError::Declined);
+        }
+    };
+    drop(browser);
+    if session.expose_secret() == b"[]" {
+        tracing::info!(run, "the login ended without a session");
+        return Err(InteractionError::Declined);
+    }
+    let actor = Actor {
+        name: "browser-login",
+        run_id: Some(&run),
+    };
+    let new = NewCredential {
+        name: &login.credential,
+        class: VaultClass::Session,
+        provenance: Provenance::Interaction,
+        value: session,
+        expires_at: None,
+    };
+    let stored = bound
+        .binding
+        .vault
+        .lock()
+        .expect("vault lock")
+        .set(actor, &bound.binding.source, new);
+    match stored {
+        Ok(_) => {
+            tracing::info!(run, credential = login.credential, "browser login captured");
+            Ok(login.credential.clone())
+        }
+        Err(e) => {
+            tracing::warn!(run, error = %e, "the captured session could not be stored");
+            Err(InteractionError::Declined)
         }
     }
 }
