@@ -14,6 +14,7 @@ const COMPONENTS: &[&str] = &[
     "sourcebox-fixture-echo-next",
     "sourcebox-fixture-hostile",
     "sourcebox-fixture-oauth",
+    "sourcebox-fixture-browser",
 ];
 
 fn main() {

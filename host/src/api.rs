@@ -1582,7 +1582,8 @@ fn browser_failed(e: &crate::browser::BrowserError) -> ApiError {
     )
 }
 
-/// What the login browser of a pending login interaction shows now.
+/// What the login browser of a pending login interaction shows, once its
+/// page has loaded (waiting up to 5 s for it).
 #[utoipa::path(get, path = "/v1/owner/interactions/{id}/screen", tag = "owner", security(("owner" = [])), params(InteractionId), responses((status = 200, description = "A PNG screenshot of the login page", content_type = "image/png", body = Vec<u8>), (status = "4XX", description = "The error shape", body = ErrorBody), (status = 502, description = "The browser failed", body = ErrorBody)))]
 async fn owner_login_screen(
     _: Owner,
@@ -1590,6 +1591,13 @@ async fn owner_login_screen(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let browser = login_browser(&api, &id)?;
+    // A page still loading shows half a form: give it a moment.
+    for _ in 0..50 {
+        if browser.loaded().await.map_err(|e| browser_failed(&e))? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let png = browser.screenshot().await.map_err(|e| browser_failed(&e))?;
     Ok((
         [

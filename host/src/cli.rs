@@ -1290,9 +1290,29 @@ pub fn render_source(view: &setup::SourceView) -> String {
             }
             step
         }
-        NextStep::BrowserLogin { .. } => {
-            "next: log in through a browser (browser login is not available on this host yet)\n"
-                .to_owned()
+        NextStep::BrowserLogin {
+            supported,
+            interaction,
+            url,
+            reason,
+            operator,
+        } => {
+            let mut step = String::new();
+            if let Some(reason) = reason {
+                step.push_str(&format!("the session was refused: {reason}\n"));
+            }
+            match (interaction, url, operator) {
+                (Some(id), Some(url), _) => step.push_str(&format!(
+                    "next: log in at {url} in the login browser of interaction {id}: stream it with GET /v1/owner/interactions/{id}/screen and POST /v1/owner/interactions/{id}/input on `sourcebox serve`, then: sourcebox interaction answer {id} (done)\n"
+                )),
+                (_, _, Some(operator)) if !supported => {
+                    step.push_str(&format!("next: log in through the login browser; first, {operator}\n"))
+                }
+                _ => step.push_str(&format!(
+                    "next: log in through the login browser: with `sourcebox serve` running, POST /v1/owner/sources/{name}/verify; the connector opens its login page for you to stream\n"
+                )),
+            }
+            step
         }
         NextStep::Verify => {
             format!("next: verify the credentials: sourcebox source verify {name}\n")
@@ -1514,6 +1534,9 @@ fn serve(
             ..runs::RetryPolicy::default()
         },
         interaction_wait: args.interaction_wait,
+        // Only the server opens login browsers: the owner streams them
+        // through its API.
+        browser: crate::browser::find_chromium(),
         ..launch_config(egress_allow)
     };
     if let Some(token) = crate::tokens::ensure_owner_token(vault.store())? {

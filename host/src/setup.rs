@@ -92,10 +92,25 @@ pub enum NextStep {
         /// What the operator must do first, when it is not supported.
         operator: Option<String>,
     },
-    /// Log in through a browser.
+    /// Log in through the streamed login browser. Without `interaction`,
+    /// start it with a setup verification (`POST
+    /// /v1/owner/sources/{name}/verify` on `sourcebox serve`): the
+    /// connector opens its login page. With one, stream that browser
+    /// (`GET /v1/owner/interactions/{id}/screen`, `POST …/input`) and
+    /// answer the interaction once logged in; the session is then kept as
+    /// the source's session credential.
     BrowserLogin {
-        /// Browser login is not available on this host yet.
+        /// Whether this host has a browser for logins.
         supported: bool,
+        /// The login under way, when the connector has opened one.
+        interaction: Option<String>,
+        /// The page the login started at.
+        url: Option<String>,
+        /// Why a new login is needed, when the previous session was
+        /// refused.
+        reason: Option<String>,
+        /// What the operator must do first, when it is not supported.
+        operator: Option<String>,
     },
     /// Run the setup verification.
     Verify,
@@ -509,8 +524,25 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     };
 
     let oauth = facts.modality.as_deref() == Some("oauth");
+    let browser = facts.modality.as_deref() == Some("browser-login");
+    // A browser-login source is logged in when it holds a session.
+    let logged_in = credentials
+        .iter()
+        .any(|c| c.stored && c.field.class == CredentialClass::Session.as_str());
     let (state, next_step) = if let Some(asked) = pending {
-        (
+        if asked.kind == "login" && browser {
+            (
+                Lifecycle::WaitingForOwner,
+                NextStep::BrowserLogin {
+                    supported: true,
+                    interaction: Some(asked.id),
+                    url: Some(asked.prompt),
+                    reason: None,
+                    operator: None,
+                },
+            )
+        } else {
+            (
             Lifecycle::WaitingForOwner,
             NextStep::AnswerInteraction {
                 id: asked.id,
@@ -518,6 +550,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 prompt: asked.prompt,
             },
         )
+        }
     } else if let Some((to, changes)) = facts.pending.clone() {
         (
             Lifecycle::NeedsApproval,
@@ -538,17 +571,19 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     } else if let Some(reason) = facts.needs_reauth.clone() {
         (
             Lifecycle::NeedsReauth,
-            new_credentials(store, &setup.connector, oauth, Some(reason))?,
+            if browser {
+                browser_login(Some(reason))
+            } else {
+                new_credentials(store, &setup.connector, oauth, Some(reason))?
+            },
         )
+    } else if browser && !logged_in {
+        (Lifecycle::NeedsBrowserLogin, browser_login(None))
     } else if !missing.is_empty() {
         match facts.modality.as_deref() {
             Some("oauth") => (
                 Lifecycle::NeedsAuthorization,
                 new_credentials(store, &setup.connector, oauth, None)?,
-            ),
-            Some("browser-login") => (
-                Lifecycle::NeedsBrowserLogin,
-                NextStep::BrowserLogin { supported: false },
             ),
             _ => (
                 Lifecycle::NeedsCredentials,
@@ -563,7 +598,9 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .clone()
         .filter(|(_, _, at)| *at >= last_write && !verified)
     {
-        if kind == "auth_rejected" || kind.starts_with("credential") {
+        if browser && (kind == "auth_rejected" || kind.starts_with("credential")) {
+            (Lifecycle::NeedsBrowserLogin, browser_login(Some(detail)))
+        } else if kind == "auth_rejected" || kind.starts_with("credential") {
             (
                 if oauth {
                     Lifecycle::NeedsAuthorization
@@ -626,6 +663,20 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             .collect(),
         next_step,
     })
+}
+
+/// A new browser login, after `reason` (or for the first time).
+fn browser_login(reason: Option<String>) -> NextStep {
+    let supported = crate::browser::find_chromium().is_some();
+    NextStep::BrowserLogin {
+        supported,
+        interaction: None,
+        url: None,
+        reason,
+        operator: (!supported).then(|| {
+            "this host has no browser for logins: install Chromium (Debian: apt-get install chromium) or set SOURCEBOX_CHROMIUM to its path, then restart `sourcebox serve`".to_owned()
+        }),
+    }
 }
 
 /// What gets a source new credentials after `reason` (or for the first

@@ -3,8 +3,9 @@
 //! The host lets a request through only to hosts the manifest declares,
 //! and only to public addresses it resolved itself. To authenticate without
 //! ever holding the secret, ask the host to add a credential as a bearer
-//! token with [`Request::bearer_credential`]: it is added only for the hosts
-//! that credential declares.
+//! token with [`Request::bearer_credential`], or a captured session as
+//! cookies with [`Request::session_credential`]: it is added only for the
+//! hosts that credential declares.
 
 use crate::wit::wasi::http::outgoing_handler;
 use crate::wit::wasi::http::types::{self as wasi, ErrorCode};
@@ -200,6 +201,18 @@ impl Request {
     /// # let _ = r;
     /// ```
     pub fn bearer_credential(self, name: &str) -> Self {
+        self.header("x-sourcebox-bearer", name)
+    }
+
+    /// Has the host send session credential `name` (the cookies a browser
+    /// login captured) as this request's `Cookie` header: the cookies of
+    /// the request's host only, `Secure` ones only over https.
+    ///
+    /// ```
+    /// let r = sourcebox_sdk::http::Request::get("https://bank.example/accounts").session_credential("session");
+    /// # let _ = r;
+    /// ```
+    pub fn session_credential(self, name: &str) -> Self {
         self.header("x-sourcebox-bearer", name)
     }
 

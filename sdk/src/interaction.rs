@@ -9,6 +9,14 @@ use crate::{Secret, wit::sourcebox::connector::interaction as wit};
 /// Asks the owner and waits for the answer. The answer may be a secret (an
 /// OTP), so it comes back as a [`Secret`].
 ///
+/// For [`Kind::Login`], `prompt` is the URL of the login page, on a host
+/// the connector declares. The host opens it in a browser the owner
+/// streams; once the owner is logged in, the host keeps the browser's
+/// cookies as the connector's `session`-class credential and answers with
+/// that credential's name. Send it with
+/// [`crate::http::Request::session_credential`], so the session itself
+/// need not enter the component.
+///
 /// ```no_run
 /// use sourcebox_sdk::interaction::{self, Kind};
 /// let code = interaction::ask(Kind::Otp, "Enter the code your bank sent by SMS")?;

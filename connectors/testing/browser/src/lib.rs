@@ -1,0 +1,90 @@
+//! A test connector set up by browser login. Its only credential is a
+//! `session`, which this component never holds: when there is none, it
+//! asks the owner to log in at `{site_url}/login` (a `login` interaction),
+//! the host keeps the cookies of that login as the session, and sends them
+//! on each request as a `Cookie` header. It reads `GET {site_url}/me` (the
+//! account) and `GET {site_url}/notes`.
+
+use sourcebox_sdk::credentials::{self, CredentialError};
+use sourcebox_sdk::http::{Request, Response};
+use sourcebox_sdk::interaction::{self, Kind};
+use sourcebox_sdk::setup_value;
+use sourcebox_sdk::{
+    AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
+    EgressHost, Manifest, Modality, RunSummary, SetupField, SetupValues, Stream, export_connector,
+    records,
+};
+
+struct BrowserFixture;
+
+fn site(setup: &[(String, String)]) -> String {
+    setup_value(setup, "site_url")
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn get(setup: &[(String, String)], path: &str) -> Result<Response, ConnectorError> {
+    let response = Request::get(&format!("{}{path}", site(setup)))
+        .session_credential("session")
+        .send()?;
+    match response.status {
+        200..=299 => Ok(response),
+        401 => Err(ConnectorError::AuthRejected(
+            "the site refused the session (401); log in again".into(),
+        )),
+        status => Err(ConnectorError::Fatal(format!(
+            "the site returned {status} for {path}"
+        ))),
+    }
+}
+
+impl Connector for BrowserFixture {
+    fn describe() -> Manifest {
+        Manifest::new("browser-fixture", "0.1.0", "Browser login (test fixture)")
+            .stream(Stream::new("notes", &["id"]))
+            .credential(
+                CredentialField::new(
+                    "session",
+                    "Session (captured by the browser login)",
+                    CredentialClass::Session,
+                )
+                .optional(),
+            )
+            .setup_field(SetupField::new("site_url", "The site"))
+            .egress(EgressHost::FromSetupField("site_url".into()))
+            .modality(Modality::BrowserLogin)
+    }
+
+    /// Without a session, or with one the site no longer takes, the owner
+    /// logs in.
+    fn verify(setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
+        let stored = !matches!(credentials::get("session"), Err(CredentialError::Missing));
+        let me = match stored.then(|| get(&setup, "/me")) {
+            Some(Err(ConnectorError::AuthRejected(_))) | None => {
+                interaction::ask(Kind::Login, &format!("{}/login", site(&setup))).map_err(|e| {
+                    ConnectorError::AuthRejected(format!("the login did not complete: {e:?}"))
+                })?;
+                get(&setup, "/me")?
+            }
+            Some(me) => me?,
+        };
+        let me: serde_json::Value = me.json()?;
+        Ok(AccountIdentity {
+            id: me["id"].as_str().unwrap_or_default().to_owned(),
+            display: me["login"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
+        let notes: serde_json::Value = get(&request.setup, "/notes")?.json()?;
+        let mut count = 0;
+        for note in notes["notes"].as_array().into_iter().flatten() {
+            records::emit("notes", note)?;
+            count += 1;
+        }
+        Ok(RunSummary { records: count })
+    }
+}
+
+export_connector!(BrowserFixture);
