@@ -239,6 +239,7 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_approve))
         .routes(routes!(owner_interactions))
         .routes(routes!(owner_answer))
+        .routes(routes!(owner_decline))
         .routes(routes!(owner_login_screen))
         .routes(routes!(owner_login_input))
         .routes(routes!(owner_audit))
@@ -1559,6 +1560,19 @@ async fn owner_answer(
         )?;
     }
     Ok(Json(crate::interactions::find(vault.store(), &id)?).into_response())
+}
+
+/// Declines an interaction: the waiting run is told the owner declined
+/// (a login's browser is closed, nothing of it kept).
+#[utoipa::path(post, path = "/v1/owner/interactions/{id}/decline", tag = "owner", security(("owner" = [])), params(InteractionId), responses((status = 200, description = "The declined interaction", body = crate::interactions::Interaction), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_decline(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    runs::recover(vault.store())?;
+    Ok(Json(crate::interactions::decline(vault.store(), &id)?).into_response())
 }
 
 /// The login browser of a pending login interaction.

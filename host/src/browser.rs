@@ -155,7 +155,13 @@ impl LoginBrowser {
         // resolve. The first matching rule applies.
         let resolve = reach
             .iter()
-            .filter_map(|r| r.address.map(|a| format!("MAP {} {a}", r.host)))
+            .filter_map(|r| match (r.address, r.host.parse::<IpAddr>()) {
+                (Some(a), _) => Some(format!("MAP {} {a}", r.host)),
+                // An address needs no resolving, but the catch-all below
+                // would take it too.
+                (None, Ok(_)) => Some(format!("EXCLUDE {}", r.host)),
+                (None, Err(_)) => None,
+            })
             .chain(std::iter::once("MAP * ~NOTFOUND".to_owned()))
             .collect::<Vec<_>>()
             .join(",");

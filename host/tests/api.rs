@@ -1853,3 +1853,376 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         }
     }
 }
+
+/// The password of the login site's one account.
+const SITE_PASSWORD: &str = "site-password-canary-2b9e47";
+
+/// A site that is logged in to through a form, and answers `/me` and
+/// `/notes` only with a live session cookie.
+#[derive(Clone, Default)]
+struct LoginSite {
+    state: std::sync::Arc<std::sync::Mutex<LoginSiteState>>,
+}
+
+#[derive(Default)]
+struct LoginSiteState {
+    /// Session cookies issued, and which still work.
+    issued: Vec<String>,
+    live: Vec<String>,
+    /// Request paths, in order.
+    seen: Vec<String>,
+}
+
+impl LoginSite {
+    async fn start() -> (SocketAddr, Self) {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::{Html, IntoResponse, Redirect, Response};
+        use axum::routing::get;
+
+        fn session(site: &LoginSite, headers: &HeaderMap) -> bool {
+            let cookie = headers
+                .get(header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let state = site.state();
+            state
+                .live
+                .iter()
+                .any(|s| cookie.split("; ").any(|c| c == format!("sid={s}")))
+        }
+        async fn form() -> Html<&'static str> {
+            Html(
+                r#"<html><body style="margin:0"><form method="post" action="/login">
+<input name="user" style="position:absolute;left:10px;top:10px;width:300px;height:30px">
+<input name="password" type="password" style="position:absolute;left:10px;top:60px;width:300px;height:30px">
+<button style="position:absolute;left:10px;top:110px;width:100px;height:30px">Log in</button>
+</form></body></html>"#,
+            )
+        }
+        async fn login(State(site): State<LoginSite>, body: String) -> Response {
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+            if form.get("user").map(String::as_str) != Some("carol")
+                || form.get("password").map(String::as_str) != Some(SITE_PASSWORD)
+            {
+                return (StatusCode::UNAUTHORIZED, "wrong user or password").into_response();
+            }
+            let sid = {
+                let mut state = site.state();
+                let sid = format!("sid-canary-{}-4f1d8a", state.issued.len());
+                state.issued.push(sid.clone());
+                state.live.push(sid.clone());
+                sid
+            };
+            let mut response = Redirect::to("/home").into_response();
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                format!("sid={sid}; Path=/; HttpOnly")
+                    .parse()
+                    .expect("cookie"),
+            );
+            response
+        }
+        async fn home() -> Html<&'static str> {
+            Html("<h1>welcome, carol</h1>")
+        }
+        async fn me(State(site): State<LoginSite>, headers: HeaderMap) -> Response {
+            if !session(&site, &headers) {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            axum::Json(json!({"id": "c-1", "login": "carol"})).into_response()
+        }
+        async fn notes(State(site): State<LoginSite>, headers: HeaderMap) -> Response {
+            if !session(&site, &headers) {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            axum::Json(json!({"notes": [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}]}))
+                .into_response()
+        }
+        let site = Self::default();
+        let seen = site.clone();
+        let router = axum::Router::new()
+            .route("/login", get(form).post(login))
+            .route("/home", get(home))
+            .route("/me", get(me))
+            .route("/notes", get(notes))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let seen = seen.clone();
+                    async move {
+                        let line = format!("{} {}", req.method(), req.uri().path());
+                        seen.state().seen.push(line);
+                        next.run(req).await
+                    }
+                },
+            ))
+            .with_state(site.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (addr, site)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LoginSiteState> {
+        self.state.lock().expect("site state")
+    }
+
+    fn saw(&self, line: &str) -> bool {
+        self.state().seen.iter().any(|l| l == line)
+    }
+}
+
+/// Polls the source's view every 100 ms for up to 30 s until `done`.
+async fn view_until(
+    server: &Server,
+    owner: Option<&str>,
+    source: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (String, Value) {
+    for _ in 0..300 {
+        let (_, raw, view) = server
+            .call("GET", &format!("/v1/owner/sources/{source}"), owner, None)
+            .await;
+        if done(&view) {
+            return (raw, view);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the view of {source} did not get there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
+    use sha2::Digest;
+    let (site_addr, site) = LoginSite::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    // A short request deadline: a verification waiting for the login
+    // answers 202 after two seconds.
+    let server = Server::start_with(&data, site_addr, &["--request-timeout".as_ref(), "3s".as_ref()]);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+
+    let component =
+        std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
+    let digest = hex::encode(sha2::Sha256::digest(&component));
+    let (status, raw, _) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={digest}"),
+            owner,
+            "application/wasm",
+            &component,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let site_url = format!("http://{site_addr}");
+    let source = json!({"name": "bank", "connector": "browser-fixture",
+        "modality": "browser-login", "allow_unproven": true, "setup": {"site_url": site_url}})
+    .to_string();
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&source))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["state"], "needs_browser_login", "{raw}");
+    assert_eq!(
+        view["next_step"],
+        json!({"step": "browser_login", "supported": true, "interaction": null,
+            "url": null, "reason": null, "operator": null}),
+        "{raw}"
+    );
+
+    // Verification: the connector has no session, so it asks for a login;
+    // the host opens the login page in a browser the owner streams.
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources/bank/verify", owner, None)
+        .await;
+    assert_eq!(status, 202, "{raw}");
+    let (raw, view) = view_until(&server, owner, "bank", |v| {
+        v["next_step"]["interaction"].is_string()
+    })
+    .await;
+    assert_eq!(view["state"], "waiting_for_owner", "{raw}");
+    assert_eq!(view["next_step"]["url"], format!("{site_url}/login"), "{raw}");
+    let id = view["next_step"]["interaction"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let interaction = format!("/v1/owner/interactions/{id}");
+    let (status, raw, _) = server
+        .call("GET", &format!("{interaction}/screen"), owner, None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("content-type: image/png"), "{raw}");
+    assert!(raw.contains("PNG\r\n") && raw.contains("IHDR"), "not a PNG");
+    // Only the owner streams it.
+    let (status, _, _) = server
+        .call("GET", &format!("{interaction}/screen"), None, None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, raw, body) = server
+        .call("GET", "/v1/owner/interactions/nope/screen", owner, None)
+        .await;
+    assert_eq!(status, 404, "{raw}");
+    assert!(is_error(&body, "not_found"), "{raw}");
+
+    // The owner logs in through the stream.
+    let input = |body: Value| {
+        let server = &server;
+        let path = format!("{interaction}/input");
+        async move {
+            let (status, raw, _) = server
+                .call("POST", &path, owner, Some(&body.to_string()))
+                .await;
+            assert_eq!(status, 204, "{raw}");
+        }
+    };
+    input(json!({"click": {"x": 100, "y": 25}})).await;
+    input(json!({"text": "carol"})).await;
+    input(json!({"click": {"x": 100, "y": 75}})).await;
+    input(json!({"text": SITE_PASSWORD})).await;
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            &format!("{interaction}/input"),
+            owner,
+            Some(r#"{"key": "F13"}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{raw}");
+    assert!(is_error(&body, "bad_request"), "{raw}");
+    input(json!({"key": "Enter"})).await;
+    for _ in 0..150 {
+        if site.saw("GET /home") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        site.saw("POST /login") && site.saw("GET /home"),
+        "not logged in: {:?}",
+        site.state().seen
+    );
+
+    // Done: the session is kept as the source's credential, and the
+    // verification goes on with it.
+    let (status, raw, _) = server
+        .call(
+            "POST",
+            &format!("{interaction}/answer"),
+            owner,
+            Some(r#"{"value": "done"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (raw, view) = view_until(&server, owner, "bank", |v| v["state"] != "waiting_for_owner").await;
+    seen += &raw;
+    let (raw, view) = if view["state"] == "verifying" {
+        view_until(&server, owner, "bank", |v| v["state"] != "verifying").await
+    } else {
+        (raw, view)
+    };
+    assert_eq!(view["state"], "ready", "{raw}");
+    assert_eq!(view["identity"]["display"], "carol", "{raw}");
+    assert_eq!(view["credentials"][0]["class"], "session", "{raw}");
+    assert_eq!(view["credentials"][0]["stored"], true, "{raw}");
+    let (status, _, _) = server
+        .call("GET", &format!("{interaction}/screen"), owner, None)
+        .await;
+    assert_eq!(status, 404, "the browser outlived the login");
+
+    // Runs send the session as cookies; the component never holds it.
+    let run = || {
+        let server = &server;
+        async move {
+            let (status, raw, run) = server
+                .call("POST", "/v1/owner/sources/bank/runs", owner, None)
+                .await;
+            assert_eq!(status, 202, "{raw}");
+            let path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
+            for _ in 0..600 {
+                let (_, raw, record) = server.call("GET", &path, owner, None).await;
+                if record["state"] == "succeeded" || record["state"] == "failed" {
+                    return (raw, record);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("run {path} did not finish");
+        }
+    };
+    let (raw, record) = run().await;
+    seen += &raw;
+    assert_eq!(record["state"], "succeeded", "{raw}");
+    assert_eq!(record["records"], 2, "{raw}");
+    let (_, raw, connector) = server
+        .call("GET", "/v1/owner/connectors/browser-fixture", owner, None)
+        .await;
+    assert_eq!(
+        connector["modalities"][0]["support"], "proven",
+        "browser login was verified, then collected: {raw}"
+    );
+
+    // The site ends the session: the run is refused, and the owner is
+    // asked to log in again, with the reason.
+    site.state().live.clear();
+    let (raw, record) = run().await;
+    seen += &raw;
+    assert_eq!(record["state"], "failed", "{raw}");
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/bank", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(view["state"], "needs_reauth", "{raw}");
+    assert_eq!(view["next_step"]["step"], "browser_login", "{raw}");
+    assert!(
+        view["next_step"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused the session")),
+        "{raw}"
+    );
+
+    // Declining the next login ends that verification, and the browser.
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources/bank/verify", owner, None)
+        .await;
+    assert_eq!(status, 202, "{raw}");
+    let (_, view) = view_until(&server, owner, "bank", |v| {
+        v["next_step"]["interaction"].is_string()
+    })
+    .await;
+    let id = view["next_step"]["interaction"].as_str().expect("id");
+    let (status, raw, _) = server
+        .call("POST", &format!("/v1/owner/interactions/{id}/decline"), owner, None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (raw, view) = view_until(&server, owner, "bank", |v| {
+        !v["next_step"]["interaction"].is_string() && v["state"] != "verifying"
+    })
+    .await;
+    assert_eq!(view["next_step"]["step"], "browser_login", "{raw}");
+    let (status, _, _) = server
+        .call("GET", &format!("/v1/owner/interactions/{id}/screen"), owner, None)
+        .await;
+    assert_eq!(status, 404, "the browser outlived a declined login");
+
+    // Neither the session nor the password shows anywhere: responses, the
+    // server log, the data directory.
+    let log = server.stop();
+    let files = common::files_under(&data);
+    let mut secrets = site.state().issued.clone();
+    assert!(!secrets.is_empty());
+    secrets.push(SITE_PASSWORD.to_owned());
+    for secret in &secrets {
+        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
+        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
+        for (path, bytes) in &files {
+            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
+        }
+    }
+}

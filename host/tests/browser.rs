@@ -238,3 +238,26 @@ async fn a_login_page_on_a_host_not_allowed_is_refused_before_any_browser_starts
         "{missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_the_operator_allowed_is_reached_on_its_port_only() {
+    let (site, login_seen, _, _) = sites().await;
+    let reach = vec![Reach {
+        host: site.ip().to_string(),
+        port: Some(site.port()),
+        address: None,
+    }];
+    let browser = LoginBrowser::open(&chromium(), &format!("http://{site}/login"), &reach)
+        .await
+        .expect("the browser starts");
+    until("the login page", async || {
+        browser.loaded().await.unwrap_or(false)
+            && login_seen.lock().expect("seen").contains(&"/login".to_owned())
+    })
+    .await;
+    let seen = login_seen.lock().expect("seen").clone();
+    // Its images by address are on the allowed port; the others are not.
+    assert!(seen.contains(&"/by-address.png".to_owned()), "{seen:?}");
+    assert!(!seen.contains(&"/by-other-name.png".to_owned()), "{seen:?}");
+    drop(browser.finish().await.expect("finish"));
+}
