@@ -1576,10 +1576,7 @@ async fn owner_decline(
 }
 
 /// The login browser of a pending login interaction.
-fn login_browser(
-    api: &Api,
-    id: &str,
-) -> Result<Arc<crate::browser::LoginBrowser>, ApiError> {
+fn login_browser(api: &Api, id: &str) -> Result<Arc<crate::browser::LoginBrowser>, ApiError> {
     api.launcher.logins().get(id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no login browser is open for interaction '{id}'; only a pending login interaction of a run this server started has one"

@@ -343,13 +343,12 @@ impl WasiHttpHooks for EgressHooks {
                     CredentialClass::Oauth => {
                         crate::oauth::bearer(&v).map(|h| (http::header::AUTHORIZATION, h))
                     }
-                    CredentialClass::Session => {
-                        crate::browser::cookie_header(&v, &host, tls).and_then(|line| {
+                    CredentialClass::Session => crate::browser::cookie_header(&v, &host, tls)
+                        .and_then(|line| {
                             http::HeaderValue::from_bytes(&line)
                                 .ok()
                                 .map(|h| (http::header::COOKIE, h))
-                        })
-                    }
+                        }),
                     _ => {
                         let line = zeroize::Zeroizing::new(
                             [b"Bearer ".as_slice(), v.expose_secret()].concat(),

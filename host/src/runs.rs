@@ -27,8 +27,8 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::catalog::{self, CatalogError};
 use crate::browser::Logins;
+use crate::catalog::{self, CatalogError};
 use crate::events::{EventKind, Events};
 use crate::oauth::{self, OauthError};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;

@@ -543,13 +543,13 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             )
         } else {
             (
-            Lifecycle::WaitingForOwner,
-            NextStep::AnswerInteraction {
-                id: asked.id,
-                kind: asked.kind,
-                prompt: asked.prompt,
-            },
-        )
+                Lifecycle::WaitingForOwner,
+                NextStep::AnswerInteraction {
+                    id: asked.id,
+                    kind: asked.kind,
+                    prompt: asked.prompt,
+                },
+            )
         }
     } else if let Some((to, changes)) = facts.pending.clone() {
         (

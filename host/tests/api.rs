@@ -2004,13 +2004,16 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     let data = tmp.path().join("data");
     // A short request deadline: a verification waiting for the login
     // answers 202 after two seconds.
-    let server = Server::start_with(&data, site_addr, &["--request-timeout".as_ref(), "3s".as_ref()]);
+    let server = Server::start_with(
+        &data,
+        site_addr,
+        &["--request-timeout".as_ref(), "3s".as_ref()],
+    );
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
 
-    let component =
-        std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
+    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
     let digest = hex::encode(sha2::Sha256::digest(&component));
     let (status, raw, _) = server
         .send(
@@ -2049,7 +2052,11 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     })
     .await;
     assert_eq!(view["state"], "waiting_for_owner", "{raw}");
-    assert_eq!(view["next_step"]["url"], format!("{site_url}/login"), "{raw}");
+    assert_eq!(
+        view["next_step"]["url"],
+        format!("{site_url}/login"),
+        "{raw}"
+    );
     let id = view["next_step"]["interaction"]
         .as_str()
         .expect("id")
@@ -2121,7 +2128,10 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
         )
         .await;
     assert_eq!(status, 200, "{raw}");
-    let (raw, view) = view_until(&server, owner, "bank", |v| v["state"] != "waiting_for_owner").await;
+    let (raw, view) = view_until(&server, owner, "bank", |v| {
+        v["state"] != "waiting_for_owner"
+    })
+    .await;
     seen += &raw;
     let (raw, view) = if view["state"] == "verifying" {
         view_until(&server, owner, "bank", |v| v["state"] != "verifying").await
@@ -2198,7 +2208,12 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     .await;
     let id = view["next_step"]["interaction"].as_str().expect("id");
     let (status, raw, _) = server
-        .call("POST", &format!("/v1/owner/interactions/{id}/decline"), owner, None)
+        .call(
+            "POST",
+            &format!("/v1/owner/interactions/{id}/decline"),
+            owner,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{raw}");
     let (raw, view) = view_until(&server, owner, "bank", |v| {
@@ -2207,7 +2222,12 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     .await;
     assert_eq!(view["next_step"]["step"], "browser_login", "{raw}");
     let (status, _, _) = server
-        .call("GET", &format!("/v1/owner/interactions/{id}/screen"), owner, None)
+        .call(
+            "GET",
+            &format!("/v1/owner/interactions/{id}/screen"),
+            owner,
+            None,
+        )
         .await;
     assert_eq!(status, 404, "the browser outlived a declined login");
 

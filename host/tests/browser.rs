@@ -252,7 +252,10 @@ async fn an_address_the_operator_allowed_is_reached_on_its_port_only() {
         .expect("the browser starts");
     until("the login page", async || {
         browser.loaded().await.unwrap_or(false)
-            && login_seen.lock().expect("seen").contains(&"/login".to_owned())
+            && login_seen
+                .lock()
+                .expect("seen")
+                .contains(&"/login".to_owned())
     })
     .await;
     let seen = login_seen.lock().expect("seen").clone();

@@ -743,12 +743,13 @@ async fn store_session(bound: &mut Bound, login: &OpenLogin) -> Result<String, I
         value: session,
         expires_at: None,
     };
-    let stored = bound
-        .binding
-        .vault
-        .lock()
-        .expect("vault lock")
-        .set(actor, &bound.binding.source, new);
+    let stored =
+        bound
+            .binding
+            .vault
+            .lock()
+            .expect("vault lock")
+            .set(actor, &bound.binding.source, new);
     match stored {
         Ok(_) => {
             tracing::info!(run, credential = login.credential, "browser login captured");
