@@ -748,6 +748,10 @@ struct NewSource {
     modality: Option<String>,
     #[serde(default)]
     allow_unproven: bool,
+    /// Browser login: erase the session when each run ends, so every run
+    /// asks the owner to log in (by default it is kept for later runs).
+    #[serde(default)]
+    ephemeral_session: bool,
 }
 
 #[utoipa::path(post, path = "/v1/owner/sources", tag = "owner", security(("owner" = [])), request_body = NewSource, responses((status = 201, description = "The new source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
@@ -767,6 +771,7 @@ async fn owner_add_source(
             modality: new.modality.as_deref(),
             allow_unproven: new.allow_unproven,
             egress_allow: &api.launcher.config().egress_allow,
+            ephemeral_session: new.ephemeral_session,
         },
     )?;
     let view = setup::source_view(vault.store(), &new.name)?;

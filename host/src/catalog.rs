@@ -215,6 +215,8 @@ pub struct SourceSetup {
     /// The version whose approval the source waits for, when the owner
     /// chose to pause it meanwhile: no run of it starts until then.
     pub paused_for: Option<String>,
+    /// A browser-login source whose session is erased when each run ends.
+    pub ephemeral_session: bool,
 }
 
 /// Run limits the operator set for one connector; a limit left `None`
@@ -795,6 +797,9 @@ pub struct AddOptions<'a> {
     /// Non-public addresses the operator allowed (`--egress-allow`): a
     /// URL setup field may use plain http only to one of these.
     pub egress_allow: &'a [SocketAddr],
+    /// Browser login only: erase the session when each run ends, so
+    /// every run asks the owner to log in, instead of keeping it.
+    pub ephemeral_session: bool,
 }
 
 /// Adds a source that runs the latest installed version of `connector`.
@@ -809,15 +814,22 @@ pub fn add_source(
     let setup = validate_setup(&installed.manifest, values)?;
     check_urls(&installed.manifest, &setup, options.egress_allow)?;
     let modality = choose_modality(store, &installed, options)?;
+    if options.ephemeral_session && modality != "browser-login" {
+        return Err(CatalogError::Setup(format!(
+            "an ephemeral session is for browser login; this source would be set up with '{modality}'; drop the ephemeral option or choose --modality browser-login"
+        )));
+    }
     let source = store.add_source(name)?;
     store.conn().execute(
-        "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4, modality = ?5 WHERE id = ?1",
+        "UPDATE sources SET connector_id = ?2, connector_version = ?3, setup = ?4, modality = ?5,
+            ephemeral_session = ?6 WHERE id = ?1",
         params![
             source.source_id,
             installed.id,
             installed.version,
             setup_json(&setup),
-            modality
+            modality,
+            options.ephemeral_session
         ],
     )?;
     Ok(SourceSetup {
@@ -825,6 +837,7 @@ pub fn add_source(
         connector: installed,
         setup,
         paused_for: None,
+        ephemeral_session: options.ephemeral_session,
     })
 }
 
@@ -963,17 +976,17 @@ fn check_urls(
 /// A source's connector version and setup values.
 pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogError> {
     let source = store.source(name)?;
-    let (id, version, setup, paused_for): (Option<String>, Option<String>, String, Option<String>) =
-        store
-            .conn()
-            .prepare_cached(
-                "SELECT connector_id, connector_version, setup,
-                    CASE WHEN pending_paused = 1 THEN pending_version END
-                 FROM sources WHERE id = ?1",
-            )?
-            .query_row([source.source_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
+    type Row = (Option<String>, Option<String>, String, Option<String>, bool);
+    let (id, version, setup, paused_for, ephemeral_session): Row = store
+        .conn()
+        .prepare_cached(
+            "SELECT connector_id, connector_version, setup,
+                CASE WHEN pending_paused = 1 THEN pending_version END, ephemeral_session
+             FROM sources WHERE id = ?1",
+        )?
+        .query_row([source.source_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
     let (Some(id), Some(version)) = (id, version) else {
         return Err(CatalogError::NoConnector(name.to_owned()));
     };
@@ -990,5 +1003,6 @@ pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogErr
         connector,
         setup: setup.into_iter().collect(),
         paused_for,
+        ephemeral_session,
     })
 }

@@ -428,6 +428,11 @@ pub enum SourceCommand {
         /// Allow a modality not yet proven for this connector version.
         #[arg(long, requires = "connector")]
         allow_unproven: bool,
+        /// Browser login: erase the session when each run ends, so every
+        /// run asks you to log in (by default it is kept, sealed, for
+        /// later runs).
+        #[arg(long, requires = "connector")]
+        ephemeral_session: bool,
         /// JSON output: the source's setup view.
         #[arg(long)]
         json: bool,
@@ -786,6 +791,7 @@ fn source(
             set,
             modality,
             allow_unproven,
+            ephemeral_session,
             json,
         } => {
             let values = field_values(&set)?;
@@ -799,6 +805,7 @@ fn source(
                     modality: modality.as_deref(),
                     allow_unproven,
                     egress_allow,
+                    ephemeral_session,
                 },
             )?;
             print_view(&setup::source_view(vault.store(), &name)?, json, out)
@@ -1220,6 +1227,9 @@ pub fn render_source(view: &setup::SourceView) -> String {
             "  connector: {connector} ({})\n",
             view.modality.as_deref().unwrap_or("-")
         );
+    }
+    if let Some(session) = &view.session {
+        text += &format!("  session: {session}\n");
     }
     if let Some(identity) = &view.identity {
         text += &format!(

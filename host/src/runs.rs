@@ -865,10 +865,38 @@ impl Launcher {
             }
             ended => ended,
         };
+        if setup.ephemeral_session {
+            erase_session(&self.vault, run_id, &setup);
+        }
         Ok(match ended {
             Ok(outcome) => Ending::Done(outcome),
             Err(failure) => Ending::Failed(failure),
         })
+    }
+}
+
+/// Erases the session of a source that keeps none past a run.
+fn erase_session(vault: &Mutex<Vault>, run_id: &str, setup: &catalog::SourceSetup) {
+    let actor = Actor {
+        name: "browser-login",
+        run_id: Some(run_id),
+    };
+    let vault = vault.lock().expect("vault lock");
+    for field in &setup.connector.manifest.credentials {
+        if crate::vault::CredentialClass::from(field.class)
+            != crate::vault::CredentialClass::Session
+        {
+            continue;
+        }
+        match vault.remove(actor, &setup.source, &field.name) {
+            Ok(()) | Err(VaultError::Missing { .. }) => {}
+            Err(e) => tracing::error!(
+                source = setup.source.source,
+                run = run_id,
+                error = %e,
+                "an ephemeral session could not be erased"
+            ),
+        }
     }
 }
 

@@ -257,6 +257,11 @@ pub struct SourceView {
     pub connector: Option<String>,
     /// How it is set up.
     pub modality: Option<String>,
+    /// Browser login only: whether its session is `kept` (sealed, for
+    /// later runs) or `ephemeral` (erased when each run ends, so every run
+    /// asks the owner to log in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Where it is.
     pub state: Lifecycle,
     /// The account its credentials belong to, once verified.
@@ -423,6 +428,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 source: name.to_owned(),
                 connector: None,
                 modality: None,
+                session: None,
                 state: Lifecycle::Draft,
                 identity: None,
                 credentials: Vec::new(),
@@ -577,7 +583,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 new_credentials(store, &setup.connector, oauth, Some(reason))?
             },
         )
-    } else if browser && !logged_in {
+    } else if browser && !logged_in && !(setup.ephemeral_session && verified) {
         (Lifecycle::NeedsBrowserLogin, browser_login(None))
     } else if !missing.is_empty() {
         match facts.modality.as_deref() {
@@ -648,6 +654,14 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             "{} {}",
             setup.connector.id, setup.connector.version
         )),
+        session: browser.then(|| {
+            if setup.ephemeral_session {
+                "ephemeral"
+            } else {
+                "kept"
+            }
+            .to_owned()
+        }),
         modality: facts.modality,
         state,
         identity: facts.identity.filter(|_| verified),

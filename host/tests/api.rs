@@ -1972,8 +1972,8 @@ impl LoginSite {
         self.state.lock().expect("site state")
     }
 
-    fn saw(&self, line: &str) -> bool {
-        self.state().seen.iter().any(|l| l == line)
+    fn count(&self, line: &str) -> usize {
+        self.state().seen.iter().filter(|l| *l == line).count()
     }
 }
 
@@ -1994,6 +1994,79 @@ async fn view_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the view of {source} did not get there");
+}
+
+/// Whether a view is past its login and verification.
+fn settled(view: &Value) -> bool {
+    !matches!(
+        view["state"].as_str(),
+        Some("waiting_for_owner" | "verifying")
+    )
+}
+
+/// What the owner does in the streamed browser of `source`'s pending
+/// login: looks, clicks the fields, types, presses Enter, and once the
+/// site has logged them in, answers "done". Returns the interaction id.
+async fn stream_login(
+    server: &Server,
+    owner: Option<&str>,
+    source: &str,
+    site: &LoginSite,
+) -> String {
+    let (_, view) = view_until(server, owner, source, |v| {
+        v["next_step"]["interaction"].is_string()
+    })
+    .await;
+    let id = view["next_step"]["interaction"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let interaction = format!("/v1/owner/interactions/{id}");
+    let (status, raw, _) = server
+        .call("GET", &format!("{interaction}/screen"), owner, None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("content-type: image/png"), "{raw}");
+    assert!(raw.contains("PNG\r\n") && raw.contains("IHDR"), "not a PNG");
+    let logins = site.count("GET /home");
+    for input in [
+        json!({"click": {"x": 100, "y": 25}}),
+        json!({"text": "carol"}),
+        json!({"click": {"x": 100, "y": 75}}),
+        json!({"text": SITE_PASSWORD}),
+        json!({"key": "Enter"}),
+    ] {
+        let (status, raw, _) = server
+            .call(
+                "POST",
+                &format!("{interaction}/input"),
+                owner,
+                Some(&input.to_string()),
+            )
+            .await;
+        assert_eq!(status, 204, "{raw}");
+    }
+    for _ in 0..150 {
+        if site.count("GET /home") > logins {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        site.count("GET /home") > logins,
+        "not logged in: {:?}",
+        site.state().seen
+    );
+    let (status, raw, _) = server
+        .call(
+            "POST",
+            &format!("{interaction}/answer"),
+            owner,
+            Some(r#"{"value": "done"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2079,21 +2152,6 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     assert_eq!(status, 404, "{raw}");
     assert!(is_error(&body, "not_found"), "{raw}");
 
-    // The owner logs in through the stream.
-    let input = |body: Value| {
-        let server = &server;
-        let path = format!("{interaction}/input");
-        async move {
-            let (status, raw, _) = server
-                .call("POST", &path, owner, Some(&body.to_string()))
-                .await;
-            assert_eq!(status, 204, "{raw}");
-        }
-    };
-    input(json!({"click": {"x": 100, "y": 25}})).await;
-    input(json!({"text": "carol"})).await;
-    input(json!({"click": {"x": 100, "y": 75}})).await;
-    input(json!({"text": SITE_PASSWORD})).await;
     let (status, raw, body) = server
         .call(
             "POST",
@@ -2104,40 +2162,13 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
         .await;
     assert_eq!(status, 400, "{raw}");
     assert!(is_error(&body, "bad_request"), "{raw}");
-    input(json!({"key": "Enter"})).await;
-    for _ in 0..150 {
-        if site.saw("GET /home") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        site.saw("POST /login") && site.saw("GET /home"),
-        "not logged in: {:?}",
-        site.state().seen
-    );
 
-    // Done: the session is kept as the source's credential, and the
-    // verification goes on with it.
-    let (status, raw, _) = server
-        .call(
-            "POST",
-            &format!("{interaction}/answer"),
-            owner,
-            Some(r#"{"value": "done"}"#),
-        )
-        .await;
-    assert_eq!(status, 200, "{raw}");
-    let (raw, view) = view_until(&server, owner, "bank", |v| {
-        v["state"] != "waiting_for_owner"
-    })
-    .await;
+    // The owner logs in through the stream and says done: the session is
+    // kept as the source's credential, and the verification goes on with
+    // it.
+    assert_eq!(stream_login(&server, owner, "bank", &site).await, id);
+    let (raw, view) = view_until(&server, owner, "bank", settled).await;
     seen += &raw;
-    let (raw, view) = if view["state"] == "verifying" {
-        view_until(&server, owner, "bank", |v| v["state"] != "verifying").await
-    } else {
-        (raw, view)
-    };
     assert_eq!(view["state"], "ready", "{raw}");
     assert_eq!(view["identity"]["display"], "carol", "{raw}");
     assert_eq!(view["credentials"][0]["class"], "session", "{raw}");
@@ -2237,6 +2268,129 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     let files = common::files_under(&data);
     let mut secrets = site.state().issued.clone();
     assert!(!secrets.is_empty());
+    secrets.push(SITE_PASSWORD.to_owned());
+    for secret in &secrets {
+        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
+        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
+        for (path, bytes) in &files {
+            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_session_is_erased_after_each_run() {
+    use sha2::Digest;
+    let (site_addr, site) = LoginSite::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start_with(
+        &data,
+        site_addr,
+        &["--request-timeout".as_ref(), "3s".as_ref()],
+    );
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
+    let digest = hex::encode(sha2::Sha256::digest(&component));
+    let (status, raw, _) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={digest}"),
+            owner,
+            "application/wasm",
+            &component,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+
+    // Only a browser-login source can keep no session.
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            "/v1/owner/sources",
+            owner,
+            Some(r#"{"name": "gh", "connector": "github", "ephemeral_session": true}"#),
+        )
+        .await;
+    assert!((400..500).contains(&status), "{raw}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("an ephemeral session is for browser login")),
+        "{raw}"
+    );
+    let (status, _, _) = server
+        .call("GET", "/v1/owner/sources/gh", owner, None)
+        .await;
+    assert_eq!(status, 404, "a refused source was added");
+
+    let source = json!({"name": "once", "connector": "browser-fixture",
+        "modality": "browser-login", "allow_unproven": true, "ephemeral_session": true,
+        "setup": {"site_url": format!("http://{site_addr}")}})
+    .to_string();
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&source))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["session"], "ephemeral", "{raw}");
+    assert_eq!(view["state"], "needs_browser_login", "{raw}");
+
+    // Verified through a login, then the session is gone: still ready.
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources/once/verify", owner, None)
+        .await;
+    assert_eq!(status, 202, "{raw}");
+    stream_login(&server, owner, "once", &site).await;
+    let (raw, view) = view_until(&server, owner, "once", settled).await;
+    seen += &raw;
+    assert_eq!(view["state"], "ready", "{raw}");
+    assert_eq!(view["identity"]["display"], "carol", "{raw}");
+    assert_eq!(view["credentials"][0]["stored"], false, "{raw}");
+
+    // Each run asks for a login of its own, and erases its session.
+    for run in 1..=2 {
+        let (status, raw, started) = server
+            .call("POST", "/v1/owner/sources/once/runs", owner, None)
+            .await;
+        assert_eq!(status, 202, "{raw}");
+        stream_login(&server, owner, "once", &site).await;
+        let path = format!("/v1/owner/runs/{}", started["id"].as_str().expect("id"));
+        let mut record = Value::Null;
+        for _ in 0..600 {
+            let (_, raw, now) = server.call("GET", &path, owner, None).await;
+            seen += &raw;
+            record = now;
+            if record["state"] == "succeeded" || record["state"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(record["state"], "succeeded", "run {run}: {record}");
+        assert_eq!(record["records"], 2, "{record}");
+        let (_, raw, view) = server
+            .call("GET", "/v1/owner/sources/once", owner, None)
+            .await;
+        seen += &raw;
+        assert_eq!(view["state"], "ready", "{raw}");
+        assert_eq!(view["credentials"][0]["stored"], false, "{raw}");
+    }
+    assert_eq!(site.state().issued.len(), 3, "one login per run");
+    let (_, raw, audit) = server
+        .call("GET", "/v1/owner/audit?limit=1000", owner, None)
+        .await;
+    let erased = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["action"] == "credential.delete" && row["actor"] == "browser-login")
+        .count();
+    assert_eq!(erased, 3, "{raw}");
+
+    let log = server.stop();
+    let files = common::files_under(&data);
+    let mut secrets = site.state().issued.clone();
     secrets.push(SITE_PASSWORD.to_owned());
     for secret in &secrets {
         common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");

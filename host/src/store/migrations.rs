@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_oauth.sql"),
     include_str!("migrations/0009_limits.sql"),
     include_str!("migrations/0010_paused_upgrades.sql"),
+    include_str!("migrations/0011_ephemeral_sessions.sql"),
 ];
 
 /// The schema version this build writes.

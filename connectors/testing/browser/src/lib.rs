@@ -39,6 +39,20 @@ fn get(setup: &[(String, String)], path: &str) -> Result<Response, ConnectorErro
     }
 }
 
+/// Whether the source holds a session. (Asking reads it; a connector that
+/// never needs to know sends it with `session_credential` only.)
+fn has_session() -> bool {
+    !matches!(credentials::get("session"), Err(CredentialError::Missing))
+}
+
+/// Asks the owner to log in at the site's login page; the host keeps the
+/// session.
+fn log_in(setup: &[(String, String)]) -> Result<(), ConnectorError> {
+    interaction::ask(Kind::Login, &format!("{}/login", site(setup)))
+        .map(drop)
+        .map_err(|e| ConnectorError::AuthRejected(format!("the login did not complete: {e:?}")))
+}
+
 impl Connector for BrowserFixture {
     fn describe() -> Manifest {
         Manifest::new("browser-fixture", "0.1.0", "Browser login (test fixture)")
@@ -59,12 +73,9 @@ impl Connector for BrowserFixture {
     /// Without a session, or with one the site no longer takes, the owner
     /// logs in.
     fn verify(setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
-        let stored = !matches!(credentials::get("session"), Err(CredentialError::Missing));
-        let me = match stored.then(|| get(&setup, "/me")) {
+        let me = match has_session().then(|| get(&setup, "/me")) {
             Some(Err(ConnectorError::AuthRejected(_))) | None => {
-                interaction::ask(Kind::Login, &format!("{}/login", site(&setup))).map_err(|e| {
-                    ConnectorError::AuthRejected(format!("the login did not complete: {e:?}"))
-                })?;
+                log_in(&setup)?;
                 get(&setup, "/me")?
             }
             Some(me) => me?,
@@ -76,7 +87,11 @@ impl Connector for BrowserFixture {
         })
     }
 
+    /// A source that keeps no session between runs logs in each time.
     fn collect(request: CollectRequest) -> Result<RunSummary, ConnectorError> {
+        if !has_session() {
+            log_in(&request.setup)?;
+        }
         let notes: serde_json::Value = get(&request.setup, "/notes")?.json()?;
         let mut count = 0;
         for note in notes["notes"].as_array().into_iter().flatten() {
