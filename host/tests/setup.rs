@@ -611,6 +611,29 @@ async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_vers
         let view = dir.golden(source, golden).await;
         assert_eq!(view.modality.as_deref(), Some(modality));
     }
+    // A session that is not kept past a run is for browser login only.
+    let ephemeral = |modality: &'static str| {
+        [
+            "source",
+            "add",
+            "once",
+            "--connector",
+            "echo",
+            "--modality",
+            modality,
+            "--allow-unproven",
+            "--ephemeral-session",
+        ]
+    };
+    let (ok, _, err) = dir.cli(&ephemeral("static-secret"), b"").await;
+    assert!(
+        !ok && err.contains("an ephemeral session is for browser login"),
+        "{err}"
+    );
+    dir.ok(&ephemeral("browser-login"), b"").await;
+    let view = dir.view("once").await;
+    assert_eq!(view.session.as_deref(), Some("ephemeral"));
+    assert_eq!(view.state, Lifecycle::NeedsBrowserLogin);
     let (ok, _, err) = dir
         .cli(
             &[
