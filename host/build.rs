@@ -15,6 +15,7 @@ const COMPONENTS: &[&str] = &[
     "sourcebox-fixture-hostile",
     "sourcebox-fixture-oauth",
     "sourcebox-fixture-browser",
+    "sourcebox-fixture-login",
 ];
 
 fn main() {

@@ -835,9 +835,31 @@ impl Launcher {
             _ => Call::Collect(Vec::new()),
         };
         let started = std::time::Instant::now();
+        // One run, one time limit: each call after the first gets what the
+        // calls before it left of it.
+        let remaining = |binding: &Binding| {
+            let mut binding = binding.clone();
+            binding.limits.time = binding.limits.time.saturating_sub(started.elapsed());
+            binding
+        };
+        // A connector that logs in with a stored password or OTP seed does
+        // so first when the source holds no session.
+        let login = {
+            let vault = self.vault.lock().expect("vault lock");
+            PasswordLogin::of(&vault, &setup)?
+        };
+        if login.needed {
+            if let Err(failure) = self
+                .runtime
+                .run(&loaded, binding.clone(), Call::Authenticate)
+                .await
+            {
+                return Ok(Ending::Failed(failure));
+            }
+        }
         let ended = self
             .runtime
-            .run(&loaded, binding.clone(), call.clone())
+            .run(&loaded, remaining(&binding), call.clone())
             .await;
         // The provider rejected an access token the host did not just
         // refresh (it ended before the expiry the host knew of, or the
@@ -853,14 +875,34 @@ impl Launcher {
                             run = run_id,
                             "access token rejected; grant refreshed, calling again"
                         );
-                        // One run, one time limit: the second call gets
-                        // what the first call's wall time left of it.
-                        let mut binding = binding;
-                        binding.limits.time = binding.limits.time.saturating_sub(started.elapsed());
-                        self.runtime.run(&loaded, binding, call).await
+                        self.runtime
+                            .run(&loaded, remaining(&binding), call.clone())
+                            .await
                     }
                     Ok(false) => ended,
                     Err(e) => return Ok(refresh_failed(e)),
+                }
+            }
+            ended => ended,
+        };
+        // The site refused a session this run did not just get: log in
+        // again with the stored password, and call once more.
+        let ended = match ended {
+            Err(RunFailure::Connector(ConnectorError::AuthRejected(_)))
+                if login.possible && !login.needed =>
+            {
+                tracing::info!(
+                    source = setup.source.source,
+                    run = run_id,
+                    "session refused; logging in again with the stored credentials"
+                );
+                match self
+                    .runtime
+                    .run(&loaded, remaining(&binding), Call::Authenticate)
+                    .await
+                {
+                    Ok(_) => self.runtime.run(&loaded, remaining(&binding), call).await,
+                    Err(failure) => Err(failure),
                 }
             }
             ended => ended,
@@ -871,6 +913,46 @@ impl Launcher {
         Ok(match ended {
             Ok(outcome) => Ending::Done(outcome),
             Err(failure) => Ending::Failed(failure),
+        })
+    }
+}
+
+/// Whether a source's connector logs in with stored credentials (a
+/// password or OTP seed, which resolve only in `authenticate()`) to get
+/// its session, and whether it must now: it holds no session. Metadata
+/// only; nothing is decrypted.
+struct PasswordLogin {
+    possible: bool,
+    needed: bool,
+}
+
+impl PasswordLogin {
+    fn of(vault: &Vault, setup: &catalog::SourceSetup) -> Result<Self, LaunchError> {
+        use crate::vault::CredentialClass as Class;
+        let declares = |class: Class| {
+            setup
+                .connector
+                .manifest
+                .credentials
+                .iter()
+                .any(|f| Class::from(f.class) == class)
+        };
+        if !declares(Class::Session) || !(declares(Class::Password) || declares(Class::OtpSeed)) {
+            return Ok(Self {
+                possible: false,
+                needed: false,
+            });
+        }
+        let stored = crate::vault::metadata(vault.store(), Some(&setup.source))?;
+        let holds = |classes: &[Class]| {
+            stored
+                .iter()
+                .any(|m| m.revoked_at.is_none() && classes.contains(&m.class))
+        };
+        let possible = holds(&[Class::Password, Class::OtpSeed]);
+        Ok(Self {
+            possible,
+            needed: possible && !holds(&[Class::Session]),
         })
     }
 }

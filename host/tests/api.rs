@@ -2400,3 +2400,131 @@ async fn an_ephemeral_session_is_erased_after_each_run() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
+    use sha2::Digest;
+    let (site_addr, site) = LoginSite::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, site_addr);
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_LOGIN")).expect("component");
+    let digest = hex::encode(sha2::Sha256::digest(&component));
+    let (status, raw, _) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={digest}"),
+            owner,
+            "application/wasm",
+            &component,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let source = json!({"name": "shop", "connector": "login-fixture", "allow_unproven": true,
+        "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
+    .to_string();
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&source))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["state"], "needs_credentials", "{raw}");
+    assert_eq!(view["next_step"]["fields"][0]["name"], "password", "{raw}");
+    let capture = |password: &'static str| {
+        let server = &server;
+        async move {
+            let (status, raw, _) = server
+                .call(
+                    "PUT",
+                    "/v1/owner/sources/shop/credentials/password",
+                    owner,
+                    Some(&json!({ "value": password }).to_string()),
+                )
+                .await;
+            assert_eq!(status, 200, "{raw}");
+            raw
+        }
+    };
+
+    // A wrong password: the login is refused, and the owner is asked for
+    // the password again, with the site's reason.
+    seen += &capture("not-the-password").await;
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources/shop/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "needs_credentials", "{raw}");
+    assert!(
+        view["next_step"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused the login")),
+        "{raw}"
+    );
+    assert!(site.state().issued.is_empty());
+
+    // The right one: the connector logs in before verifying, and keeps
+    // the session, which the host sends as cookies from then on.
+    seen += &capture(SITE_PASSWORD).await;
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources/shop/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "ready", "{raw}");
+    assert_eq!(view["identity"]["display"], "carol", "{raw}");
+    assert_eq!(view["credentials"][1]["name"], "session", "{raw}");
+    assert_eq!(view["credentials"][1]["stored"], true, "{raw}");
+    assert_eq!(site.state().issued.len(), 1);
+
+    let run = || {
+        let server = &server;
+        async move {
+            let (status, raw, run) = server
+                .call("POST", "/v1/owner/sources/shop/runs", owner, None)
+                .await;
+            assert_eq!(status, 202, "{raw}");
+            let path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
+            for _ in 0..600 {
+                let (_, raw, record) = server.call("GET", &path, owner, None).await;
+                if record["state"] == "succeeded" || record["state"] == "failed" {
+                    return (raw, record);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("run {path} did not finish");
+        }
+    };
+    // The kept session serves the next run: no new login.
+    let (raw, record) = run().await;
+    seen += &raw;
+    assert_eq!(record["state"], "succeeded", "{raw}");
+    assert_eq!(record["records"], 2, "{raw}");
+    assert_eq!(
+        site.state().issued.len(),
+        1,
+        "a kept session was not reused"
+    );
+
+    // The site ends it: the run logs in again once and goes on.
+    site.state().live.clear();
+    let (raw, record) = run().await;
+    seen += &raw;
+    assert_eq!(record["state"], "succeeded", "{raw}");
+    assert_eq!(record["records"], 2, "{raw}");
+    assert_eq!(site.state().issued.len(), 2);
+
+    let log = server.stop();
+    let files = common::files_under(&data);
+    let mut secrets = site.state().issued.clone();
+    secrets.push(SITE_PASSWORD.to_owned());
+    for secret in &secrets {
+        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
+        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
+        for (path, bytes) in &files {
+            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
+        }
+    }
+}

@@ -48,6 +48,49 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The cookies this response sets (`Set-Cookie`), as the session a
+    /// connector keeps with `credentials::put` after logging in: the same
+    /// JSON array a browser login captures, each cookie bound to `host`,
+    /// the host the request went to. The host sends it back, to that host
+    /// only, with [`Request::session_credential`].
+    ///
+    /// ```
+    /// # use sourcebox_sdk::http::Response;
+    /// let r = Response { status: 303, headers: vec![
+    ///     ("set-cookie".into(), "sid=abc; Path=/; HttpOnly; Secure".into()),
+    /// ], body: vec![] };
+    /// let session: serde_json::Value = serde_json::from_str(&r.session("bank.example")).unwrap();
+    /// assert_eq!(session[0]["name"], "sid");
+    /// assert_eq!(session[0]["domain"], "bank.example");
+    /// assert_eq!(session[0]["secure"], true);
+    /// ```
+    pub fn session(&self, host: &str) -> String {
+        let cookies: Vec<serde_json::Value> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .filter_map(|(_, line)| {
+                let mut parts = line.split(';').map(str::trim);
+                let (name, value) = parts.next()?.split_once('=')?;
+                let mut cookie = serde_json::json!({
+                    "name": name, "value": value, "domain": host, "path": "/",
+                    "secure": false, "httpOnly": false,
+                });
+                for attribute in parts {
+                    let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
+                    match key.to_ascii_lowercase().as_str() {
+                        "path" => cookie["path"] = val.into(),
+                        "secure" => cookie["secure"] = true.into(),
+                        "httponly" => cookie["httpOnly"] = true.into(),
+                        _ => {}
+                    }
+                }
+                Some(cookie)
+            })
+            .collect();
+        serde_json::Value::from(cookies).to_string()
+    }
+
     /// The `Retry-After` field as seconds to wait: delta-seconds, or an
     /// HTTP-date counted from now (RFC 9110 §10.2.3).
     ///
@@ -163,10 +206,27 @@ impl Response {
 ///     .send()?;
 /// # Ok::<(), sourcebox_sdk::http::HttpError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     url: String,
+    method: wasi::Method,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Header values and the body may carry a password: they do not print.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl Request {
@@ -179,8 +239,33 @@ impl Request {
     pub fn get(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            method: wasi::Method::Get,
             headers: vec![("user-agent".into(), "sourcebox-connector".into())],
+            body: Vec::new(),
         }
+    }
+
+    /// A POST of an HTML form (`application/x-www-form-urlencoded`), as a
+    /// login page's form sends it.
+    ///
+    /// ```
+    /// let r = sourcebox_sdk::http::Request::post_form(
+    ///     "https://bank.example/login",
+    ///     &[("user", "carol"), ("password", "a b&c")],
+    /// );
+    /// # let _ = r;
+    /// ```
+    pub fn post_form(url: &str, fields: &[(&str, &str)]) -> Self {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish()
+            .into_bytes();
+        Self {
+            method: wasi::Method::Post,
+            body,
+            ..Self::get(url)
+        }
+        .header("content-type", "application/x-www-form-urlencoded")
     }
 
     /// Adds a header field.
@@ -245,16 +330,27 @@ impl Request {
         }
         let request = wasi::OutgoingRequest::new(fields);
         let invalid = |_| HttpError::InvalidUrl(self.url.clone());
-        request.set_method(&wasi::Method::Get).map_err(invalid)?;
+        request.set_method(&self.method).map_err(invalid)?;
         request.set_scheme(Some(&scheme)).map_err(invalid)?;
         request.set_authority(Some(authority)).map_err(invalid)?;
         request.set_path_with_query(Some(path)).map_err(invalid)?;
         let body = request
             .body()
             .map_err(|_| HttpError::Transport("request body unavailable".into()))?;
-        wasi::OutgoingBody::finish(body, None).map_err(error_code)?;
-
+        // Sent first, then its body streamed to it.
         let pending = outgoing_handler::handle(request, None).map_err(error_code)?;
+        let unavailable = |_| HttpError::Transport("request body unavailable".into());
+        if !self.body.is_empty() {
+            let stream = body.write().map_err(unavailable)?;
+            // At most 4096 bytes per write (the wasi:io contract).
+            for chunk in self.body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| HttpError::Transport(format!("request body: {e:?}")))?;
+            }
+            drop(stream);
+        }
+        wasi::OutgoingBody::finish(body, None).map_err(error_code)?;
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
