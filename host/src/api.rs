@@ -1523,6 +1523,13 @@ async fn owner_answer(
     let asked = crate::interactions::find(vault.store(), &id)?;
     let source = vault.store().source(&asked.source)?;
     let value = Secret::new(answer.value.into_bytes());
+    if asked.kind == "login" && answer.keep_as.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_now",
+            "a login is kept from its browser, not from the answer; answer it without keep_as",
+        ));
+    }
     if let Some(name) = &answer.keep_as {
         // Checked before the answer is given, so a bad name changes nothing.
         let declared = catalog::source_setup(vault.store(), &asked.source)?
@@ -1608,8 +1615,9 @@ async fn owner_login_screen(
 ) -> Result<Response, ApiError> {
     let browser = login_browser(&api, &id)?;
     // A page still loading shows half a form: give it a moment.
+    // (A page in the middle of navigating cannot say; that is not loaded.)
     for _ in 0..50 {
-        if browser.loaded().await.map_err(|e| browser_failed(&e))? {
+        if browser.loaded().await.unwrap_or(false) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -181,6 +181,8 @@ impl LoginBrowser {
                 "--disable-sync",
                 "--disable-extensions",
                 "--disable-gpu",
+                // WebRTC's UDP would go around the proxy.
+                "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
                 "--window-size=1024,768",
                 "about:blank",
             ])
@@ -335,7 +337,7 @@ impl LoginBrowser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.stop();
+        self.stop(false);
         Ok(session)
     }
 
@@ -374,8 +376,10 @@ impl LoginBrowser {
 
     /// Kills the browser (if it is still running) and erases its profile.
     /// Its helper processes may still be writing there for a moment after
-    /// the main process is gone, so the removal is retried.
-    fn stop(&mut self) {
+    /// the main process is gone, so a failed removal is retried: on a
+    /// blocking thread when `retry_aside` and a runtime is there to run it
+    /// (dropping a browser must not stall an async worker), else here.
+    fn stop(&mut self, retry_aside: bool) {
         // The whole process group (renderers, GPU and network services
         // included), then the main process in case that failed.
         let _ = Command::new("kill")
@@ -385,8 +389,15 @@ impl LoginBrowser {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(profile) = self.profile.take() {
-            let path = profile.keep();
+        let Some(profile) = self.profile.take() else {
+            return;
+        };
+        let path = profile.keep();
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {}
+            _ => return,
+        }
+        let erase = move || {
             for _ in 0..50 {
                 match std::fs::remove_dir_all(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -396,6 +407,10 @@ impl LoginBrowser {
                 }
             }
             tracing::warn!(profile = %path.display(), "a login browser's profile could not be erased");
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if retry_aside => drop(runtime.spawn_blocking(erase)),
+            _ => erase(),
         }
     }
 
@@ -407,7 +422,7 @@ impl LoginBrowser {
 
 impl Drop for LoginBrowser {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(true);
     }
 }
 
@@ -607,16 +622,22 @@ pub fn find_chromium() -> Option<PathBuf> {
     }
 }
 
-/// The `Cookie` header value a request to `host` carries from a captured
-/// session (the JSON array [`LoginBrowser::finish`] returns): the cookies
-/// whose domain `host` is, or is under; `Secure` ones only over TLS.
-/// `None` when no cookie applies or the session is not such an array.
+/// The `Cookie` header value a request to `host` carries from a session
+/// (the JSON array [`LoginBrowser::finish`] returns): the unexpired
+/// cookies of `host`, and those set for a domain `host` is under (a
+/// leading `.`); `Secure` ones only over TLS. `Ok(None)` when none
+/// applies; `Err(())` when the session is not such an array (a value a
+/// connector stored itself).
+#[allow(clippy::result_unit_err)]
 pub(crate) fn cookie_header(
     session: &Secret,
     host: &str,
     tls: bool,
-) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-    let cookies: Vec<Value> = serde_json::from_slice(session.expose_secret()).ok()?;
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, ()> {
+    let cookies: Vec<Value> = serde_json::from_slice(session.expose_secret()).map_err(drop)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let host = host.to_ascii_lowercase();
     let mut header = zeroize::Zeroizing::new(Vec::new());
     for cookie in cookies.iter() {
@@ -625,11 +646,18 @@ pub(crate) fn cookie_header(
             cookie["value"].as_str(),
             cookie["domain"].as_str(),
         ) else {
-            continue;
+            return Err(());
         };
-        let domain = domain.trim_start_matches('.').to_ascii_lowercase();
-        let applies = host == domain || host.ends_with(&format!(".{domain}"));
-        if !applies || (cookie["secure"] == true && !tls) {
+        let domain = domain.to_ascii_lowercase();
+        let applies = match domain.strip_prefix('.') {
+            Some(parent) => host == parent || host.ends_with(&domain),
+            None => host == domain,
+        };
+        // Session cookies carry no expiry (or -1).
+        let expired = cookie["expires"]
+            .as_f64()
+            .is_some_and(|at| at > 0.0 && at < now);
+        if !applies || expired || (cookie["secure"] == true && !tls) {
             continue;
         }
         if !header.is_empty() {
@@ -639,5 +667,5 @@ pub(crate) fn cookie_header(
         header.push(b'=');
         header.extend_from_slice(value.as_bytes());
     }
-    (!header.is_empty()).then_some(header)
+    Ok((!header.is_empty()).then_some(header))
 }

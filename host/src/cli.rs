@@ -1549,6 +1549,12 @@ fn serve(
         browser: crate::browser::find_chromium(),
         ..launch_config(egress_allow)
     };
+    match &config.browser {
+        Some(browser) => tracing::info!(browser = %browser.display(), "login browser"),
+        None => tracing::warn!(
+            "no browser for logins (install Chromium or set SOURCEBOX_CHROMIUM): a connector asking for a login hears `unsupported`"
+        ),
+    }
     if let Some(token) = crate::tokens::ensure_owner_token(vault.store())? {
         // The one time it is shown; only its hash is kept.
         writeln_out(

@@ -339,31 +339,44 @@ impl WasiHttpHooks for EgressHooks {
                     _ => None,
                 };
                 let tls = uri.scheme() == Some(&Scheme::HTTPS);
-                match value.and_then(|(v, class)| match class {
-                    CredentialClass::Oauth => {
-                        crate::oauth::bearer(&v).map(|h| (http::header::AUTHORIZATION, h))
-                    }
-                    CredentialClass::Session => crate::browser::cookie_header(&v, &host, tls)
-                        .and_then(|line| {
-                            http::HeaderValue::from_bytes(&line)
+                let refused = || format!("credential '{name}' may not be sent to {host}");
+                let bearer = |v: &crate::vault::Secret| {
+                    let line = zeroize::Zeroizing::new(
+                        [b"Bearer ".as_slice(), v.expose_secret()].concat(),
+                    );
+                    http::HeaderValue::from_bytes(&line)
+                        .ok()
+                        .map(|h| (http::header::AUTHORIZATION, h))
+                        .ok_or_else(refused)
+                };
+                let header = match value {
+                    None => Err(refused()),
+                    Some((v, CredentialClass::Oauth)) => crate::oauth::bearer(&v)
+                        .map(|h| (http::header::AUTHORIZATION, h))
+                        .ok_or_else(refused),
+                    // A captured session goes as the cookies of this
+                    // host; a value the connector stored itself as before.
+                    Some((v, CredentialClass::Session)) => {
+                        match crate::browser::cookie_header(&v, &host, tls) {
+                            Ok(Some(line)) => http::HeaderValue::from_bytes(&line)
                                 .ok()
                                 .map(|h| (http::header::COOKIE, h))
-                        }),
-                    _ => {
-                        let line = zeroize::Zeroizing::new(
-                            [b"Bearer ".as_slice(), v.expose_secret()].concat(),
-                        );
-                        http::HeaderValue::from_bytes(&line)
-                            .ok()
-                            .map(|h| (http::header::AUTHORIZATION, h))
+                                .ok_or_else(refused),
+                            Ok(None) => Err(format!(
+                                "session '{name}' holds no cookie for {host}; log in again"
+                            )),
+                            Err(()) => bearer(&v),
+                        }
                     }
-                }) {
-                    Some((name, mut header)) => {
+                    Some((v, _)) => bearer(&v),
+                };
+                match header {
+                    Ok((name, mut header)) => {
                         header.set_sensitive(true);
                         Some((name, header))
                     }
-                    None => {
-                        let err = deny(format!("credential '{name}' may not be sent to {host}"));
+                    Err(why) => {
+                        let err = deny(why);
                         return Box::new(async move { Err(err) });
                     }
                 }

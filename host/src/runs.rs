@@ -798,6 +798,17 @@ impl Launcher {
         if let Some(refused) = refused {
             return Ok(refused);
         }
+        // A source that keeps no session past a run: what a run that never
+        // ended left goes now, and this run's goes however it ends.
+        let _erase = setup.ephemeral_session.then(|| {
+            let erase = EraseSession {
+                vault: Arc::clone(&self.vault),
+                run_id: run_id.to_owned(),
+                setup: setup.clone(),
+            };
+            erase.now();
+            erase
+        });
         // An OAuth grant about to expire is refreshed now, at execution time.
         let actor = Actor {
             name: "oauth",
@@ -907,9 +918,6 @@ impl Launcher {
             }
             ended => ended,
         };
-        if setup.ephemeral_session {
-            erase_session(&self.vault, run_id, &setup);
-        }
         Ok(match ended {
             Ok(outcome) => Ending::Done(outcome),
             Err(failure) => Ending::Failed(failure),
@@ -954,6 +962,26 @@ impl PasswordLogin {
             possible,
             needed: possible && !holds(&[Class::Session]),
         })
+    }
+}
+
+/// Erases the session of a source that keeps none past a run, now and
+/// when dropped.
+struct EraseSession {
+    vault: Arc<Mutex<Vault>>,
+    run_id: String,
+    setup: catalog::SourceSetup,
+}
+
+impl Drop for EraseSession {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+impl EraseSession {
+    fn now(&self) {
+        erase_session(&self.vault, &self.run_id, &self.setup);
     }
 }
 

@@ -687,8 +687,12 @@ fn browser_login(reason: Option<String>) -> NextStep {
         interaction: None,
         url: None,
         reason,
-        operator: (!supported).then(|| {
-            "this host has no browser for logins: install Chromium (Debian: apt-get install chromium) or set SOURCEBOX_CHROMIUM to its path, then restart `sourcebox serve`".to_owned()
+        operator: (!supported).then(|| match std::env::var_os("SOURCEBOX_CHROMIUM") {
+            Some(path) => format!(
+                "SOURCEBOX_CHROMIUM names {}, which is not a browser binary: fix it, then restart `sourcebox serve`",
+                std::path::Path::new(&path).display()
+            ),
+            None => "this host has no browser for logins: install Chromium (Debian: apt-get install chromium) or set SOURCEBOX_CHROMIUM to its path, then restart `sourcebox serve`".to_owned(),
         }),
     }
 }

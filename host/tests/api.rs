@@ -2265,6 +2265,11 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     // Neither the session nor the password shows anywhere: responses, the
     // server log, the data directory.
     let log = server.stop();
+    // The connector logged a cookie value; the log has it redacted.
+    assert!(
+        log.contains("resuming with cookie [redacted]"),
+        "the connector's log line is missing"
+    );
     let files = common::files_under(&data);
     let mut secrets = site.state().issued.clone();
     assert!(!secrets.is_empty());

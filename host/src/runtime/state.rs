@@ -317,6 +317,11 @@ impl credentials::Host for RunState {
                         "credential resolved"
                     );
                     let text = text.to_owned();
+                    if field.class == CredentialClass::Session {
+                        // A captured session is redacted cookie by cookie:
+                        // a line may show one value without the rest.
+                        bound.resolved.extend(cookie_values(&secret));
+                    }
                     bound.resolved.push(secret);
                     Ok(Ok(text))
                 }
@@ -631,7 +636,7 @@ impl interaction::Host for RunState {
                 // which credential it is.
                 bound.resolved.push(answer);
                 let login = _open.as_ref().expect("a login");
-                Ok(store_session(bound, login).await)
+                store_session(bound, login).await
             }
             Ok(answer) => match std::str::from_utf8(answer.expose_secret()) {
                 Ok(text) => {
@@ -650,6 +655,19 @@ impl interaction::Host for RunState {
             Err(Some(other)) => Ok(Err(other)),
         }
     }
+}
+
+/// Each cookie value of a captured session (a JSON array of cookies);
+/// nothing for any other value.
+fn cookie_values(session: &Secret) -> Vec<Secret> {
+    let cookies: Vec<serde_json::Value> =
+        serde_json::from_slice(session.expose_secret()).unwrap_or_default();
+    cookies
+        .iter()
+        .filter_map(|c| c["value"].as_str())
+        .filter(|v| !v.is_empty())
+        .map(|v| Secret::new(v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// A login browser open under an interaction, closed when dropped.
@@ -700,37 +718,59 @@ async fn open_login(
     match crate::browser::LoginBrowser::open(&binary, url, &reach).await {
         Ok(browser) => Ok((browser, credential)),
         Err(crate::browser::BrowserError::NotAllowed(what)) => {
-            let why = format!("a login page at {what} is not on a host this source may reach");
+            let why = if url::Url::parse(&what).is_ok() {
+                format!("a login page at {what} is not on a host this source may reach")
+            } else {
+                format!("a login was asked for at '{what}', which is not a URL")
+            };
             tracing::warn!(run = bound.binding.run_id, "{why}");
             bound.host_failure = Some(super::RunFailure::EgressDenied(why));
             Err(InteractionError::Unsupported)
         }
         Err(e) => {
             tracing::warn!(run = bound.binding.run_id, error = %e, "the login browser did not start");
+            bound.host_failure = Some(browser_failed(&e));
             Err(InteractionError::Unsupported)
         }
     }
 }
 
+/// A run that failed because the login browser did: the host's fault,
+/// not the owner's, so not a reason to log in again.
+fn browser_failed(e: &crate::browser::BrowserError) -> super::RunFailure {
+    super::RunFailure::Connector(types::ConnectorError::UpstreamTransient(format!(
+        "the login browser failed: {e}"
+    )))
+}
+
 /// Keeps the cookies the login browser holds as the source's session
 /// credential; answers the connector with its name. A browser that holds
-/// none (the owner did not log in) is a declined login.
-async fn store_session(bound: &mut Bound, login: &OpenLogin) -> Result<String, InteractionError> {
+/// none (the owner did not log in) is a declined login. (Cookies a login
+/// page sets before the login count as a session: the connector finds out
+/// when the site refuses it.)
+async fn store_session(
+    bound: &mut Bound,
+    login: &OpenLogin,
+) -> wasmtime::Result<Result<String, InteractionError>> {
     let run = bound.binding.run_id.clone();
     let Some(browser) = login.logins.remove(&login.id) else {
-        return Err(InteractionError::Timeout);
+        bound.host_failure = Some(browser_failed(&crate::browser::BrowserError::Protocol(
+            "the browser was closed before the login was kept".into(),
+        )));
+        return Ok(Err(InteractionError::Unsupported));
     };
     let session = match browser.cookies().await {
         Ok(session) => session,
         Err(e) => {
             tracing::warn!(run, error = %e, "the login browser's session could not be read");
-            return Err(InteractionError::Declined);
+            bound.host_failure = Some(browser_failed(&e));
+            return Ok(Err(InteractionError::Unsupported));
         }
     };
     drop(browser);
     if session.expose_secret() == b"[]" {
         tracing::info!(run, "the login ended without a session");
-        return Err(InteractionError::Declined);
+        return Ok(Err(InteractionError::Declined));
     }
     let actor = Actor {
         name: "browser-login",
@@ -753,11 +793,10 @@ async fn store_session(bound: &mut Bound, login: &OpenLogin) -> Result<String, I
     match stored {
         Ok(_) => {
             tracing::info!(run, credential = login.credential, "browser login captured");
-            Ok(login.credential.clone())
+            Ok(Ok(login.credential.clone()))
         }
-        Err(e) => {
-            tracing::warn!(run, error = %e, "the captured session could not be stored");
-            Err(InteractionError::Declined)
-        }
+        Err(e) => Err(wasmtime::Error::msg(format!(
+            "the captured session could not be stored: {e}"
+        ))),
     }
 }

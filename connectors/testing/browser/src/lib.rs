@@ -42,7 +42,20 @@ fn get(setup: &[(String, String)], path: &str) -> Result<Response, ConnectorErro
 /// Whether the source holds a session. (Asking reads it; a connector that
 /// never needs to know sends it with `session_credential` only.)
 fn has_session() -> bool {
-    !matches!(credentials::get("session"), Err(CredentialError::Missing))
+    match credentials::get("session") {
+        Err(CredentialError::Missing) => false,
+        Err(_) => true,
+        Ok(session) => {
+            // Careless on purpose: the host must redact each cookie value
+            // from the log, not only the whole session.
+            let cookies: serde_json::Value =
+                serde_json::from_str(session.expose_secret()).unwrap_or_default();
+            if let Some(value) = cookies[0]["value"].as_str() {
+                sourcebox_sdk::log::info(&format!("resuming with cookie {value}"));
+            }
+            true
+        }
+    }
 }
 
 /// Asks the owner to log in at the site's login page; the host keeps the
