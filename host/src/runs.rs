@@ -859,14 +859,13 @@ impl Launcher {
             let vault = self.vault.lock().expect("vault lock");
             PasswordLogin::of(&vault, &setup)?
         };
-        if login.needed {
-            if let Err(failure) = self
+        if login.needed
+            && let Err(failure) = self
                 .runtime
                 .run(&loaded, binding.clone(), Call::Authenticate)
                 .await
-            {
-                return Ok(Ending::Failed(failure));
-            }
+        {
+            return Ok(Ending::Failed(failure));
         }
         let ended = self
             .runtime
