@@ -1975,6 +1975,22 @@ impl LoginSite {
     fn count(&self, line: &str) -> usize {
         self.state().seen.iter().filter(|l| *l == line).count()
     }
+
+    /// None of the sessions the site issued, nor its password, is in what
+    /// the API returned (`seen`), the server log, or any file of `data`.
+    fn assert_kept(&self, seen: &str, log: &str, data: &Path) {
+        let files = common::files_under(data);
+        let mut secrets = self.state().issued.clone();
+        assert!(!secrets.is_empty(), "no session was issued");
+        secrets.push(SITE_PASSWORD.to_owned());
+        for secret in &secrets {
+            common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
+            common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
+            for (path, bytes) in &files {
+                common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
+            }
+        }
+    }
 }
 
 /// Polls the source's view every 100 ms for up to 30 s until `done`.
@@ -1994,6 +2010,75 @@ async fn view_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the view of {source} did not get there");
+}
+
+/// A login site, and `serve` on a fresh data directory (in the returned
+/// temporary directory) that may reach it, with the component at `path`
+/// installed. Its request deadline is short: a verification waiting for a
+/// login answers 202 after two seconds.
+async fn login_world(
+    path: &str,
+) -> (
+    SocketAddr,
+    LoginSite,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Server,
+) {
+    let (site_addr, site) = LoginSite::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start_with(
+        &data,
+        site_addr,
+        &["--request-timeout".as_ref(), "3s".as_ref()],
+    );
+    install(&server, Some(server.owner.as_str()), path).await;
+    (site_addr, site, tmp, data, server)
+}
+
+/// Uploads the component at `path` and approves what it asks for.
+async fn install(server: &Server, owner: Option<&str>, path: &str) {
+    use sha2::Digest;
+    let component = std::fs::read(path).expect("component");
+    let digest = hex::encode(sha2::Sha256::digest(&component));
+    let (status, raw, _) = server
+        .send(
+            "POST",
+            &format!("/v1/owner/connectors?approve={digest}"),
+            owner,
+            "application/wasm",
+            &component,
+        )
+        .await;
+    assert_eq!(status, 201, "{raw}");
+}
+
+/// Waits for run `id` to succeed or fail; what it last read, and the run.
+async fn run_end(server: &Server, owner: Option<&str>, id: &Value) -> (String, Value) {
+    let path = format!("/v1/owner/runs/{}", id.as_str().expect("id"));
+    for _ in 0..600 {
+        let (_, raw, record) = server.call("GET", &path, owner, None).await;
+        if record["state"] == "succeeded" || record["state"] == "failed" {
+            return (raw, record);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run {path} did not finish");
+}
+
+/// Starts a run of `source` and waits for its end.
+async fn run_to_end(server: &Server, owner: Option<&str>, source: &str) -> (String, Value) {
+    let (status, raw, run) = server
+        .call(
+            "POST",
+            &format!("/v1/owner/sources/{source}/runs"),
+            owner,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{raw}");
+    run_end(server, owner, &run["id"]).await
 }
 
 /// Whether a view is past its login and verification.
@@ -2071,33 +2156,11 @@ async fn stream_login(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
-    use sha2::Digest;
-    let (site_addr, site) = LoginSite::start().await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    // A short request deadline: a verification waiting for the login
-    // answers 202 after two seconds.
-    let server = Server::start_with(
-        &data,
-        site_addr,
-        &["--request-timeout".as_ref(), "3s".as_ref()],
-    );
+    let (site_addr, site, _tmp, data, server) =
+        login_world(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).await;
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
-
-    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
-    let digest = hex::encode(sha2::Sha256::digest(&component));
-    let (status, raw, _) = server
-        .send(
-            "POST",
-            &format!("/v1/owner/connectors?approve={digest}"),
-            owner,
-            "application/wasm",
-            &component,
-        )
-        .await;
-    assert_eq!(status, 201, "{raw}");
     let site_url = format!("http://{site_addr}");
     let source = json!({"name": "bank", "connector": "browser-fixture",
         "modality": "browser-login", "allow_unproven": true, "setup": {"site_url": site_url}})
@@ -2179,25 +2242,7 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     assert_eq!(status, 404, "the browser outlived the login");
 
     // Runs send the session as cookies; the component never holds it.
-    let run = || {
-        let server = &server;
-        async move {
-            let (status, raw, run) = server
-                .call("POST", "/v1/owner/sources/bank/runs", owner, None)
-                .await;
-            assert_eq!(status, 202, "{raw}");
-            let path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
-            for _ in 0..600 {
-                let (_, raw, record) = server.call("GET", &path, owner, None).await;
-                if record["state"] == "succeeded" || record["state"] == "failed" {
-                    return (raw, record);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("run {path} did not finish");
-        }
-    };
-    let (raw, record) = run().await;
+    let (raw, record) = run_to_end(&server, owner, "bank").await;
     seen += &raw;
     assert_eq!(record["state"], "succeeded", "{raw}");
     assert_eq!(record["records"], 2, "{raw}");
@@ -2212,7 +2257,7 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     // The site ends the session: the run is refused, and the owner is
     // asked to log in again, with the reason.
     site.state().live.clear();
-    let (raw, record) = run().await;
+    let (raw, record) = run_to_end(&server, owner, "bank").await;
     seen += &raw;
     assert_eq!(record["state"], "failed", "{raw}");
     let (_, raw, view) = server
@@ -2270,45 +2315,16 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
         log.contains("resuming with cookie [redacted]"),
         "the connector's log line is missing"
     );
-    let files = common::files_under(&data);
-    let mut secrets = site.state().issued.clone();
-    assert!(!secrets.is_empty());
-    secrets.push(SITE_PASSWORD.to_owned());
-    for secret in &secrets {
-        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
-        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
-        for (path, bytes) in &files {
-            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
-        }
-    }
+    site.assert_kept(&seen, &log, &data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ephemeral_session_is_erased_after_each_run() {
-    use sha2::Digest;
-    let (site_addr, site) = LoginSite::start().await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let server = Server::start_with(
-        &data,
-        site_addr,
-        &["--request-timeout".as_ref(), "3s".as_ref()],
-    );
+    let (site_addr, site, _tmp, data, server) =
+        login_world(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).await;
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
-    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).expect("component");
-    let digest = hex::encode(sha2::Sha256::digest(&component));
-    let (status, raw, _) = server
-        .send(
-            "POST",
-            &format!("/v1/owner/connectors?approve={digest}"),
-            owner,
-            "application/wasm",
-            &component,
-        )
-        .await;
-    assert_eq!(status, 201, "{raw}");
 
     // Only a browser-login source can keep no session.
     let (status, raw, body) = server
@@ -2361,17 +2377,8 @@ async fn an_ephemeral_session_is_erased_after_each_run() {
             .await;
         assert_eq!(status, 202, "{raw}");
         stream_login(&server, owner, "once", &site).await;
-        let path = format!("/v1/owner/runs/{}", started["id"].as_str().expect("id"));
-        let mut record = Value::Null;
-        for _ in 0..600 {
-            let (_, raw, now) = server.call("GET", &path, owner, None).await;
-            seen += &raw;
-            record = now;
-            if record["state"] == "succeeded" || record["state"] == "failed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (raw, record) = run_end(&server, owner, &started["id"]).await;
+        seen += &raw;
         assert_eq!(record["state"], "succeeded", "run {run}: {record}");
         assert_eq!(record["records"], 2, "{record}");
         let (_, raw, view) = server
@@ -2394,40 +2401,16 @@ async fn an_ephemeral_session_is_erased_after_each_run() {
     assert_eq!(erased, 3, "{raw}");
 
     let log = server.stop();
-    let files = common::files_under(&data);
-    let mut secrets = site.state().issued.clone();
-    secrets.push(SITE_PASSWORD.to_owned());
-    for secret in &secrets {
-        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
-        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
-        for (path, bytes) in &files {
-            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
-        }
-    }
+    site.assert_kept(&seen, &log, &data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
-    use sha2::Digest;
-    let (site_addr, site) = LoginSite::start().await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let server = Server::start(&data, site_addr);
+    let (site_addr, site, _tmp, data, server) =
+        login_world(env!("SOURCEBOX_COMPONENT_FIXTURE_LOGIN")).await;
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
-    let component = std::fs::read(env!("SOURCEBOX_COMPONENT_FIXTURE_LOGIN")).expect("component");
-    let digest = hex::encode(sha2::Sha256::digest(&component));
-    let (status, raw, _) = server
-        .send(
-            "POST",
-            &format!("/v1/owner/connectors?approve={digest}"),
-            owner,
-            "application/wasm",
-            &component,
-        )
-        .await;
-    assert_eq!(status, 201, "{raw}");
     let source = json!({"name": "shop", "connector": "login-fixture", "allow_unproven": true,
         "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
     .to_string();
@@ -2484,26 +2467,8 @@ async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
     assert_eq!(view["credentials"][1]["stored"], true, "{raw}");
     assert_eq!(site.state().issued.len(), 1);
 
-    let run = || {
-        let server = &server;
-        async move {
-            let (status, raw, run) = server
-                .call("POST", "/v1/owner/sources/shop/runs", owner, None)
-                .await;
-            assert_eq!(status, 202, "{raw}");
-            let path = format!("/v1/owner/runs/{}", run["id"].as_str().expect("id"));
-            for _ in 0..600 {
-                let (_, raw, record) = server.call("GET", &path, owner, None).await;
-                if record["state"] == "succeeded" || record["state"] == "failed" {
-                    return (raw, record);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("run {path} did not finish");
-        }
-    };
     // The kept session serves the next run: no new login.
-    let (raw, record) = run().await;
+    let (raw, record) = run_to_end(&server, owner, "shop").await;
     seen += &raw;
     assert_eq!(record["state"], "succeeded", "{raw}");
     assert_eq!(record["records"], 2, "{raw}");
@@ -2515,21 +2480,12 @@ async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
 
     // The site ends it: the run logs in again once and goes on.
     site.state().live.clear();
-    let (raw, record) = run().await;
+    let (raw, record) = run_to_end(&server, owner, "shop").await;
     seen += &raw;
     assert_eq!(record["state"], "succeeded", "{raw}");
     assert_eq!(record["records"], 2, "{raw}");
     assert_eq!(site.state().issued.len(), 2);
 
     let log = server.stop();
-    let files = common::files_under(&data);
-    let mut secrets = site.state().issued.clone();
-    secrets.push(SITE_PASSWORD.to_owned());
-    for secret in &secrets {
-        common::assert_no_leak(secret.as_bytes(), seen.as_bytes(), "API responses");
-        common::assert_no_leak(secret.as_bytes(), log.as_bytes(), "the server log");
-        for (path, bytes) in &files {
-            common::assert_no_leak(secret.as_bytes(), bytes, &path.display().to_string());
-        }
-    }
+    site.assert_kept(&seen, &log, &data);
 }
