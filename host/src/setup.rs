@@ -222,7 +222,9 @@ pub struct ModalityView {
     /// static-secret, oauth, browser-login or local-import.
     pub modality: String,
     /// `proven` once a source set up this way verified and collected (or
-    /// the catalog ships such a proof); otherwise `unproven`.
+    /// the catalog ships such a proof); `unsupported` when this host
+    /// cannot set a source up this way at all (the evidence says why);
+    /// otherwise `unproven`.
     pub support: String,
     /// What proved it.
     pub evidence: Option<String>,
@@ -282,6 +284,17 @@ pub struct CredentialStatus {
     pub field: CredentialFieldView,
     /// Stored, usable (not revoked) for this source.
     pub stored: bool,
+}
+
+/// Why this host cannot set a source up by `modality` at all, if it
+/// cannot.
+pub fn unsupported(modality: Modality) -> Option<&'static str> {
+    match modality {
+        Modality::LocalImport => Some(
+            "contract 0.1 gives a connector no way to read an export file the owner provides; it waits for the next contract version (wit/PENDING_CHANGES.md)",
+        ),
+        _ => None,
+    }
 }
 
 /// The stored name of a modality.
@@ -377,6 +390,13 @@ fn view_of(
             .iter()
             .map(|m| {
                 let name = modality_name(*m);
+                if let Some(why) = unsupported(*m) {
+                    return ModalityView {
+                        modality: name.to_owned(),
+                        support: "unsupported".to_owned(),
+                        evidence: Some(why.to_owned()),
+                    };
+                }
                 let evidence = proven
                     .iter()
                     .find(|(p, _)| p == name)

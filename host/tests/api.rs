@@ -2411,6 +2411,39 @@ async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
+    // Local import is declared, but this host cannot do it, and says so.
+    let (_, raw, connector) = server
+        .call("GET", "/v1/owner/connectors/login-fixture", owner, None)
+        .await;
+    assert_eq!(
+        connector["modalities"][1]["modality"], "local-import",
+        "{raw}"
+    );
+    assert_eq!(
+        connector["modalities"][1]["support"], "unsupported",
+        "{raw}"
+    );
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            "/v1/owner/sources",
+            owner,
+            Some(
+                &json!({"name": "imported", "connector": "login-fixture",
+                    "modality": "local-import", "allow_unproven": true,
+                    "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert!((400..500).contains(&status), "{raw}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot set a source up with 'local-import'")),
+        "{raw}"
+    );
+
     let source = json!({"name": "shop", "connector": "login-fixture", "allow_unproven": true,
         "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
     .to_string();
