@@ -131,6 +131,17 @@ impl LoginBrowser {
         url: &str,
         reach: &[Reach],
     ) -> Result<Self, BrowserError> {
+        Self::open_in(&std::env::temp_dir(), binary, url, reach).await
+    }
+
+    /// [`LoginBrowser::open`], with the profile directory made under
+    /// `profiles`.
+    pub async fn open_in(
+        profiles: &std::path::Path,
+        binary: &std::path::Path,
+        url: &str,
+        reach: &[Reach],
+    ) -> Result<Self, BrowserError> {
         let target = url::Url::parse(url).map_err(|_| BrowserError::NotAllowed(url.to_owned()))?;
         if !matches!(target.scheme(), "http" | "https") || !allowed(&target, reach) {
             return Err(BrowserError::NotAllowed(url.to_owned()));
@@ -139,9 +150,15 @@ impl LoginBrowser {
             binary: binary.display().to_string(),
             error,
         };
+        std::fs::create_dir_all(profiles).map_err(|e| {
+            start(format!(
+                "profile directory under {}: {e}",
+                profiles.display()
+            ))
+        })?;
         let profile = tempfile::Builder::new()
             .prefix("sourcebox-login-")
-            .tempdir()
+            .tempdir_in(profiles)
             .map_err(|e| start(format!("profile directory: {e}")))?;
         let (from_browser, browser_out) = std::io::pipe().map_err(|e| start(e.to_string()))?;
         let (browser_in, to_browser) = std::io::pipe().map_err(|e| start(e.to_string()))?;
@@ -568,21 +585,36 @@ mod tests {
 #[derive(Debug, Clone, Default)]
 pub struct Logins {
     binary: Option<PathBuf>,
+    /// Where their profiles are made.
+    profiles: PathBuf,
     open: Arc<Mutex<HashMap<String, Arc<LoginBrowser>>>>,
 }
 
 impl Logins {
-    /// Logins through `binary`; none at all without one.
-    pub fn new(binary: Option<PathBuf>) -> Self {
+    /// Logins through `binary`, their profiles under `profiles`; none at
+    /// all without a binary.
+    pub fn new(binary: Option<PathBuf>, profiles: PathBuf) -> Self {
         Self {
             binary,
+            profiles,
             open: Arc::default(),
         }
     }
 
-    /// The browser binary, if this process can open login browsers.
-    pub fn binary(&self) -> Option<&std::path::Path> {
-        self.binary.as_deref()
+    /// Whether this process can open login browsers.
+    pub fn available(&self) -> bool {
+        self.binary.is_some()
+    }
+
+    /// Opens a login browser at `url`, allowed to reach only `reach`.
+    pub async fn open(&self, url: &str, reach: &[Reach]) -> Result<LoginBrowser, BrowserError> {
+        let Some(binary) = &self.binary else {
+            return Err(BrowserError::Start {
+                binary: "chromium".into(),
+                error: "this process has no browser for logins".into(),
+            });
+        };
+        LoginBrowser::open_in(&self.profiles, binary, url, reach).await
     }
 
     /// The browser open for interaction `id`.

@@ -358,7 +358,28 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
+        // The login profiles it made are gone with their browsers.
+        if let Some(dir) = self.path.parent().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(dir.join("logins").join(&self.token));
+        }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Erases the login browser profiles (`logins/<runner>/`) of processes
+/// that are gone: one killed during a login leaves its browser's cookies
+/// there. (Its browser itself ends when its DevTools pipe closes.)
+fn sweep_login_profiles(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("logins")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let token = entry.file_name().to_string_lossy().into_owned();
+        if !runner_alive(dir, &token)
+            && let Err(e) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(path = %entry.path().display(), error = %e, "a gone process's login profiles could not be erased");
+        }
     }
 }
 
@@ -407,16 +428,19 @@ impl Launcher {
         vault: Arc<Mutex<Vault>>,
         config: LaunchConfig,
     ) -> Result<Self, LaunchError> {
-        let runner = {
+        let (runner, profiles) = {
             let vault = vault.lock().expect("vault lock");
-            let runner = Runner::start(vault.store().dir()).map_err(LaunchError::Runner)?;
+            let dir = vault.store().dir();
+            let runner = Runner::start(dir).map_err(LaunchError::Runner)?;
             recover(vault.store())?;
-            runner
+            sweep_login_profiles(dir);
+            let profiles = dir.join("logins").join(&runner.token);
+            (runner, profiles)
         };
         Ok(Self {
             runtime,
             vault,
-            logins: Logins::new(config.browser.clone()),
+            logins: Logins::new(config.browser.clone(), profiles),
             config,
             events: Events::default(),
             loaded: Mutex::default(),

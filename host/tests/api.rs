@@ -2081,6 +2081,25 @@ async fn run_to_end(server: &Server, owner: Option<&str>, source: &str) -> (Stri
     run_end(server, owner, &run["id"]).await
 }
 
+/// The login browser profiles under `data`, of every runner.
+fn login_profiles(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for runner in std::fs::read_dir(data.join("logins"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for profile in std::fs::read_dir(runner.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(profile.path());
+        }
+    }
+    found
+}
+
 /// Whether a view is past its login and verification.
 fn settled(view: &Value) -> bool {
     !matches!(
@@ -2229,6 +2248,8 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     // The owner logs in through the stream and says done: the session is
     // kept as the source's credential, and the verification goes on with
     // it.
+    // Its profile is in the data directory, under this server's runner.
+    assert_eq!(login_profiles(&data).len(), 1);
     assert_eq!(stream_login(&server, owner, "bank", &site).await, id);
     let (raw, view) = view_until(&server, owner, "bank", settled).await;
     seen += &raw;
@@ -2236,6 +2257,7 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
     assert_eq!(view["identity"]["display"], "carol", "{raw}");
     assert_eq!(view["credentials"][0]["class"], "session", "{raw}");
     assert_eq!(view["credentials"][0]["stored"], true, "{raw}");
+    assert_eq!(login_profiles(&data), Vec::<std::path::PathBuf>::new());
     let (status, _, _) = server
         .call("GET", &format!("{interaction}/screen"), owner, None)
         .await;
@@ -2316,6 +2338,22 @@ async fn a_source_is_set_up_by_logging_in_through_the_streamed_browser() {
         "the connector's log line is missing"
     );
     site.assert_kept(&seen, &log, &data);
+
+    // A process killed during a login leaves its browser's profile; the
+    // next process to run connectors on this data directory erases it.
+    let left = data
+        .join("logins")
+        .join("gone-runner")
+        .join("sourcebox-login-x");
+    std::fs::create_dir_all(&left).expect("mkdir");
+    std::fs::write(left.join("Cookies"), "sid=left-behind").expect("write");
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["source", "setup", "bank"]);
+    let out = common::run(cmd, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!data.join("logins").join("gone-runner").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -692,10 +692,10 @@ async fn open_login(
     bound: &mut Bound,
     url: &str,
 ) -> Result<(crate::browser::LoginBrowser, String), InteractionError> {
-    let control = &bound.binding.control;
-    let Some(binary) = control.logins.binary().map(ToOwned::to_owned) else {
+    let logins = bound.binding.control.logins.clone();
+    if !logins.available() {
         return Err(InteractionError::Unsupported);
-    };
+    }
     let Some(credential) = bound
         .manifest
         .credentials
@@ -715,7 +715,7 @@ async fn open_login(
         &bound.binding.egress_allow,
     );
     let reach = policy.browser_reach().await;
-    match crate::browser::LoginBrowser::open(&binary, url, &reach).await {
+    match logins.open(url, &reach).await {
         Ok(browser) => Ok((browser, credential)),
         Err(crate::browser::BrowserError::NotAllowed(what)) => {
             let why = if url::Url::parse(&what).is_ok() {
