@@ -40,6 +40,8 @@ pub use server::{Tls, TlsError, serve};
 const BODY_LIMIT: usize = 64 * 1024;
 /// Largest connector component accepted for upload.
 const COMPONENT_LIMIT: usize = 32 * 1024 * 1024;
+/// A browser's cookie export, every site's cookies in it.
+const EXPORT_LIMIT: usize = 4 * 1024 * 1024;
 /// The API's limits, as the operator sets them on `serve`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -224,6 +226,7 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_capture))
         .routes(routes!(owner_revoke))
         .routes(routes!(owner_verify))
+        .routes(export_upload(routes!(owner_import)))
         .routes(routes!(owner_start_run))
         .routes(routes!(owner_runs))
         .routes(routes!(owner_run))
@@ -260,6 +263,18 @@ fn component_upload(
         schemas,
         paths,
         method.layer(DefaultBodyLimit::max(COMPONENT_LIMIT)),
+    )
+}
+
+/// A cookie export may be larger than a JSON body: its route takes up to
+/// [`EXPORT_LIMIT`] bytes.
+fn export_upload(
+    (schemas, paths, method): utoipa_axum::router::UtoipaMethodRouter<Arc<Api>>,
+) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Api>> {
+    (
+        schemas,
+        paths,
+        method.layer(DefaultBodyLimit::max(EXPORT_LIMIT)),
     )
 }
 
@@ -837,6 +852,47 @@ async fn owner_capture(
         None,
     )?;
     Ok(Json(meta).into_response())
+}
+
+/// A cookie export as the request body: all of it, as text.
+struct Export(Secret);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Export {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a cookie export is limited to {EXPORT_LIMIT} bytes"),
+            )
+        })?;
+        Ok(Self(Secret::from_slice(&bytes)))
+    }
+}
+
+/// Imports the source's session from a cookie export of a browser that is
+/// logged in to the site (`cookies.txt` in the Netscape format, or a JSON
+/// array of cookies), sent as the body. Only the unexpired cookies that
+/// requests to the connector's hosts carry are kept; the response counts
+/// them and never shows one.
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/import", tag = "owner", security(("owner" = [])), params(SourceName), request_body(content = String, content_type = "text/plain", description = "The cookie export"), responses((status = 200, description = "What was kept; then verify", body = setup::ImportSummary), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_import(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Export(export): Export,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    let summary = setup::import_session(
+        &vault,
+        OWNER_API,
+        &name,
+        &export,
+        &api.launcher.config().egress_allow,
+    )?;
+    Ok(Json(summary).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/owner/sources/{name}/verify", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The setup view after the verification run", body = setup::SourceView), (status = 202, description = "The verification run goes on (e.g. waiting for the owner to answer an interaction): the setup view as it stands", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]

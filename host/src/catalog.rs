@@ -886,16 +886,6 @@ fn choose_modality(
         .iter()
         .map(|m| crate::setup::modality_name(*m))
         .collect();
-    // Why this host cannot use a declared modality at all, by name.
-    let unsupported = |name: &str| {
-        installed
-            .manifest
-            .setup
-            .modalities
-            .iter()
-            .find(|m| crate::setup::modality_name(**m) == name)
-            .and_then(|m| crate::setup::unsupported(*m))
-    };
     let proven: Vec<String> = store
         .conn()
         .prepare("SELECT modality FROM proofs WHERE connector_id = ?1 AND version = ?2")?
@@ -904,9 +894,7 @@ fn choose_modality(
     let states = declared
         .iter()
         .map(|m| {
-            let state = if unsupported(m).is_some() {
-                "unsupported"
-            } else if proven.iter().any(|p| p == m) {
+            let state = if proven.iter().any(|p| p == m) {
                 "proven"
             } else {
                 "unproven"
@@ -922,19 +910,11 @@ fn choose_modality(
                 installed.id, installed.version
             )));
         }
-        Some(wanted) if let Some(why) = unsupported(wanted) => {
-            return Err(CatalogError::Setup(format!(
-                "this host cannot set a source up with '{wanted}': {why}"
-            )));
-        }
         Some(wanted) => wanted,
         None => match declared
             .iter()
             .find(|m| proven.iter().any(|p| p == *m))
-            .or(declared
-                .iter()
-                .find(|m| unsupported(m).is_none())
-                .filter(|_| options.allow_unproven))
+            .or(declared.first().filter(|_| options.allow_unproven))
         {
             Some(m) => m,
             None => {

@@ -466,6 +466,18 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import the session from a cookie export of a browser logged in to
+    /// the site (cookies.txt, or a JSON array of cookies); only the cookies
+    /// for the connector's hosts are kept.
+    Import {
+        /// Source name.
+        name: String,
+        /// The export file; `-` reads standard input.
+        file: PathBuf,
+        /// JSON output: what was kept.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the stored credentials: which account they belong to.
     Verify {
         /// Source name.
@@ -825,6 +837,23 @@ fn source(
         SourceCommand::Show { name, json } => {
             let vault = open_vault(dir, unlock_fd)?;
             print_view(&setup::source_view(vault.store(), &name)?, json, out)
+        }
+        SourceCommand::Import { name, file, json } => {
+            let export = read_export(&file)?;
+            let vault = open_vault(dir, unlock_fd)?;
+            let summary =
+                setup::import_session(&vault, Actor::OWNER_CLI, &name, &export, egress_allow)?;
+            if json {
+                return print_json(&summary, out);
+            }
+            writeln_out(
+                out,
+                format_args!(
+                    "stored {name}/{}: {} cookies kept; left out {} for other hosts and {} expired",
+                    summary.credential, summary.kept, summary.other_hosts, summary.expired
+                ),
+            )?;
+            print_view(&setup::source_view(vault.store(), &name)?, false, out)
         }
         SourceCommand::Verify { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
@@ -1321,6 +1350,21 @@ pub fn render_source(view: &setup::SourceView) -> String {
                 _ => step.push_str(&format!(
                     "next: log in through the login browser: with `sourcebox serve` running, POST /v1/owner/sources/{name}/verify; the connector opens its login page for you to stream\n"
                 )),
+            }
+            step
+        }
+        NextStep::ImportSession { credential, reason } => {
+            let mut step = String::new();
+            if let Some(reason) = reason {
+                step.push_str(&format!("the session was refused: {reason}\n"));
+            }
+            match credential {
+                Some(credential) => step.push_str(&format!(
+                    "next: import the session ({credential}) from a cookie export of a browser logged in to the site (cookies.txt or a JSON array): sourcebox source import {name} FILE\n"
+                )),
+                None => step.push_str(
+                    "next: nothing to import into: the connector declares no session credential\n",
+                ),
             }
             step
         }
@@ -2086,6 +2130,18 @@ fn oauth_client(
             writeln_out(out, format_args!("OAuth client of {connector} removed"))
         }
     }
+}
+
+/// A cookie export: the file, or all of standard input for `-`.
+fn read_export(file: &Path) -> Result<Secret, CliError> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    let read = if file == Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|e| CliError::Io(format!("cannot read {}: {e}", file.display())))?;
+    Ok(Secret::from_slice(&bytes))
 }
 
 fn read_value(text: &str) -> Result<Secret, CliError> {

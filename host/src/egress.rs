@@ -81,6 +81,11 @@ impl EgressPolicy {
         }
     }
 
+    /// The host names and addresses a run may address.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     /// Whether `host` is on the list.
     pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
@@ -357,7 +362,7 @@ impl WasiHttpHooks for EgressHooks {
                     // A captured session goes as the cookies of this
                     // host; a value the connector stored itself as before.
                     Some((v, CredentialClass::Session)) => {
-                        match crate::browser::cookie_header(&v, &host, tls) {
+                        match crate::cookies::header(&v, &host, tls) {
                             Ok(Some(line)) => http::HeaderValue::from_bytes(&line)
                                 .ok()
                                 .map(|h| (http::header::COOKIE, h))

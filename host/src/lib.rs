@@ -12,6 +12,8 @@
 //!   retries;
 //! - [`interactions`]: questions a run asks its owner;
 //! - [`setup`]: the setup engine: lifecycle, next steps, views;
+//! - [`browser`] and [`cookies`]: logins in a streamed browser, and the
+//!   sessions they (or an owner's cookie export) leave;
 //! - [`oauth`]: provider authorization and the refresh of its grants;
 //! - [`events`]: run events for live streams;
 //! - [`api`] and [`tokens`]: the owner and client HTTP surfaces;
@@ -22,6 +24,7 @@ pub mod api;
 pub mod browser;
 pub mod catalog;
 pub mod cli;
+pub mod cookies;
 pub mod egress;
 pub mod events;
 pub mod interactions;

@@ -112,6 +112,18 @@ pub enum NextStep {
         /// What the operator must do first, when it is not supported.
         operator: Option<String>,
     },
+    /// Import the session from a cookie export of a browser that is
+    /// logged in to the site (`cookies.txt` or a JSON array of cookies):
+    /// `sourcebox source import NAME FILE` or `POST
+    /// /v1/owner/sources/{name}/import` with the file as the body. Only
+    /// the cookies for the connector's hosts are kept.
+    ImportSession {
+        /// The session credential it is stored as; none when the
+        /// connector declares no session credential.
+        credential: Option<String>,
+        /// Why a new import is needed, when the site refused the session.
+        reason: Option<String>,
+    },
     /// Run the setup verification.
     Verify,
     /// A verification run is in flight.
@@ -222,9 +234,7 @@ pub struct ModalityView {
     /// static-secret, oauth, browser-login or local-import.
     pub modality: String,
     /// `proven` once a source set up this way verified and collected (or
-    /// the catalog ships such a proof); `unsupported` when this host
-    /// cannot set a source up this way at all (the evidence says why);
-    /// otherwise `unproven`.
+    /// the catalog ships such a proof); otherwise `unproven`.
     pub support: String,
     /// What proved it.
     pub evidence: Option<String>,
@@ -284,17 +294,6 @@ pub struct CredentialStatus {
     pub field: CredentialFieldView,
     /// Stored, usable (not revoked) for this source.
     pub stored: bool,
-}
-
-/// Why this host cannot set a source up by `modality` at all, if it
-/// cannot.
-pub fn unsupported(modality: Modality) -> Option<&'static str> {
-    match modality {
-        Modality::LocalImport => Some(
-            "contract 0.1 gives a connector no way to read an export file the owner provides; it waits for the next contract version (wit/PENDING_CHANGES.md)",
-        ),
-        _ => None,
-    }
 }
 
 /// The stored name of a modality.
@@ -390,13 +389,6 @@ fn view_of(
             .iter()
             .map(|m| {
                 let name = modality_name(*m);
-                if let Some(why) = unsupported(*m) {
-                    return ModalityView {
-                        modality: name.to_owned(),
-                        support: "unsupported".to_owned(),
-                        evidence: Some(why.to_owned()),
-                    };
-                }
                 let evidence = proven
                     .iter()
                     .find(|(p, _)| p == name)
@@ -551,7 +543,9 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
 
     let oauth = facts.modality.as_deref() == Some("oauth");
     let browser = facts.modality.as_deref() == Some("browser-login");
-    // A browser-login source is logged in when it holds a session.
+    let import = facts.modality.as_deref() == Some("local-import");
+    // A browser-login (or imported) source is logged in when it holds a
+    // session.
     let logged_in = credentials
         .iter()
         .any(|c| c.stored && c.field.class == CredentialClass::Session.as_str());
@@ -599,12 +593,16 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             Lifecycle::NeedsReauth,
             if browser {
                 browser_login(Some(reason))
+            } else if import {
+                import_step(manifest, Some(reason))
             } else {
                 new_credentials(store, &setup.connector, oauth, Some(reason))?
             },
         )
     } else if browser && !logged_in && !(setup.ephemeral_session && verified) {
         (Lifecycle::NeedsBrowserLogin, browser_login(None))
+    } else if import && !logged_in {
+        (Lifecycle::NeedsCredentials, import_step(manifest, None))
     } else if !missing.is_empty() {
         match facts.modality.as_deref() {
             Some("oauth") => (
@@ -626,6 +624,11 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     {
         if browser && (kind == "auth_rejected" || kind.starts_with("credential")) {
             (Lifecycle::NeedsBrowserLogin, browser_login(Some(detail)))
+        } else if import && (kind == "auth_rejected" || kind.starts_with("credential")) {
+            (
+                Lifecycle::NeedsCredentials,
+                import_step(manifest, Some(detail)),
+            )
         } else if kind == "auth_rejected" || kind.starts_with("credential") {
             (
                 if oauth {
@@ -696,6 +699,78 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             })
             .collect(),
         next_step,
+    })
+}
+
+/// A session imported from the owner's cookie export, after `reason` (or
+/// for the first time).
+fn import_step(manifest: &Manifest, reason: Option<String>) -> NextStep {
+    NextStep::ImportSession {
+        credential: manifest
+            .credentials
+            .iter()
+            .find(|c| CredentialClass::from(c.class) == CredentialClass::Session)
+            .map(|c| c.name.clone()),
+        reason,
+    }
+}
+
+/// What an owner's cookie export came to, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportSummary {
+    /// The session credential it was stored as.
+    pub credential: String,
+    /// Cookies kept: those a request to the connector's hosts carries.
+    pub kept: usize,
+    /// Cookies left out, for hosts the connector does not reach.
+    pub other_hosts: usize,
+    /// Cookies left out, expired.
+    pub expired: usize,
+}
+
+/// Stores, as `source`'s session credential, the cookies of a browser's
+/// cookie export (`cookies.txt` or a JSON array) that requests to its
+/// connector's hosts carry; every other cookie in it is left out. Nothing
+/// is stored when the export is unreadable or holds none of them.
+pub fn import_session(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    source: &str,
+    export: &crate::vault::Secret,
+    egress_allow: &[std::net::SocketAddr],
+) -> Result<ImportSummary, SetupError> {
+    let setup = catalog::source_setup(vault.store(), source)?;
+    let manifest = &setup.connector.manifest;
+    let Some(credential) = manifest
+        .credentials
+        .iter()
+        .find(|c| CredentialClass::from(c.class) == CredentialClass::Session)
+        .map(|c| c.name.clone())
+    else {
+        return Err(SetupError::NotNow(format!(
+            "connector {} declares no session credential to import cookies into",
+            setup.connector.id
+        )));
+    };
+    let policy = crate::egress::EgressPolicy::for_source(manifest, &setup.setup, egress_allow);
+    let imported = crate::cookies::from_export(export, policy.hosts())
+        .map_err(|e| SetupError::NotNow(format!("{e}; nothing was stored")))?;
+    vault.set(
+        actor,
+        &setup.source,
+        crate::vault::NewCredential {
+            name: &credential,
+            class: CredentialClass::Session,
+            provenance: Provenance::Imported,
+            value: imported.session,
+            expires_at: None,
+        },
+    )?;
+    Ok(ImportSummary {
+        credential,
+        kept: imported.kept,
+        other_hosts: imported.other_hosts,
+        expired: imported.expired,
     })
 }
 

@@ -1910,13 +1910,7 @@ impl LoginSite {
             {
                 return (StatusCode::UNAUTHORIZED, "wrong user or password").into_response();
             }
-            let sid = {
-                let mut state = site.state();
-                let sid = format!("sid-canary-{}-4f1d8a", state.issued.len());
-                state.issued.push(sid.clone());
-                state.live.push(sid.clone());
-                sid
-            };
+            let sid = site.issue();
             let mut response = Redirect::to("/home").into_response();
             response.headers_mut().insert(
                 header::SET_COOKIE,
@@ -1970,6 +1964,15 @@ impl LoginSite {
 
     fn state(&self) -> std::sync::MutexGuard<'_, LoginSiteState> {
         self.state.lock().expect("site state")
+    }
+
+    /// A new live session, as a browser that logged in holds it.
+    fn issue(&self) -> String {
+        let mut state = self.state();
+        let sid = format!("sid-canary-{}-4f1d8a", state.issued.len());
+        state.issued.push(sid.clone());
+        state.live.push(sid.clone());
+        sid
     }
 
     fn count(&self, line: &str) -> usize {
@@ -2449,39 +2452,6 @@ async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
-    // Local import is declared, but this host cannot do it, and says so.
-    let (_, raw, connector) = server
-        .call("GET", "/v1/owner/connectors/login-fixture", owner, None)
-        .await;
-    assert_eq!(
-        connector["modalities"][1]["modality"], "local-import",
-        "{raw}"
-    );
-    assert_eq!(
-        connector["modalities"][1]["support"], "unsupported",
-        "{raw}"
-    );
-    let (status, raw, body) = server
-        .call(
-            "POST",
-            "/v1/owner/sources",
-            owner,
-            Some(
-                &json!({"name": "imported", "connector": "login-fixture",
-                    "modality": "local-import", "allow_unproven": true,
-                    "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
-                .to_string(),
-            ),
-        )
-        .await;
-    assert!((400..500).contains(&status), "{raw}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("cannot set a source up with 'local-import'")),
-        "{raw}"
-    );
-
     let source = json!({"name": "shop", "connector": "login-fixture", "allow_unproven": true,
         "setup": {"site_url": format!("http://{site_addr}"), "user": "carol"}})
     .to_string();
@@ -2559,4 +2529,162 @@ async fn a_connector_logs_in_with_the_stored_password_for_a_session() {
 
     let log = server.stop();
     site.assert_kept(&seen, &log, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_imported_from_the_owners_cookie_export() {
+    let (site_addr, site, tmp, data, server) =
+        login_world(env!("SOURCEBOX_COMPONENT_FIXTURE_BROWSER")).await;
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let mut seen = String::new();
+    let source = json!({"name": "imported", "connector": "browser-fixture",
+        "modality": "local-import", "allow_unproven": true,
+        "setup": {"site_url": format!("http://{site_addr}")}})
+    .to_string();
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&source))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    assert_eq!(view["state"], "needs_credentials", "{raw}");
+    assert_eq!(
+        view["next_step"],
+        json!({"step": "import_session", "credential": "session", "reason": null}),
+        "{raw}"
+    );
+    let import = |export: String| {
+        let server = &server;
+        async move {
+            server
+                .send(
+                    "POST",
+                    "/v1/owner/sources/imported/import",
+                    owner,
+                    "text/plain",
+                    export.as_bytes(),
+                )
+                .await
+        }
+    };
+
+    // Exports that are not one, or hold nothing for the site, store nothing.
+    const TRACKER: &str = "tracker-canary-93c1";
+    const STALE: &str = "stale-canary-0b7e";
+    let (status, raw, body) = import("sid=abc; path=/".into()).await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1 is not a cookies.txt line")
+                && m.contains("nothing was stored")),
+        "{raw}"
+    );
+    let (status, raw, body) = import(format!(
+        ".tracker.example\tTRUE\t/\tFALSE\t0\tid\t{TRACKER}\n"
+    ))
+    .await;
+    seen += &raw;
+    assert_eq!(status, 422, "{raw}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds no unexpired cookie for 127.0.0.1")),
+        "{raw}"
+    );
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/imported", owner, None)
+        .await;
+    assert_eq!(view["credentials"][0]["stored"], false, "{raw}");
+
+    // The owner's browser export: only the site's live cookie is kept.
+    let export = |sid: &str| {
+        format!(
+            "# Netscape HTTP Cookie File\n\
+             #HttpOnly_127.0.0.1\tFALSE\t/\tFALSE\t0\tsid\t{sid}\n\
+             .tracker.example\tTRUE\t/\tFALSE\t4102444800\tid\t{TRACKER}\n\
+             127.0.0.1\tFALSE\t/\tFALSE\t1\told\t{STALE}\n"
+        )
+    };
+    let (status, raw, summary) = import(export(&site.issue())).await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(
+        summary,
+        json!({"credential": "session", "kept": 1, "other_hosts": 1, "expired": 1})
+    );
+    let (status, raw, view) = server
+        .call("POST", "/v1/owner/sources/imported/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(view["state"], "ready", "{raw}");
+    assert_eq!(view["identity"]["display"], "carol", "{raw}");
+    let (raw, record) = run_to_end(&server, owner, "imported").await;
+    seen += &raw;
+    assert_eq!(record["state"], "succeeded", "{raw}");
+    assert_eq!(record["records"], 2, "{raw}");
+    let (_, raw, connector) = server
+        .call("GET", "/v1/owner/connectors/browser-fixture", owner, None)
+        .await;
+    let proven: Vec<&Value> = connector["modalities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["support"] == "proven")
+        .collect();
+    assert_eq!(proven.len(), 1, "{raw}");
+    assert_eq!(proven[0]["modality"], "local-import", "{raw}");
+
+    // The site ends the session: the owner is asked for a new export,
+    // which the command line imports as well.
+    site.state().live.clear();
+    let (raw, record) = run_to_end(&server, owner, "imported").await;
+    seen += &raw;
+    assert_eq!(record["state"], "failed", "{raw}");
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/imported", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(view["next_step"]["step"], "import_session", "{raw}");
+    assert!(
+        view["next_step"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused the session")),
+        "{raw}"
+    );
+    let file = tmp.path().join("cookies.txt");
+    std::fs::write(&file, export(&site.issue())).expect("write export");
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .arg("--egress-allow")
+        .arg(site_addr.to_string())
+        .args(["source", "import", "imported"])
+        .arg(&file);
+    let out = common::run(cmd, b"");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        printed.contains("1 cookies kept; left out 1 for other hosts and 1 expired"),
+        "{printed}"
+    );
+    std::fs::remove_file(&file).expect("remove export");
+    seen += &printed;
+    let (_, raw, view) = server
+        .call("POST", "/v1/owner/sources/imported/verify", owner, None)
+        .await;
+    seen += &raw;
+    assert_eq!(view["state"], "ready", "{raw}");
+
+    let log = server.stop();
+    site.assert_kept(&seen, &log, &data);
+    for (path, bytes) in common::files_under(&data) {
+        for canary in [TRACKER, STALE] {
+            common::assert_no_leak(canary.as_bytes(), &bytes, &path.display().to_string());
+        }
+    }
+    for canary in [TRACKER, STALE] {
+        common::assert_no_leak(canary.as_bytes(), seen.as_bytes(), "API responses");
+        common::assert_no_leak(canary.as_bytes(), log.as_bytes(), "the server log");
+    }
 }

@@ -320,7 +320,7 @@ impl credentials::Host for RunState {
                     if field.class == CredentialClass::Session {
                         // A captured session is redacted cookie by cookie:
                         // a line may show one value without the rest.
-                        bound.resolved.extend(cookie_values(&secret));
+                        bound.resolved.extend(crate::cookies::values(&secret));
                     }
                     bound.resolved.push(secret);
                     Ok(Ok(text))
@@ -655,19 +655,6 @@ impl interaction::Host for RunState {
             Err(Some(other)) => Ok(Err(other)),
         }
     }
-}
-
-/// Each cookie value of a captured session (a JSON array of cookies);
-/// nothing for any other value.
-fn cookie_values(session: &Secret) -> Vec<Secret> {
-    let cookies: Vec<serde_json::Value> =
-        serde_json::from_slice(session.expose_secret()).unwrap_or_default();
-    cookies
-        .iter()
-        .filter_map(|c| c["value"].as_str())
-        .filter(|v| !v.is_empty())
-        .map(|v| Secret::new(v.as_bytes().to_vec()))
-        .collect()
 }
 
 /// A login browser open under an interaction, closed when dropped.

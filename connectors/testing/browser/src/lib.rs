@@ -81,6 +81,8 @@ impl Connector for BrowserFixture {
             .setup_field(SetupField::new("site_url", "The site"))
             .egress(EgressHost::FromSetupField("site_url".into()))
             .modality(Modality::BrowserLogin)
+            // Or the owner imports a session from their own browser.
+            .modality(Modality::LocalImport)
     }
 
     /// Without a session, or with one the site no longer takes, the owner

@@ -59,8 +59,6 @@ impl Connector for LoginFixture {
             .setup_field(SetupField::new("user", "User name"))
             .egress(EgressHost::FromSetupField("site_url".into()))
             .modality(Modality::StaticSecret)
-            // Declared so that the host can be seen to refuse it.
-            .modality(Modality::LocalImport)
     }
 
     /// Posts the login form with the stored password; keeps the session.
