@@ -60,7 +60,10 @@ fn main() {
         .expect("run cargo to build the connector components");
     assert!(
         status.success(),
-        "building the connector components for wasm32-wasip2 failed"
+        "building the connector components for wasm32-wasip2 failed; if the \
+         error above is `can't find crate for std`, the toolchain lacks the \
+         wasm32-wasip2 target: run `rustup toolchain install` in the \
+         repository (it reads rust-toolchain.toml)"
     );
     for package in COMPONENTS {
         let file = target_dir
