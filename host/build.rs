@@ -16,6 +16,7 @@ const COMPONENTS: &[&str] = &[
     "sourcebox-fixture-oauth",
     "sourcebox-fixture-browser",
     "sourcebox-fixture-login",
+    "sourcebox-fixture-legacy",
 ];
 
 fn main() {

@@ -8,4 +8,4 @@ fn main() {
 }
 
 /// Must match the package version in `wit/since_v<VERSION>/world.wit`.
-const API_VERSION: &str = "0.1.0";
+const API_VERSION: &str = "0.1.1";

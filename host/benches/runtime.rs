@@ -220,10 +220,18 @@ fn records(c: &mut Criterion) {
     });
     // The same 256-byte records, prebuilt and emitted as JSON text: the
     // guest's serialization taken out.
-    let raw = binding(&vault, &[("attack", "raw-flood")], limits);
+    let raw = binding(&vault, &[("attack", "raw-flood")], limits.clone());
     group.bench_function("component_emit_json_text", |b| {
         b.iter(|| {
             let r = rt.block_on(runtime.run(&hostile, raw.clone(), Call::Collect(vec![])));
+            assert!(r.is_err());
+        })
+    });
+    // And a hundred to a call.
+    let batched = binding(&vault, &[("attack", "raw-batch-flood")], limits);
+    group.bench_function("component_emit_batch_json_text", |b| {
+        b.iter(|| {
+            let r = rt.block_on(runtime.run(&hostile, batched.clone(), Call::Collect(vec![])));
             assert!(r.is_err());
         })
     });
@@ -281,6 +289,21 @@ fn boundary(c: &mut Criterion) {
     group.bench_function("emit_256b_refused_undeclared_stream", |b| {
         b.iter(|| {
             let r = rt.block_on(runtime.run(&hostile, refused.clone(), Call::Collect(vec![])));
+            let failure = format!("{r:?}");
+            assert!(failure.contains("refused 100000 records"), "{failure}");
+        })
+    });
+    // The same records, a hundred to a call (`emit-batch`, contract 0.1.1):
+    // every record is still lifted into the host, the stream looked up once
+    // per call.
+    let batched = binding(
+        &vault,
+        &[("attack", "raw-batch-flood"), ("target", "nowhere")],
+        Limits::default(),
+    );
+    group.bench_function("emit_batch_100_256b_refused_undeclared_stream", |b| {
+        b.iter(|| {
+            let r = rt.block_on(runtime.run(&hostile, batched.clone(), Call::Collect(vec![])));
             let failure = format!("{r:?}");
             assert!(failure.contains("refused 100000 records"), "{failure}");
         })

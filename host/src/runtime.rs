@@ -24,16 +24,17 @@ use crate::events::Events;
 use crate::store::SourceRef;
 use crate::vault::Vault;
 
-/// Generated host bindings of the `sourcebox:connector@0.1.0` contract.
+/// Generated host bindings of the `sourcebox:connector@0.1.1` contract (it also serves components built against 0.1.0: 0.1.1 only adds).
 #[allow(missing_docs, missing_debug_implementations)]
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit/since_v0.1.0",
+        path: "../wit/since_v0.1.1",
         world: "sourcebox-connector",
         imports: {
             // Called once per record: a plain host call, no future to
             // poll. It may write a batch to SQLite, as it did when async.
             "sourcebox:connector/records.emit": trappable,
+            "sourcebox:connector/records.emit-batch": trappable,
             default: async | trappable,
         },
         exports: { default: async },

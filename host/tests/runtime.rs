@@ -17,6 +17,7 @@ use sourcebox::vault::{Actor, CredentialClass, NewCredential, Provenance, Secret
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
 const HOSTILE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE");
+const LEGACY: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_LEGACY");
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -284,6 +285,11 @@ async fn hostile_components_are_stopped_with_typed_failures() {
             "raw-flood".into(),
             Err(RunFailure::ResourceExhausted(Exhausted::Records)),
         ),
+        // A hundred to a call, going on after the host said stop.
+        (
+            "raw-batch-flood".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
+        ),
     ];
     for (attack, expected) in cases {
         // A well-behaved run of another source goes on alongside each one.
@@ -336,6 +342,83 @@ async fn records_upsert_by_primary_key_and_checkpoints_carry_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_upserts_in_order_and_stops_at_the_first_refused_record() {
+    let w = world().await;
+    // One batch stores what single emits store.
+    w.collect(&w.echo, "a", &[("count", "5")], Limits::default())
+        .await
+        .expect("one by one");
+    let single = w.records("a");
+    w.collect(
+        &w.echo,
+        "a",
+        &[("count", "5"), ("batch", "yes")],
+        Limits::default(),
+    )
+    .await
+    .expect("batched");
+    let batched = w.records("a");
+    assert_eq!(batched.len(), 5);
+    for (one, batch) in single.iter().zip(&batched) {
+        assert_eq!(one["id"], batch["id"]);
+        assert_eq!(one["token_fingerprint"], batch["token_fingerprint"]);
+    }
+    // The third record lacks its key: the two before it are kept, it and
+    // the ones after it are not, and the connector is told which it was.
+    w.collect(
+        &w.echo,
+        "b",
+        &[("count", "5"), ("batch", "broken")],
+        Limits::default(),
+    )
+    .await
+    .expect("run");
+    let stored = w.records("b");
+    let ids: Vec<_> = stored.iter().filter_map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids, [0, 1], "{stored:?}");
+    assert!(
+        stored
+            .iter()
+            .any(|r| r["kind"] == "batch" && r["index"] == 2 && r["error"] == "invalid-record"),
+        "{stored:?}"
+    );
+    // A batch counts against the record limit record by record.
+    let two = Limits {
+        records: 2,
+        ..Limits::default()
+    };
+    assert_eq!(
+        w.collect(&w.echo, "a", &[("count", "5"), ("batch", "yes")], two)
+            .await
+            .map(|_| ()),
+        Err(RunFailure::ResourceExhausted(Exhausted::Records))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_against_contract_0_1_0_still_runs() {
+    let w = world().await;
+    let legacy = w
+        .runtime
+        .load(&std::fs::read(LEGACY).expect("legacy component"))
+        .await
+        .expect("a 0.1.0 component loads");
+    assert_eq!(legacy.api_version(), "0.1.0");
+    assert_eq!(legacy.manifest().id, "legacy");
+    let outcome = w
+        .collect(&legacy, "empty", &[("count", "4")], Limits::default())
+        .await
+        .expect("a 0.1.0 component runs");
+    match outcome {
+        Outcome::Collected(summary) => assert_eq!(summary.records, 4),
+        other => panic!("expected a collection, got {other:?}"),
+    }
+    let stored = w.records("empty");
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    assert!(stored.iter().all(|r| r["contract"] == "0.1.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_api_version_is_refused_with_both_versions_named() {
     let w = world().await;
     let mut bytes = std::fs::read(ECHO).expect("echo");
@@ -345,13 +428,13 @@ async fn an_incompatible_api_version_is_refused_with_both_versions_named() {
         .position(|w| w == marker)
         .expect("section present")
         + marker.len();
-    assert_eq!(&bytes[at..at + 5], b"0.1.0");
+    assert_eq!(&bytes[at..at + 5], b"0.1.1");
     bytes[at..at + 5].copy_from_slice(b"0.9.0");
     match w.runtime.load(&bytes).await {
         Err(e @ RuntimeError::IncompatibleApi { .. }) => {
             let message = e.to_string();
             assert!(
-                message.contains("0.9.0") && message.contains("0.1.0"),
+                message.contains("0.9.0") && message.contains("0.1.1"),
                 "{message}"
             );
         }

@@ -147,7 +147,7 @@ macro_rules! export_connector {
 #[allow(missing_docs, unsafe_code)] // generated canonical-ABI glue
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../wit/since_v0.1.0",
+        path: "../wit/since_v0.1.1",
         world: "sourcebox-connector",
         generate_all,
         pub_export_macro: true,
@@ -188,5 +188,15 @@ impl From<http::HttpError> for ConnectorError {
 impl From<records::RecordError> for ConnectorError {
     fn from(e: records::RecordError) -> Self {
         ConnectorError::Fatal(format!("record not accepted: {}", e.name()))
+    }
+}
+
+impl From<records::BatchError> for ConnectorError {
+    fn from(e: records::BatchError) -> Self {
+        ConnectorError::Fatal(format!(
+            "record {} of the batch not accepted: {}",
+            e.index,
+            e.error.name()
+        ))
     }
 }

@@ -1,7 +1,7 @@
 //! Emitting records and checkpoints into this source's streams.
 
 use crate::wit::sourcebox::connector::records as wit;
-pub use crate::wit::sourcebox::connector::records::RecordError;
+pub use crate::wit::sourcebox::connector::records::{BatchError, RecordError};
 
 /// Upserts one record, serialized as a JSON object, by its primary key.
 ///
@@ -24,6 +24,54 @@ pub fn emit(stream: &str, record: &impl serde::Serialize) -> Result<(), RecordEr
 /// ```
 pub fn emit_json(stream: &str, record: &str) -> Result<(), RecordError> {
     wit::emit(stream, record)
+}
+
+/// Upserts records in order in one call to the host, as [`emit`] would one
+/// by one: for a connector that collects many small records (a page of
+/// them, say), where a call per record would cost more than the record.
+/// On an error, [`BatchError::index`] is the first record not accepted;
+/// the ones before it were.
+///
+/// ```no_run
+/// let page = [serde_json::json!({"id": 1}), serde_json::json!({"id": 2})];
+/// sourcebox_sdk::records::emit_batch("repos", &page)?;
+/// # Ok::<(), sourcebox_sdk::records::BatchError>(())
+/// ```
+pub fn emit_batch<T: serde::Serialize>(stream: &str, records: &[T]) -> Result<(), BatchError> {
+    let mut json = Vec::with_capacity(records.len());
+    for record in records {
+        match serde_json::to_string(record) {
+            Ok(text) => json.push(text),
+            Err(_) => {
+                // The ones before it go in, as the host would have taken them.
+                emit_batch_json(stream, &json)?;
+                return Err(BatchError {
+                    index: batch_index(json.len()),
+                    error: RecordError::InvalidRecord,
+                });
+            }
+        }
+    }
+    emit_batch_json(stream, &json)
+}
+
+/// Upserts records given as JSON text, in order, in one call to the host:
+/// [`emit_json`] for a batch.
+///
+/// ```no_run
+/// let page = [r#"{"id":1}"#.to_string(), r#"{"id":2}"#.to_string()];
+/// sourcebox_sdk::records::emit_batch_json("repos", &page)?;
+/// # Ok::<(), sourcebox_sdk::records::BatchError>(())
+/// ```
+pub fn emit_batch_json(stream: &str, records: &[String]) -> Result<(), BatchError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    wit::emit_batch(stream, records)
+}
+
+fn batch_index(index: usize) -> u32 {
+    u32::try_from(index).expect("a batch's length fits in u32")
 }
 
 /// Saves the stream's checkpoint.

@@ -9,8 +9,10 @@ use super::RuntimeError;
 /// The custom section name the SDK writes.
 pub const SECTION: &str = "sourcebox:api-version";
 
-/// Contract versions this host serves.
-pub const SUPPORTED: &[&str] = &["0.1.0"];
+/// Contract versions this host serves. 0.1.1 only adds to 0.1.0 (a
+/// batched emit), so one set of 0.1.1 bindings serves both: wasmtime links
+/// a 0.1.0 component's imports and exports to them by semver.
+pub const SUPPORTED: &[&str] = &["0.1.0", "0.1.1"];
 
 /// Finds the stamped version anywhere in the component (the section lives
 /// in the nested core module).

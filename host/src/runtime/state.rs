@@ -16,7 +16,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::sourcebox::connector::credentials::{self, CredentialError};
 use super::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
 use super::bindings::sourcebox::connector::log::{self, Level};
-use super::bindings::sourcebox::connector::records::{self, RecordError};
+use super::bindings::sourcebox::connector::records::{self, BatchError, RecordError};
 use super::bindings::sourcebox::connector::types::{self, CredentialClass, Manifest};
 use super::{Binding, Exhausted, Limits};
 use crate::egress::{EgressHooks, EgressPolicy};
@@ -382,13 +382,15 @@ impl credentials::Host for RunState {
     }
 }
 
-impl records::Host for RunState {
-    fn emit(
+impl RunState {
+    /// Checks one record and adds it to the pending batch, storing the
+    /// batch when it is full: what `emit` does, and `emit-batch` for each
+    /// of its records. `Err` ends the run.
+    fn accept(
         &mut self,
-        stream: String,
+        stream: &str,
         record: String,
     ) -> wasmtime::Result<Result<(), RecordError>> {
-        let limits = self.limits.clone();
         if self.exhausted.is_some() {
             // It was told to stop and kept going.
             return Err(wasmtime::Error::msg("record limit exceeded"));
@@ -399,11 +401,11 @@ impl records::Host for RunState {
         let Some(declared) = bound.manifest.streams.iter().find(|s| s.name == stream) else {
             return Ok(Err(RecordError::UnknownStream));
         };
-        if bound.emitted + 1 > limits.records {
+        if bound.emitted + 1 > self.limits.records {
             self.exhausted = Some(Exhausted::Records);
             return Ok(Err(RecordError::LimitReached));
         }
-        if bound.emitted_bytes + record.len() as u64 > limits.record_bytes {
+        if bound.emitted_bytes + record.len() as u64 > self.limits.record_bytes {
             self.exhausted = Some(Exhausted::RecordBytes);
             return Ok(Err(RecordError::LimitReached));
         }
@@ -422,10 +424,34 @@ impl records::Host for RunState {
         let key = serde_json::to_string(&key).expect("JSON values serialize");
         bound.emitted += 1;
         bound.emitted_bytes += record.len() as u64;
-        bound.pending.push((stream, key, record));
+        bound.pending.push((stream.to_owned(), key, record));
         if bound.pending.len() >= FLUSH_EVERY {
             self.flush_records()
                 .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl records::Host for RunState {
+    fn emit(
+        &mut self,
+        stream: String,
+        record: String,
+    ) -> wasmtime::Result<Result<(), RecordError>> {
+        self.accept(&stream, record)
+    }
+
+    fn emit_batch(
+        &mut self,
+        stream: String,
+        records: Vec<String>,
+    ) -> wasmtime::Result<Result<(), BatchError>> {
+        for (index, record) in records.into_iter().enumerate() {
+            if let Err(error) = self.accept(&stream, record)? {
+                let index = u32::try_from(index).expect("a list's length fits in u32");
+                return Ok(Err(BatchError { index, error }));
+            }
         }
         Ok(Ok(()))
     }

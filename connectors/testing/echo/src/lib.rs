@@ -56,6 +56,13 @@ impl Connector for Echo {
                 SetupField::new("spin_ms", "Busy milliseconds after the checkpoint")
                     .default_value("0"),
             )
+            .setup_field(
+                SetupField::new(
+                    "batch",
+                    "Emit the items in one batch (yes), or in a batch whose third lacks its key (broken)",
+                )
+                .default_value(""),
+            )
             .egress(EgressHost::FromSetupField("url".into()));
         if cfg!(feature = "next") {
             // What an upgrade asks for beyond 0.1.0.
@@ -105,16 +112,37 @@ impl Connector for Echo {
             Err(_) => "other",
         };
         let previous = records::read_checkpoint("items");
-        for i in 0..count {
-            records::emit(
-                "items",
-                &serde_json::json!({
+        let items: Vec<_> = (0..count)
+            .map(|i| {
+                serde_json::json!({
                     "id": i,
                     "token_fingerprint": fingerprint(token.expose_secret()),
                     "password_during_collect": password,
                     "previous_checkpoint": previous,
-                }),
-            )?;
+                })
+            })
+            .collect();
+        match setup_value(&request.setup, "batch") {
+            Some("yes") => records::emit_batch("items", &items)?,
+            Some("broken") => {
+                let mut items = items;
+                if let Some(third) = items.get_mut(2).and_then(|i| i.as_object_mut()) {
+                    third.remove("id");
+                }
+                // What the host said of the batch, as a record.
+                let outcome = match records::emit_batch("items", &items) {
+                    Ok(()) => serde_json::json!({"kind": "batch", "accepted": true}),
+                    Err(e) => {
+                        serde_json::json!({"kind": "batch", "index": e.index, "error": e.error.name()})
+                    }
+                };
+                records::emit("answers", &outcome)?;
+            }
+            _ => {
+                for item in &items {
+                    records::emit("items", item)?;
+                }
+            }
         }
         records::checkpoint("items", &format!("emitted-{count}"))?;
         if setup_value(&request.setup, "ask") == Some("otp") {

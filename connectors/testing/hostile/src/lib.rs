@@ -164,6 +164,42 @@ impl Connector for Hostile {
                 }
                 Err(observed(format!("refused {} records", refused + 1)))
             }
+            // The same records as raw-flood, a hundred to a call, and
+            // batches kept coming whatever the host answers.
+            "raw-batch-flood" => {
+                const REFUSALS: u64 = 100_000;
+                const BATCH: u64 = 100;
+                let stream = match setup_value(&request.setup, "target") {
+                    Some("") | None => "loot",
+                    Some(stream) => stream,
+                };
+                let template = format!(r#"{{"id":"0000000000","pad":"{}"}}"#, "x".repeat(228));
+                let mut batch = vec![template; BATCH as usize];
+                let mut refused = 0u64;
+                for first in (0u64..).step_by(BATCH as usize) {
+                    for (offset, record) in (0u64..).zip(batch.iter_mut()) {
+                        let mut digits = [b'0'; 10];
+                        let mut n = first + offset;
+                        for digit in digits.iter_mut().rev() {
+                            *digit = b'0' + (n % 10) as u8;
+                            n /= 10;
+                        }
+                        record.replace_range(7..17, std::str::from_utf8(&digits).expect("ASCII"));
+                    }
+                    match records::emit_batch_json(stream, &batch) {
+                        Ok(()) => {}
+                        Err(e) if e.error == records::RecordError::UnknownStream => {
+                            refused += BATCH;
+                            if refused >= REFUSALS {
+                                break;
+                            }
+                        }
+                        // Told to stop; it goes on.
+                        Err(_) => {}
+                    }
+                }
+                Err(observed(format!("refused {refused} records")))
+            }
             "trap" => panic!("deliberate trap"),
             "print" => {
                 let token = credentials::get("token")?;
