@@ -846,13 +846,7 @@ fn source(
             if json {
                 return print_json(&summary, out);
             }
-            writeln_out(
-                out,
-                format_args!(
-                    "stored {name}/{}: {} cookies kept; left out {} for other hosts and {} expired",
-                    summary.credential, summary.kept, summary.other_hosts, summary.expired
-                ),
-            )?;
+            print_import(&name, &summary, out)?;
             print_view(&setup::source_view(vault.store(), &name)?, false, out)
         }
         SourceCommand::Verify { name, json } => {
@@ -863,7 +857,7 @@ fn source(
         }
         SourceCommand::Setup { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
-            walk_setup(&launcher, &name, json, out)
+            walk_setup(&launcher, &name, egress_allow, json, out)
         }
         SourceCommand::Authorize {
             name,
@@ -1463,6 +1457,7 @@ pub fn render_connector(view: &setup::ConnectorView) -> String {
 fn walk_setup(
     launcher: &runs::Launcher,
     name: &str,
+    egress_allow: &[std::net::SocketAddr],
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -1495,6 +1490,21 @@ fn walk_setup(
                     )?;
                 }
             }
+            setup::NextStep::ImportSession {
+                credential: Some(_),
+                reason,
+            } => {
+                if let Some(reason) = reason {
+                    writeln_out(out, format_args!("refused: {reason}"))?;
+                }
+                let file =
+                    read_path("Cookie export of a logged-in browser (cookies.txt or JSON): ")?;
+                let export = read_export(&file)?;
+                let vault = launcher.vault().lock().expect("vault lock");
+                let summary =
+                    setup::import_session(&vault, Actor::OWNER_CLI, name, &export, egress_allow)?;
+                print_import(name, &summary, out)?;
+            }
             setup::NextStep::Verify => {
                 rt.block_on(launcher.launch(name, runs::Trigger::SetupVerification))?;
             }
@@ -1503,6 +1513,39 @@ fn walk_setup(
     }
     let vault = launcher.vault().lock().expect("vault lock");
     print_view(&setup::source_view(vault.store(), name)?, json, out)
+}
+
+fn print_import(
+    name: &str,
+    summary: &setup::ImportSummary,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    writeln_out(
+        out,
+        format_args!(
+            "stored {name}/{}: {} cookies kept; left out {} for other hosts and {} expired",
+            summary.credential, summary.kept, summary.other_hosts, summary.expired
+        ),
+    )
+}
+
+/// A file's path: prompted for on a terminal, one line from a pipe.
+fn read_path(label: &str) -> Result<PathBuf, CliError> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{label}");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Io(format!("cannot read the file's path: {e}")))?;
+    let path = line.trim_end_matches(['\r', '\n']);
+    if path.is_empty() {
+        return Err(CliError::Usage(
+            "no file given; nothing was imported (`sourcebox source import NAME FILE` imports one)"
+                .into(),
+        ));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// One credential field's value: a hidden prompt (secret) or an echoed

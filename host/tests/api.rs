@@ -2676,6 +2676,37 @@ async fn a_session_is_imported_from_the_owners_cookie_export() {
     seen += &raw;
     assert_eq!(view["state"], "ready", "{raw}");
 
+    // Once more, through the interactive walk: it asks for the export's
+    // path (one line from a pipe), imports it and verifies.
+    site.state().live.clear();
+    let (raw, record) = run_to_end(&server, owner, "imported").await;
+    seen += &raw;
+    assert_eq!(record["state"], "failed", "{raw}");
+    std::fs::write(&file, export(&site.issue())).expect("write export");
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .arg("--egress-allow")
+        .arg(site_addr.to_string())
+        .args(["source", "setup", "imported", "--json"]);
+    let out = common::run(cmd, format!("{}\n", file.display()).as_bytes());
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file(&file).expect("remove export");
+    seen += &printed;
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    assert!(
+        lines[0].starts_with("refused: ") && lines[0].contains("refused the session"),
+        "{printed}"
+    );
+    assert!(
+        lines[1].contains("1 cookies kept; left out 1 for other hosts and 1 expired"),
+        "{printed}"
+    );
+    let view: serde_json::Value = serde_json::from_str(lines[2]).expect("the view");
+    assert_eq!(view["state"], "ready", "{printed}");
+
     let log = server.stop();
     site.assert_kept(&seen, &log, &data);
     for (path, bytes) in common::files_under(&data) {
