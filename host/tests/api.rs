@@ -2704,7 +2704,7 @@ async fn a_session_is_imported_from_the_owners_cookie_export() {
         lines[1].contains("1 cookies kept; left out 1 for other hosts and 1 expired"),
         "{printed}"
     );
-    let view: serde_json::Value = serde_json::from_str(lines[2]).expect("the view");
+    let view: Value = serde_json::from_str(lines[2]).expect("the view");
     assert_eq!(view["state"], "ready", "{printed}");
 
     let log = server.stop();
