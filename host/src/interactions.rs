@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{SourceRef, Store, StoreError, now_ms};
 
 /// One interaction as the owner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -131,9 +131,26 @@ pub fn find(store: &Store, id: &str) -> Result<Interaction, StoreError> {
 
 /// Interactions, pending ones only unless `all`, oldest first.
 pub fn list(store: &Store, all: bool) -> Result<Vec<Interaction>, StoreError> {
-    let mut stmt = store.conn().prepare_cached(&format!(
-        "{SELECT} WHERE (?1 OR i.state = 'pending') ORDER BY i.created_at, i.rowid"
-    ))?;
-    let rows = stmt.query_map([all], row)?;
+    // Two statements: the pending ones come off the state index, without
+    // reading every answered interaction there ever was.
+    let sql = if all {
+        format!("{SELECT} ORDER BY i.created_at, i.rowid")
+    } else {
+        format!("{SELECT} WHERE i.state = 'pending' ORDER BY i.created_at, i.rowid")
+    };
+    let mut stmt = store.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The source's oldest pending interaction, if any.
+pub fn pending_for(store: &Store, source: &SourceRef) -> Result<Option<Interaction>, StoreError> {
+    Ok(store
+        .conn()
+        .prepare_cached(&format!(
+            "{SELECT} WHERE i.state = 'pending' AND i.source_id = ?1
+             ORDER BY i.created_at, i.rowid LIMIT 1"
+        ))?
+        .query_row([source.source_id], row)
+        .optional()?)
 }

@@ -432,7 +432,7 @@ struct Facts {
 
 /// The view of source `name`.
 pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
-    let source = store.source(name)?;
+    // An unknown source is refused here, by its lookup.
     let setup = match catalog::source_setup(store, name) {
         Ok(setup) => setup,
         Err(CatalogError::NoConnector(_)) => {
@@ -450,6 +450,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         }
         Err(e) => return Err(e.into()),
     };
+    let source = &setup.source;
     let facts = store
         .conn()
         .prepare_cached(
@@ -490,7 +491,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             })
         })?;
     let manifest = &setup.connector.manifest;
-    let metas = crate::vault::metadata(store, Some(&source))?;
+    let metas = crate::vault::metadata(store, Some(source))?;
     let credentials: Vec<CredentialStatus> = field_views(manifest)
         .into_iter()
         .map(|field| CredentialStatus {
@@ -513,9 +514,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .filter(|c| c.field.required && !c.stored)
         .map(|c| c.field.clone())
         .collect();
-    let pending = interactions::list(store, false)?
-        .into_iter()
-        .find(|i| i.source == name);
+    let pending = interactions::pending_for(store, source)?;
     let verifying: Option<String> = store
         .conn()
         .prepare_cached(

@@ -1079,9 +1079,24 @@ pub fn metadata(
     store: &Store,
     source: Option<&SourceRef>,
 ) -> Result<Vec<CredentialMeta>, VaultError> {
-    let mut stmt = store.conn().prepare_cached(&format!(
-        "{META_SELECT} WHERE (?1 IS NULL OR c.source_id = ?1) ORDER BY s.name, c.name"
-    ))?;
-    let rows = stmt.query_map([source.map(|s| s.source_id)], meta_row)?;
-    rows.map(|r| r?).collect()
+    // Two statements: one source's rows come straight off the
+    // (source_id, name) index, already in order, without reading other
+    // sources' rows (a plan fixed for `?1 IS NULL OR ...` would scan them
+    // all and sort).
+    match source {
+        Some(source) => {
+            let mut stmt = store.conn().prepare_cached(&format!(
+                "{META_SELECT} WHERE c.source_id = ?1 ORDER BY c.name"
+            ))?;
+            let rows = stmt.query_map([source.source_id], meta_row)?;
+            rows.map(|r| r?).collect()
+        }
+        None => {
+            let mut stmt = store
+                .conn()
+                .prepare_cached(&format!("{META_SELECT} ORDER BY s.name, c.name"))?;
+            let rows = stmt.query_map([], meta_row)?;
+            rows.map(|r| r?).collect()
+        }
+    }
 }

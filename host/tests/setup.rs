@@ -753,6 +753,20 @@ async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
     )
     .await;
     dir.ok(&["source", "setup", "bank"], b"bank-token\n").await;
+    dir.ok(
+        &[
+            "source",
+            "add",
+            "other",
+            "--connector",
+            "echo",
+            "--allow-unproven",
+        ],
+        b"",
+    )
+    .await;
+    dir.ok(&["source", "setup", "other"], b"other-token\n")
+        .await;
     // `sourcebox run` waits for the answer in its own process.
     let mut cmd = common::sourcebox();
     cmd.arg("--data-dir").arg(&dir.path).args(["run", "bank"]);
@@ -772,6 +786,9 @@ async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
     let NextStep::AnswerInteraction { id, kind, prompt } = &view.next_step else {
         panic!("{view:?}");
     };
+    // Another source's view does not show bank's question (checked once
+    // the run is answered, so a failure does not leave it waiting).
+    let other = dir.view("other").await;
     assert_eq!(
         (kind.as_str(), prompt.as_str()),
         ("otp", "Enter the one-time code sent to you")
@@ -786,4 +803,6 @@ async fn a_run_waiting_for_an_answer_puts_the_source_in_waiting_for_owner() {
     let out = run.await.expect("join");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(dir.view("bank").await.state, Lifecycle::Ready);
+    assert_eq!(other.state, Lifecycle::Ready, "{other:?}");
+    assert_eq!(other.next_step, NextStep::None, "{other:?}");
 }
