@@ -274,7 +274,7 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         ),
         observed(
             "bad-records",
-            r#"records=["invalid-record", "invalid-record", "invalid-record", "invalid-record", "unknown-stream", "stored"]"#,
+            r#"records=["invalid-record", "invalid-record", "invalid-record", "invalid-record", "unknown-stream", "stored"] batches=["stored", "invalid-record@1", "invalid-record@2"]"#,
         ),
         (
             "record-flood".into(),
@@ -311,12 +311,22 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         Err(RunFailure::ConnectorTrap(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    // Of the bad records only the valid one was kept; each flood stopped at
-    // the limit, and nothing beyond it was stored.
+    // Of the bad records only the valid one was kept, and of the batches
+    // the records before the refused one; each flood stopped at the limit,
+    // and nothing beyond it was stored.
     let stored = w.records("a");
     assert!(stored.iter().any(|r| r["id"] == "kept"));
+    for (id, kept) in [
+        ("b1", true),
+        ("b2", false),
+        ("b3", true),
+        ("b4", true),
+        ("b5", false),
+    ] {
+        assert_eq!(stored.iter().any(|r| r["id"] == id), kept, "{id}");
+    }
     assert!(!stored.iter().any(|r| r["pad"] == "no id"));
-    assert!(stored.len() <= 2_001, "{}", stored.len());
+    assert!(stored.len() <= 4 + 2_000, "{}", stored.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,40 +38,42 @@ pub fn emit_json(stream: &str, record: &str) -> Result<(), RecordError> {
 /// # Ok::<(), sourcebox_sdk::records::BatchError>(())
 /// ```
 pub fn emit_batch<T: serde::Serialize>(stream: &str, records: &[T]) -> Result<(), BatchError> {
-    let mut json = Vec::with_capacity(records.len());
-    for record in records {
-        match serde_json::to_string(record) {
-            Ok(text) => json.push(text),
-            Err(_) => {
-                // The ones before it go in, as the host would have taken them.
-                emit_batch_json(stream, &json)?;
-                return Err(BatchError {
-                    index: batch_index(json.len()),
-                    error: RecordError::InvalidRecord,
-                });
-            }
+    let mut lines = Vec::with_capacity(records.len() * 64);
+    for (index, record) in records.iter().enumerate() {
+        // Compact JSON: no newline inside a record.
+        if serde_json::to_writer(&mut lines, record).is_err() {
+            // The ones before it go in, as the host would have taken them.
+            emit_lines(stream, &lines)?;
+            return Err(BatchError {
+                index: u32::try_from(index).expect("a batch's length fits in u32"),
+                error: RecordError::InvalidRecord,
+            });
         }
+        lines.push(b'\n');
     }
-    emit_batch_json(stream, &json)
+    emit_lines(stream, &lines)
 }
 
-/// Upserts records given as JSON text, in order, in one call to the host:
-/// [`emit_json`] for a batch.
+/// Upserts records given as JSON text, one object per line (NDJSON, as
+/// some providers' exports come), in order, in one call to the host:
+/// [`emit_json`] for a batch. Lines end at `\n`; a record must not
+/// contain a newline of its own (compact JSON never does).
 ///
 /// ```no_run
-/// let page = [r#"{"id":1}"#.to_string(), r#"{"id":2}"#.to_string()];
-/// sourcebox_sdk::records::emit_batch_json("repos", &page)?;
+/// let page = "{\"id\":1}\n{\"id\":2}\n";
+/// sourcebox_sdk::records::emit_batch_json("repos", page)?;
 /// # Ok::<(), sourcebox_sdk::records::BatchError>(())
 /// ```
-pub fn emit_batch_json(stream: &str, records: &[String]) -> Result<(), BatchError> {
-    if records.is_empty() {
+pub fn emit_batch_json(stream: &str, lines: &str) -> Result<(), BatchError> {
+    if lines.is_empty() {
         return Ok(());
     }
-    wit::emit_batch(stream, records)
+    wit::emit_batch(stream, lines)
 }
 
-fn batch_index(index: usize) -> u32 {
-    u32::try_from(index).expect("a batch's length fits in u32")
+fn emit_lines(stream: &str, lines: &[u8]) -> Result<(), BatchError> {
+    let lines = std::str::from_utf8(lines).expect("serde_json writes UTF-8");
+    emit_batch_json(stream, lines)
 }
 
 /// Saves the stream's checkpoint.

@@ -445,11 +445,16 @@ impl records::Host for RunState {
     fn emit_batch(
         &mut self,
         stream: String,
-        records: Vec<String>,
+        records: String,
     ) -> wasmtime::Result<Result<(), BatchError>> {
-        for (index, record) in records.into_iter().enumerate() {
-            if let Err(error) = self.accept(&stream, record)? {
-                let index = u32::try_from(index).expect("a list's length fits in u32");
+        let lines = records.strip_suffix('\n').unwrap_or(&records);
+        if lines.is_empty() {
+            return Ok(Ok(()));
+        }
+        for (index, record) in lines.split('\n').enumerate() {
+            if let Err(error) = self.accept(&stream, record.to_owned())? {
+                // At most one line per byte of a string that fits in u32.
+                let index = u32::try_from(index).expect("a line index fits in u32");
                 return Ok(Err(BatchError { index, error }));
             }
         }

@@ -131,7 +131,21 @@ impl Connector for Hostile {
                         },
                     )
                     .collect();
-                Err(observed(format!("records={results:?}")))
+                // Batches: empty; a blank line second; a record that is
+                // not an object third.
+                let batches = [
+                    "",
+                    "{\"id\": \"b1\"}\n\n{\"id\": \"b2\"}\n",
+                    "{\"id\": \"b3\"}\n{\"id\": \"b4\"}\n[3]\n{\"id\": \"b5\"}",
+                ];
+                let batched: Vec<String> = batches
+                    .iter()
+                    .map(|lines| match records::emit_batch_json("loot", lines) {
+                        Ok(()) => "stored".into(),
+                        Err(e) => format!("{}@{}", e.error.name(), e.index),
+                    })
+                    .collect();
+                Err(observed(format!("records={results:?} batches={batched:?}")))
             }
             // The boundary alone: one prebuilt 256-byte record, its id
             // rewritten in place, emitted as JSON text into the stream
@@ -173,20 +187,20 @@ impl Connector for Hostile {
                     Some("") | None => "loot",
                     Some(stream) => stream,
                 };
-                let template = format!(r#"{{"id":"0000000000","pad":"{}"}}"#, "x".repeat(228));
-                let mut batch = vec![template; BATCH as usize];
+                let record = format!(r#"{{"id":"0000000000","pad":"{}"}}"#, "x".repeat(228));
+                let line = record.len() + 1;
+                let mut batch = format!("{record}\n").repeat(BATCH as usize).into_bytes();
                 let mut refused = 0u64;
                 for first in (0u64..).step_by(BATCH as usize) {
-                    for (offset, record) in (0u64..).zip(batch.iter_mut()) {
-                        let mut digits = [b'0'; 10];
+                    for (offset, at) in (0u64..).zip((0..batch.len()).step_by(line)) {
                         let mut n = first + offset;
-                        for digit in digits.iter_mut().rev() {
+                        for digit in batch[at + 7..at + 17].iter_mut().rev() {
                             *digit = b'0' + (n % 10) as u8;
                             n /= 10;
                         }
-                        record.replace_range(7..17, std::str::from_utf8(&digits).expect("ASCII"));
                     }
-                    match records::emit_batch_json(stream, &batch) {
+                    let text = std::str::from_utf8(&batch).expect("ASCII");
+                    match records::emit_batch_json(stream, text) {
                         Ok(()) => {}
                         Err(e) if e.error == records::RecordError::UnknownStream => {
                             refused += BATCH;
