@@ -40,9 +40,12 @@ pub fn emit_json(stream: &str, record: &str) -> Result<(), RecordError> {
 pub fn emit_batch<T: serde::Serialize>(stream: &str, records: &[T]) -> Result<(), BatchError> {
     let mut lines = Vec::with_capacity(records.len() * 64);
     for (index, record) in records.iter().enumerate() {
+        let start = lines.len();
         // Compact JSON: no newline inside a record.
         if serde_json::to_writer(&mut lines, record).is_err() {
-            // The ones before it go in, as the host would have taken them.
+            // The ones before it go in, as the host would have taken them;
+            // what it wrote of this one does not.
+            lines.truncate(start);
             emit_lines(stream, &lines)?;
             return Err(BatchError {
                 index: u32::try_from(index).expect("a batch's length fits in u32"),
