@@ -226,13 +226,16 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_capture))
         .routes(routes!(owner_revoke))
         .routes(routes!(owner_verify))
-        .routes(export_upload(routes!(owner_import)))
+        .routes(body_limit(EXPORT_LIMIT, routes!(owner_import)))
         .routes(routes!(owner_start_run))
         .routes(routes!(owner_runs))
         .routes(routes!(owner_run))
         .routes(routes!(owner_cancel))
         .routes(routes!(owner_run_events))
-        .routes(component_upload(routes!(owner_connectors, owner_install)))
+        .routes(body_limit(
+            COMPONENT_LIMIT,
+            routes!(owner_connectors, owner_install),
+        ))
         .routes(routes!(owner_connector))
         .routes(routes!(owner_connector_limits, owner_set_connector_limits))
         .routes(routes!(owner_oauth_clients))
@@ -254,28 +257,13 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(client_records))
 }
 
-/// Components are larger than any JSON body: their route takes up to
-/// [`COMPONENT_LIMIT`] bytes.
-fn component_upload(
+/// A route whose body may be larger than a JSON body: a component (up to
+/// [`COMPONENT_LIMIT`]) or a cookie export (up to [`EXPORT_LIMIT`]).
+fn body_limit(
+    limit: usize,
     (schemas, paths, method): utoipa_axum::router::UtoipaMethodRouter<Arc<Api>>,
 ) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Api>> {
-    (
-        schemas,
-        paths,
-        method.layer(DefaultBodyLimit::max(COMPONENT_LIMIT)),
-    )
-}
-
-/// A cookie export may be larger than a JSON body: its route takes up to
-/// [`EXPORT_LIMIT`] bytes.
-fn export_upload(
-    (schemas, paths, method): utoipa_axum::router::UtoipaMethodRouter<Arc<Api>>,
-) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Api>> {
-    (
-        schemas,
-        paths,
-        method.layer(DefaultBodyLimit::max(EXPORT_LIMIT)),
-    )
+    (schemas, paths, method.layer(DefaultBodyLimit::max(limit)))
 }
 
 /// The OpenAPI 3.1 document of every route, as served at

@@ -637,6 +637,13 @@ impl Logins {
 /// The Chromium this host uses for logins: `SOURCEBOX_CHROMIUM` if set,
 /// else `chromium` (or `chromium-browser`) on the `PATH`.
 pub fn find_chromium() -> Option<PathBuf> {
+    // Looked for once per process: every browser-login setup view asks,
+    // and the operator restarts the server after installing one.
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(look_for_chromium).clone()
+}
+
+fn look_for_chromium() -> Option<PathBuf> {
     let on_path = |name: &std::ffi::OsStr| {
         let path = std::path::Path::new(name);
         if path.components().count() > 1 {

@@ -360,17 +360,23 @@ impl Drop for Runner {
     fn drop(&mut self) {
         // The login profiles it made are gone with their browsers.
         if let Some(dir) = self.path.parent().and_then(Path::parent) {
-            let _ = std::fs::remove_dir_all(dir.join("logins").join(&self.token));
+            let _ = std::fs::remove_dir_all(login_profiles(dir).join(&self.token));
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Where the login browsers of each process keep their profiles, under the
+/// process's runner token: `<data>/logins/<runner>/`.
+fn login_profiles(dir: &Path) -> PathBuf {
+    dir.join("logins")
 }
 
 /// Erases the login browser profiles (`logins/<runner>/`) of processes
 /// that are gone: one killed during a login leaves its browser's cookies
 /// there. (Its browser itself ends when its DevTools pipe closes.)
 fn sweep_login_profiles(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir.join("logins")) else {
+    let Ok(entries) = std::fs::read_dir(login_profiles(dir)) else {
         return;
     };
     for entry in entries.flatten() {
@@ -434,7 +440,7 @@ impl Launcher {
             let runner = Runner::start(dir).map_err(LaunchError::Runner)?;
             recover(vault.store())?;
             sweep_login_profiles(dir);
-            let profiles = dir.join("logins").join(&runner.token);
+            let profiles = login_profiles(dir).join(&runner.token);
             (runner, profiles)
         };
         Ok(Self {
@@ -1004,31 +1010,27 @@ impl Drop for EraseSession {
 
 impl EraseSession {
     fn now(&self) {
-        erase_session(&self.vault, &self.run_id, &self.setup);
-    }
-}
-
-/// Erases the session of a source that keeps none past a run.
-fn erase_session(vault: &Mutex<Vault>, run_id: &str, setup: &catalog::SourceSetup) {
-    let actor = Actor {
-        name: "browser-login",
-        run_id: Some(run_id),
-    };
-    let vault = vault.lock().expect("vault lock");
-    for field in &setup.connector.manifest.credentials {
-        if crate::vault::CredentialClass::from(field.class)
-            != crate::vault::CredentialClass::Session
-        {
-            continue;
-        }
-        match vault.remove(actor, &setup.source, &field.name) {
-            Ok(()) | Err(VaultError::Missing { .. }) => {}
-            Err(e) => tracing::error!(
-                source = setup.source.source,
-                run = run_id,
-                error = %e,
-                "an ephemeral session could not be erased"
-            ),
+        let (run_id, setup) = (&self.run_id, &self.setup);
+        let actor = Actor {
+            name: "browser-login",
+            run_id: Some(run_id),
+        };
+        let vault = self.vault.lock().expect("vault lock");
+        for field in &setup.connector.manifest.credentials {
+            if crate::vault::CredentialClass::from(field.class)
+                != crate::vault::CredentialClass::Session
+            {
+                continue;
+            }
+            match vault.remove(actor, &setup.source, &field.name) {
+                Ok(()) | Err(VaultError::Missing { .. }) => {}
+                Err(e) => tracing::error!(
+                    source = setup.source.source,
+                    run = run_id,
+                    error = %e,
+                    "an ephemeral session could not be erased"
+                ),
+            }
         }
     }
 }

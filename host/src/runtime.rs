@@ -65,6 +65,16 @@ impl From<bindings::sourcebox::connector::types::CredentialClass>
     }
 }
 
+/// The session credential `manifest` declares: where a browser login or an
+/// imported cookie export is kept.
+pub fn session_credential(manifest: &Manifest) -> Option<&str> {
+    manifest
+        .credentials
+        .iter()
+        .find(|c| c.class == bindings::sourcebox::connector::types::CredentialClass::Session)
+        .map(|c| c.name.as_str())
+}
+
 /// How often the epoch advances; the time limit is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How often a running guest is checked for cancellation and its time

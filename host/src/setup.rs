@@ -621,14 +621,15 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .clone()
         .filter(|(_, _, at)| *at >= last_write && !verified)
     {
-        if browser && (kind == "auth_rejected" || kind.starts_with("credential")) {
+        let refused = kind == "auth_rejected" || kind.starts_with("credential");
+        if refused && browser {
             (Lifecycle::NeedsBrowserLogin, browser_login(Some(detail)))
-        } else if import && (kind == "auth_rejected" || kind.starts_with("credential")) {
+        } else if refused && import {
             (
                 Lifecycle::NeedsCredentials,
                 import_step(manifest, Some(detail)),
             )
-        } else if kind == "auth_rejected" || kind.starts_with("credential") {
+        } else if refused {
             (
                 if oauth {
                     Lifecycle::NeedsAuthorization
@@ -705,11 +706,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
 /// for the first time).
 fn import_step(manifest: &Manifest, reason: Option<String>) -> NextStep {
     NextStep::ImportSession {
-        credential: manifest
-            .credentials
-            .iter()
-            .find(|c| CredentialClass::from(c.class) == CredentialClass::Session)
-            .map(|c| c.name.clone()),
+        credential: crate::runtime::session_credential(manifest).map(str::to_owned),
         reason,
     }
 }
@@ -740,12 +737,7 @@ pub fn import_session(
 ) -> Result<ImportSummary, SetupError> {
     let setup = catalog::source_setup(vault.store(), source)?;
     let manifest = &setup.connector.manifest;
-    let Some(credential) = manifest
-        .credentials
-        .iter()
-        .find(|c| CredentialClass::from(c.class) == CredentialClass::Session)
-        .map(|c| c.name.clone())
-    else {
+    let Some(credential) = crate::runtime::session_credential(manifest).map(str::to_owned) else {
         return Err(SetupError::NotNow(format!(
             "connector {} declares no session credential to import cookies into",
             setup.connector.id

@@ -714,13 +714,7 @@ async fn open_login(
     if !logins.available() {
         return Err(InteractionError::Unsupported);
     }
-    let Some(credential) = bound
-        .manifest
-        .credentials
-        .iter()
-        .find(|c| c.class == CredentialClass::Session)
-        .map(|c| c.name.clone())
-    else {
+    let Some(credential) = super::session_credential(&bound.manifest).map(str::to_owned) else {
         tracing::warn!(
             run = bound.binding.run_id,
             "a login was asked for, but the connector declares no session credential to keep it in"
