@@ -306,6 +306,12 @@ fn rotation_keeps_reads_working_and_a_crash_midway_loses_nothing() {
                     format!("value-{i}").as_bytes()
                 );
                 reads += 1;
+                // A read is an audited write transaction, and SQLite's busy
+                // handler is not fair: a reader that re-takes the write
+                // lock the moment it commits can starve the rotation's
+                // batches past their busy timeout. Runs read a credential
+                // now and then, not back to back.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
             reads
         })
