@@ -38,6 +38,20 @@ fn main() {
     // `target/`, and the guests need none of the host's flags.
     let target_dir = workspace.join("target").join("components");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Panic locations name source files; with these prefixes remapped a
+    // component's bytes do not depend on where the checkout or cargo's home
+    // is, so the catalog's digests hold on any machine with the pinned
+    // toolchain.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut rustflags = format!("--remap-path-prefix={}=/src", workspace.display());
+    if let Some(home) = cargo_home {
+        rustflags.push_str(&format!(
+            "\x1f--remap-path-prefix={}=/cargo",
+            home.display()
+        ));
+    }
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace.join("connectors"))
         .args([
@@ -48,7 +62,7 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")

@@ -61,8 +61,9 @@ pub const FIRST_PARTY: &[(&[u8], &str)] = &[(
 )];
 
 /// A connector version as the catalog (`manifests/`) records it: the
-/// capabilities it asks for and what is approved by default. A test fails
-/// when a first-party connector's `describe()` drifts from its entry.
+/// component it is, the capabilities it asks for and what is approved by
+/// default. A test fails when a first-party connector's component or its
+/// `describe()` drifts from its entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
@@ -70,6 +71,9 @@ pub struct CatalogEntry {
     pub id: String,
     /// Semantic version.
     pub version: String,
+    /// SHA-256 of the component, hex: the defaults below are approved for
+    /// exactly these bytes.
+    pub digest: String,
     /// Display name.
     pub name: String,
     /// Stream names.
@@ -110,11 +114,12 @@ pub struct EntryCredential {
 }
 
 impl CatalogEntry {
-    /// The entry describing `manifest`.
-    pub fn of(manifest: &Manifest) -> Self {
+    /// The entry for `component`, which described `manifest`.
+    pub fn of(component: &[u8], manifest: &Manifest) -> Self {
         Self {
             id: manifest.id.clone(),
             version: manifest.version.clone(),
+            digest: hex::encode(Sha256::digest(component)),
             name: manifest.name.clone(),
             streams: manifest.streams.iter().map(|s| s.name.clone()).collect(),
             credentials: manifest
@@ -133,13 +138,13 @@ impl CatalogEntry {
         }
     }
 
-    /// Whether `manifest` describes exactly this entry's capabilities
-    /// (the shipped proofs aside).
-    pub fn describes(&self, manifest: &Manifest) -> bool {
+    /// Whether this entry is exactly `component`, which described
+    /// `manifest` (the shipped proofs aside).
+    pub fn describes(&self, component: &[u8], manifest: &Manifest) -> bool {
         Self {
             proven: Vec::new(),
             ..self.clone()
-        } == Self::of(manifest)
+        } == Self::of(component, manifest)
     }
 }
 
@@ -148,18 +153,34 @@ pub async fn install_first_party(
     store: &Store,
     runtime: &crate::runtime::Runtime,
 ) -> Result<Vec<Installed>, CatalogError> {
+    install_shipped(store, runtime, FIRST_PARTY).await
+}
+
+/// Installs each `(component, catalog entry)` whose version is not
+/// installed yet. A component that is not the entry's (another digest, or
+/// other capabilities) is refused, with nothing of it installed: the
+/// entry's defaults are approved for its exact bytes only.
+pub async fn install_shipped(
+    store: &Store,
+    runtime: &crate::runtime::Runtime,
+    shipped: &[(&[u8], &str)],
+) -> Result<Vec<Installed>, CatalogError> {
     let mut installed = Vec::new();
-    for (component, entry) in FIRST_PARTY {
+    for (component, entry) in shipped {
         let entry: CatalogEntry = serde_json::from_str(entry)
             .map_err(|e| CatalogError::Setup(format!("catalog entry: {e}")))?;
         if latest(store, &entry.id).is_ok_and(|i| i.version == entry.version) {
             continue;
         }
         let loaded = runtime.load(component).await?;
-        if !entry.describes(loaded.manifest()) {
+        if !entry.describes(component, loaded.manifest()) {
             return Err(CatalogError::Setup(format!(
-                "first-party connector {} does not match its catalog entry",
-                entry.id
+                "first-party connector {} {} is not the component its catalog entry \
+                 approves (digest {}): build sourcebox from a clean checkout with the \
+                 toolchain rust-toolchain.toml names, or, if you changed the connector, \
+                 review the change and update its entry in manifests/ (the catalog test \
+                 prints the new one)",
+                entry.id, entry.version, entry.digest
             )));
         }
         let done = install(store, component, loaded.api_version(), loaded.manifest())?;

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use common::{local_vault, set};
+use sha2::Digest;
+use sourcebox::catalog::{self, CatalogEntry};
 use sourcebox::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use sourcebox::runtime::{Binding, Call, Limits, LoadedConnector, Outcome, RunFailure, Runtime};
 use sourcebox::vault::Vault;
@@ -410,15 +412,72 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_catalog_entry_matches_what_the_component_describes() {
+async fn the_catalog_entry_matches_the_component_built_from_source() {
     let w = world().await;
-    let entry: sourcebox::catalog::CatalogEntry =
-        serde_json::from_str(include_str!("../../manifests/github.json"))
-            .expect("manifests/github.json parses");
-    let described = sourcebox::catalog::CatalogEntry::of(w.github.manifest());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/github.json");
+    let entry: CatalogEntry = serde_json::from_str(&std::fs::read_to_string(path).expect("read"))
+        .expect("manifests/github.json parses");
+    let component = std::fs::read(GITHUB).expect("github component");
+    if entry.describes(&component, w.github.manifest()) {
+        return;
+    }
+    let described = CatalogEntry {
+        proven: entry.proven.clone(),
+        ..CatalogEntry::of(&component, w.github.manifest())
+    };
+    let described = serde_json::to_string_pretty(&described).expect("json") + "\n";
+    if std::env::var_os("SOURCEBOX_UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, described).expect("write");
+        return;
+    }
+    panic!(
+        "manifests/github.json is not the component built from connectors/github (its digest \
+         or what it describes changed); review the change, then rerun with \
+         SOURCEBOX_UPDATE_GOLDEN=1 to make it read:\n{described}"
+    );
+}
+
+/// The catalog's defaults are approved for a component's exact bytes: a
+/// shipped component that is not its entry's is refused and nothing of it
+/// is installed; the entry's own bytes install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_component_other_than_its_catalog_entry_is_not_installed() {
+    let w = world().await;
+    let component = std::fs::read(GITHUB).expect("github component");
+    let entry = CatalogEntry::of(&component, w.github.manifest());
+    let mut other = component.clone();
+    // A custom section appended: the same code and manifest, other bytes.
+    other.extend_from_slice(&[0, 6, 5, b'o', b't', b'h', b'e', b'r']);
+    assert_eq!(
+        w.runtime
+            .load(&other)
+            .await
+            .expect("still loads")
+            .manifest(),
+        w.github.manifest()
+    );
+    let entry = serde_json::to_string(&entry).expect("json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = local_vault(&tmp.path().join("data"));
+    let store = vault.store();
+
+    let refused = catalog::install_shipped(store, &w.runtime, &[(&other, &entry)])
+        .await
+        .expect_err("other bytes refused");
     assert!(
-        entry.describes(w.github.manifest()),
-        "manifests/github.json no longer matches the component; review the change, then make it read:\n{}",
-        serde_json::to_string_pretty(&described).expect("json")
+        refused
+            .to_string()
+            .contains("is not the component its catalog entry approves"),
+        "{refused}"
+    );
+    assert!(catalog::list(store).expect("list").is_empty());
+
+    let installed = catalog::install_shipped(store, &w.runtime, &[(&component, &entry)])
+        .await
+        .expect("the entry's own bytes install");
+    assert_eq!(installed.len(), 1);
+    assert_eq!(
+        catalog::latest(store, "github").expect("installed").digest,
+        hex::encode(sha2::Sha256::digest(&component))
     );
 }
