@@ -116,10 +116,14 @@ pub struct EntryCredential {
 impl CatalogEntry {
     /// The entry for `component`, which described `manifest`.
     pub fn of(component: &[u8], manifest: &Manifest) -> Self {
+        Self::described(hex::encode(Sha256::digest(component)), manifest)
+    }
+
+    fn described(digest: String, manifest: &Manifest) -> Self {
         Self {
             id: manifest.id.clone(),
             version: manifest.version.clone(),
-            digest: hex::encode(Sha256::digest(component)),
+            digest,
             name: manifest.name.clone(),
             streams: manifest.streams.iter().map(|s| s.name.clone()).collect(),
             credentials: manifest
@@ -512,6 +516,34 @@ pub fn list(store: &Store) -> Result<Vec<Installed>, CatalogError> {
         .prepare(&format!("{SELECT} ORDER BY id, installed_at"))?;
     let rows = stmt.query_map([], installed_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every installed connector version as a catalog entry (the shape of
+/// `manifests/`), first-party or not: its digest, what it asks for, what
+/// the operator approved, and the modalities proven for it.
+pub fn entries(store: &Store) -> Result<Vec<CatalogEntry>, CatalogError> {
+    let mut proofs = store.conn().prepare_cached(
+        "SELECT modality, evidence FROM proofs WHERE connector_id = ?1 AND version = ?2
+         ORDER BY proven_at, modality",
+    )?;
+    list(store)?
+        .into_iter()
+        .map(|installed| {
+            let proven = proofs
+                .query_map(params![installed.id, installed.version], |r| {
+                    Ok(CatalogProof {
+                        modality: r.get(0)?,
+                        evidence: r.get(1)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(CatalogEntry {
+                approved: installed.approved,
+                proven,
+                ..CatalogEntry::described(installed.digest, &installed.manifest)
+            })
+        })
+        .collect()
 }
 
 /// The most recently installed version of `id`.

@@ -325,7 +325,9 @@ pub enum ConnectorCommand {
     },
     /// List installed connectors.
     List {
-        /// JSON output.
+        /// JSON output: each installed version as a catalog entry, the
+        /// shape of the files in `manifests/` (digest, capabilities,
+        /// approvals, proven modalities).
         #[arg(long)]
         json: bool,
     },
@@ -1187,12 +1189,12 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 .map_err(|e| CliError::Io(format!("cannot write output: {e}")))
         }
         ConnectorCommand::List { json } => {
-            let installed = catalog::list(&store)?;
             if json {
-                let doc = serde_json::to_string_pretty(&installed)
+                let doc = serde_json::to_string_pretty(&catalog::entries(&store)?)
                     .map_err(|e| CliError::Io(e.to_string()))?;
                 return writeln_out(out, format_args!("{doc}"));
             }
+            let installed = catalog::list(&store)?;
             installed.iter().try_for_each(|c| {
                 writeln_out(
                     out,

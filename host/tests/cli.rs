@@ -598,6 +598,22 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
         cli(&dir, &["connector", "install", echo, "--yes"], b""),
         "install",
     );
+    // Recorded as a catalog entry of the same shape as manifests/: the
+    // installed bytes' digest and what the operator approved.
+    let listed = ok(
+        cli(&dir, &["connector", "list", "--json"], b""),
+        "list --json",
+    );
+    let entries: Vec<sourcebox::catalog::CatalogEntry> =
+        serde_json::from_slice(&listed.stdout).expect("catalog entries");
+    let entry = entries
+        .iter()
+        .find(|e| e.id == "echo")
+        .expect("echo listed");
+    let bytes = std::fs::read(echo).expect("echo");
+    assert_eq!(entry.digest, hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(entry.approved.credentials, ["token", "password", "session"]);
+    assert!(entry.proven.is_empty(), "{entry:?}");
     fails_with(
         cli(&dir, &["connector", "install", echo, "--yes"], b""),
         "already installed",

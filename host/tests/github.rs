@@ -377,6 +377,19 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
         .await
         .expect("join");
     assert!(ok && stdout.contains("github 0.1.0 (GitHub)"), "{stdout}");
+    // As JSON, each installed version is a catalog entry; the first-party
+    // one is exactly the catalog's.
+    let (ok, stdout, _) = cli(
+        vec!["connector".into(), "list".into(), "--json".into()],
+        b"",
+    )
+    .await
+    .expect("join");
+    assert!(ok, "{stdout}");
+    let installed: Vec<CatalogEntry> = serde_json::from_str(&stdout).expect("catalog entries");
+    let shipped: CatalogEntry =
+        serde_json::from_str(include_str!("../../manifests/github.json")).expect("parses");
+    assert_eq!(installed, vec![shipped]);
     let requests = std::mem::take(&mut *seen.lock().expect("seen"));
     assert!(!requests.is_empty());
     assert!(
