@@ -13,7 +13,10 @@
 //! - a small JSON route of the API: `GET /v1/sources`, client token;
 //! - a 100-record page:
 //!   `GET /v1/sources/bench/streams/items/records?limit=100`, client token;
-//! - the setup view: `GET /v1/owner/sources/bench`, owner token.
+//! - the setup view: `GET /v1/owner/sources/bench`, owner token;
+//! - before the page and the view, the bare route answering with their
+//!   bytes (taken from the real route once, before the load): what moving
+//!   those responses costs with no handler behind them.
 //!
 //! The server runs on a multi-thread tokio runtime (a worker per core);
 //! the load generator (hyper's HTTP/1 client connections, no pooling) on
@@ -66,6 +69,13 @@ const PAGE: usize = 100;
 /// A request slower than this fails the run (the server never answers it).
 const STALLED: Duration = Duration::from_secs(5);
 
+/// The baseline: a bare axum route returning `{"ok":true}`.
+const BARE: &str = "bare axum route, GET /bare";
+/// The bare route answering with the page's bytes.
+const BARE_PAGE: &str = "bare route, the page's bytes";
+/// The bare route answering with the setup view's bytes.
+const BARE_VIEW: &str = "bare route, the view's bytes";
+
 /// One thing to load, and what it must reach.
 #[derive(Debug)]
 struct Scenario {
@@ -77,6 +87,9 @@ struct Scenario {
     target_rps: Option<f64>,
     /// At least this fraction of the bare route's requests per second.
     target_ratio: Option<f64>,
+    /// The scenario its ratio is taken against: the bare route, or the
+    /// bare route answering with this scenario's own bytes.
+    baseline: &'static str,
 }
 
 /// What one connection (or, merged, a scenario) saw.
@@ -220,14 +233,14 @@ fn serve(
 }
 
 /// One request on a fresh connection: status and body.
-async fn probe(scenario: &Scenario) -> (StatusCode, Bytes) {
-    let stream = TcpStream::connect(scenario.addr).await.expect("connect");
+async fn probe(addr: SocketAddr, path: &str, token: Option<&HeaderValue>) -> (StatusCode, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
     let driver = tokio::spawn(conn);
     let response = sender
-        .send_request(request(&scenario.path, scenario.token.as_ref()))
+        .send_request(request(path, token))
         .await
         .expect("response");
     let status = response.status();
@@ -388,29 +401,56 @@ fn main() {
         .expect("client runtime");
     let fixture = fixture(&server);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let bare = Router::new().route(
-        "/bare",
-        get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
-    );
-    let bare = serve(&server, bare, stopped.clone());
     let real = serve(
         &server,
         api::router(Api::new(Arc::clone(&fixture.launcher))),
-        stopped,
+        stopped.clone(),
     );
     let bearer = |token: &str| {
         let mut value = HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
         value.set_sensitive(true);
         Some(value)
     };
+    let page_path = format!("/v1/sources/bench/streams/items/records?limit={PAGE}");
+    let view_path = "/v1/owner/sources/bench";
+    // The bare route also answers with the page's and the view's own
+    // bytes, prepared once: what moving those responses costs with no
+    // handler behind them.
+    let answer = |path: &str, token: &Option<HeaderValue>| -> Bytes {
+        let (status, body) = client.block_on(probe(real, path, token.as_ref()));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    };
+    let page_bytes = answer(&page_path, &bearer(&fixture.client));
+    let view_bytes = answer(view_path, &bearer(&fixture.owner));
+    let json = |body: Bytes| {
+        move || {
+            let body = body.clone();
+            async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
+        }
+    };
+    let bare = Router::new()
+        .route(
+            "/bare",
+            get(|| async { axum::Json(serde_json::json!({ "ok": true })) }),
+        )
+        .route("/bare/page", get(json(page_bytes)))
+        .route("/bare/view", get(json(view_bytes)));
+    let bare = serve(&server, bare, stopped);
     let scenarios = [
         Scenario {
-            name: "bare axum route, GET /bare",
+            name: BARE,
             addr: bare,
             path: "/bare".into(),
             token: None,
             target_rps: None,
             target_ratio: None,
+            baseline: BARE,
         },
         Scenario {
             name: "small JSON route, GET /v1/sources",
@@ -419,22 +459,43 @@ fn main() {
             token: bearer(&fixture.client),
             target_rps: None,
             target_ratio: Some(0.6),
+            baseline: BARE,
+        },
+        Scenario {
+            name: BARE_PAGE,
+            addr: bare,
+            path: "/bare/page".into(),
+            token: None,
+            target_rps: None,
+            target_ratio: None,
+            baseline: BARE,
         },
         Scenario {
             name: "100-record page (client)",
             addr: real,
-            path: format!("/v1/sources/bench/streams/items/records?limit={PAGE}"),
+            path: page_path,
             token: bearer(&fixture.client),
             target_rps: Some(20_000.0),
             target_ratio: None,
+            baseline: BARE_PAGE,
+        },
+        Scenario {
+            name: BARE_VIEW,
+            addr: bare,
+            path: "/bare/view".into(),
+            token: None,
+            target_rps: None,
+            target_ratio: None,
+            baseline: BARE,
         },
         Scenario {
             name: "setup view, GET /v1/owner/sources/bench",
             addr: real,
-            path: "/v1/owner/sources/bench".into(),
+            path: view_path.into(),
             token: bearer(&fixture.owner),
             target_rps: Some(30_000.0),
             target_ratio: None,
+            baseline: BARE_VIEW,
         },
     ];
 
@@ -454,7 +515,11 @@ fn main() {
         .collect();
     let mut results = Vec::new();
     for scenario in &scenarios {
-        let (status, expected) = client.block_on(probe(scenario));
+        let (status, expected) = client.block_on(probe(
+            scenario.addr,
+            &scenario.path,
+            scenario.token.as_ref(),
+        ));
         assert_eq!(
             status,
             StatusCode::OK,
@@ -468,16 +533,29 @@ fn main() {
     }
     let _ = stop.send(true);
 
-    let bare_rps = results[0].latencies.len() as f64 / measured.as_secs_f64();
+    let rps_of = |tally: &Tally| tally.latencies.len() as f64 / measured.as_secs_f64();
+    let bare_rps = rps_of(&results[0]);
+    let baseline_rps: Vec<Option<f64>> = scenarios
+        .iter()
+        .map(|s| {
+            let at = scenarios.iter().position(|b| b.name == s.baseline)?;
+            Some(rps_of(&results[at]))
+        })
+        .collect();
     println!(
-        "\n{:<42} {:>9} {:>9} {:>9} {:>7} {:>8}  target",
-        "scenario", "req/s", "p50 µs", "p99 µs", "failed", "vs bare"
+        "\n{:<42} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9}  target",
+        "scenario", "req/s", "p50 µs", "p99 µs", "failed", "vs bare", "vs bytes"
     );
     let mut failed = Vec::new();
-    for (scenario, tally) in scenarios.iter().zip(&mut results) {
+    for ((scenario, tally), own_baseline) in scenarios.iter().zip(&mut results).zip(baseline_rps) {
         tally.latencies.sort_unstable();
-        let rps = tally.latencies.len() as f64 / measured.as_secs_f64();
+        let rps = rps_of(tally);
         let ratio = rps / bare_rps;
+        // Beside the bare route sending the same bytes, where it ran.
+        let vs_bytes = match own_baseline {
+            Some(base) if scenario.baseline != BARE => format!("{:.2}x", rps / base),
+            _ => "-".to_owned(),
+        };
         let pct = |p: f64| {
             let n = tally.latencies.len();
             if n == 0 {
@@ -498,13 +576,14 @@ fn main() {
             _ => "baseline".to_owned(),
         };
         println!(
-            "{:<42} {:>9.0} {:>9} {:>9} {:>7} {:>7.2}x  {target}",
+            "{:<42} {:>9.0} {:>9} {:>9} {:>7} {:>7.2}x {:>9}  {target}",
             scenario.name,
             rps,
             pct(0.5),
             pct(0.99),
             tally.failures,
-            ratio
+            ratio,
+            vs_bytes
         );
         if let Some(why) = &tally.first_failure {
             failed.push(format!(
@@ -523,7 +602,7 @@ fn main() {
 /// The first response is the page or view the scenario claims to measure.
 fn check(scenario: &Scenario, body: &[u8]) {
     let doc: serde_json::Value = serde_json::from_slice(body).expect("a JSON body");
-    if scenario.path.contains("/records") {
+    if scenario.path.contains("/records") || scenario.path == "/bare/page" {
         let records = doc["records"].as_array().expect("records");
         assert_eq!(records.len(), PAGE, "a full page");
         assert!(doc["next_cursor"].is_string(), "more pages after it");
@@ -532,7 +611,7 @@ fn check(scenario: &Scenario, body: &[u8]) {
             RECORD_BYTES,
             "record size"
         );
-    } else if scenario.path.starts_with("/v1/owner/sources/") {
+    } else if scenario.path.starts_with("/v1/owner/sources/") || scenario.path == "/bare/view" {
         assert_eq!(doc["source"], "bench", "{doc}");
         println!("setup view: state {}, {} bytes", doc["state"], body.len());
     } else if scenario.path == "/v1/sources" {
