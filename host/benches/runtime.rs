@@ -251,7 +251,8 @@ fn records(c: &mut Criterion) {
                     )
                     .expect("prepare");
                 // The same rows the host writes: a fresh timestamp per
-                // batch, so `records_by_update` changes as it does there.
+                // batch, so each row moves in the page order as it does
+                // there.
                 let now = now_ms();
                 for i in chunk * 500..(chunk + 1) * 500 {
                     let record = serde_json::json!({"id": i, "pad": "x".repeat(200)}).to_string();

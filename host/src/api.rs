@@ -1839,29 +1839,67 @@ struct RecordsQuery {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct Record {
+struct Record<'a> {
     /// The record's primary key, as the connector emitted it.
     #[schema(value_type = Object)]
-    key: Box<serde_json::value::RawValue>,
+    key: &'a serde_json::value::RawValue,
     updated_at: i64,
     /// The record, as the connector emitted it.
     #[schema(value_type = Object)]
-    data: Box<serde_json::value::RawValue>,
+    data: &'a serde_json::value::RawValue,
 }
 
-/// Stored JSON goes out as it is: checked, not parsed into a tree and
-/// printed again. (The runtime stores only JSON it parsed; anything else
-/// goes out as null, as it always did.)
-fn raw_json(text: String) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
-        tracing::warn!("a stored record is not JSON; sent as null");
-        serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
-    })
+/// A page's rows, read into one buffer: each record's key and data are
+/// ranges of `text`. Stored JSON goes out as it is, checked, not parsed
+/// into a tree and printed again.
+#[derive(Default)]
+struct Rows {
+    text: String,
+    rows: Vec<(std::ops::Range<usize>, i64, std::ops::Range<usize>)>,
+}
+
+impl Rows {
+    /// Adds a row. A key that is not JSON (the runtime stores only keys
+    /// it printed as JSON, so none should be met) goes out as a string.
+    fn push(&mut self, key: &str, updated_at: i64, data: &str) {
+        let at = self.text.len();
+        if serde_json::from_str::<&serde_json::value::RawValue>(key).is_ok() {
+            self.text.push_str(key);
+        } else {
+            self.text
+                .push_str(&serde_json::to_string(key).expect("a string serializes"));
+        }
+        let key = at..self.text.len();
+        self.text.push_str(data);
+        self.rows
+            .push((key.clone(), updated_at, key.end..self.text.len()));
+    }
+
+    /// The records, borrowed from the buffer. Data that is not JSON (the
+    /// runtime stores only JSON it parsed) goes out as null.
+    fn records(&self) -> Vec<Record<'_>> {
+        static NULL: std::sync::LazyLock<Box<serde_json::value::RawValue>> =
+            std::sync::LazyLock::new(|| {
+                serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
+            });
+        let json = |range: &std::ops::Range<usize>| serde_json::from_str(&self.text[range.clone()]);
+        self.rows
+            .iter()
+            .map(|(key, updated_at, data)| Record {
+                key: json(key).unwrap_or(&NULL),
+                updated_at: *updated_at,
+                data: json(data).unwrap_or_else(|_| {
+                    tracing::warn!("a stored record is not JSON; sent as null");
+                    &NULL
+                }),
+            })
+            .collect()
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct Page {
-    records: Vec<Record>,
+struct Page<'a> {
+    records: Vec<Record<'a>>,
     next_cursor: Option<String>,
 }
 
@@ -1877,6 +1915,13 @@ fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     let (at, key) = text.split_once(':')?;
     Some((at.parse().ok()?, key.to_owned()))
 }
+
+/// A page of a stream: one range of the records table, which is kept in
+/// this order.
+pub(crate) const PAGE: &str = "SELECT key, updated_at, data FROM records
+     WHERE source_id = ?1 AND stream = ?2 AND updated_at >= ?3
+       AND (updated_at, key) > (?4, ?5)
+     ORDER BY updated_at, key LIMIT ?6";
 
 #[utoipa::path(get, path = "/v1/sources/{name}/streams/{stream}/records", tag = "client", security(("client" = [])), params(SourceName, StreamName, RecordsQuery), responses((status = 200, description = "A page of records, oldest update first", body = Page), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn client_records(
@@ -1908,47 +1953,97 @@ async fn client_records(
     let reader = api.reader()?;
     let mut stmt = reader
         .conn()
-        .prepare_cached(
-            "SELECT key, updated_at, data FROM records
-             WHERE source_id = ?1 AND stream = ?2 AND updated_at >= ?3
-               AND (updated_at, key) > (?4, ?5)
-             ORDER BY updated_at, key LIMIT ?6",
-        )
+        .prepare_cached(PAGE)
         .map_err(|e| ApiError::internal(&e))?;
-    let rows: Vec<(String, i64, String)> = stmt
-        .query_map(
-            params![
-                grant.source_id,
-                stream,
-                query.updated_since.unwrap_or(i64::MIN),
-                after_at,
-                after_key,
-                i64::from(limit) + 1
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .and_then(|rows| rows.collect())
+    let mut rows = stmt
+        .query(params![
+            grant.source_id,
+            stream,
+            query.updated_since.unwrap_or(i64::MIN),
+            after_at,
+            after_key,
+            i64::from(limit) + 1
+        ])
         .map_err(|e| ApiError::internal(&e))?;
-    let more = rows.len() > limit as usize;
-    let page: Vec<(String, i64, String)> = rows.into_iter().take(limit as usize).collect();
-    let next_cursor = if more {
-        page.last().map(|(key, at, _)| encode_cursor(*at, key))
-    } else {
-        None
-    };
-    let records = page
-        .into_iter()
-        .map(|(key, updated_at, data)| Record {
-            key: serde_json::value::RawValue::from_string(key.clone()).unwrap_or_else(|_| {
-                serde_json::value::to_raw_value(&key).expect("a string serializes")
-            }),
-            updated_at,
-            data: raw_json(data),
-        })
-        .collect();
-    Ok(Json(Page {
-        records,
+    let mut page = Rows::default();
+    let mut last = String::new();
+    let mut last_at = 0;
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(|e| ApiError::internal(&e))? {
+        // The row after a full page says there is a next one.
+        if page.rows.len() == limit as usize {
+            more = true;
+            break;
+        }
+        let text = |i| {
+            row.get_ref(i)
+                .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+        };
+        let (key, updated_at, data) = (text(0), row.get(1), text(2));
+        let (key, updated_at, data) = (
+            key.map_err(|e| ApiError::internal(&e))?,
+            updated_at.map_err(|e| ApiError::internal(&e))?,
+            data.map_err(|e| ApiError::internal(&e))?,
+        );
+        page.push(key, updated_at, data);
+        last.clear();
+        last.push_str(key);
+        last_at = updated_at;
+    }
+    drop(rows);
+    let next_cursor = more.then(|| encode_cursor(last_at, &last));
+    let body = Page {
+        records: page.records(),
         next_cursor,
-    })
-    .into_response())
+    };
+    json_response(&body, page.text.len() + 64 * page.rows.len() + 64)
+}
+
+/// `value` as a JSON response, its body allocated once at `capacity`.
+fn json_response<T: Serialize>(value: &T, capacity: usize) -> Result<Response, ApiError> {
+    let mut body = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut body, value).map_err(|e| ApiError::internal(&e))?;
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page goes out with its stored JSON as it is; a key that is not
+    /// JSON goes out as a string and data that is not JSON as null, so the
+    /// page is JSON whatever the table holds.
+    #[test]
+    fn a_page_is_json_whatever_the_table_holds() {
+        let mut rows = Rows::default();
+        rows.push("[1]", 10, r#"{"id": 1, "t": "a\"b"}"#);
+        rows.push("not json", 20, r#"{"id":2}"#);
+        rows.push("[3]", 30, "{truncated");
+        let page = Page {
+            records: rows.records(),
+            next_cursor: Some(encode_cursor(30, "[3]")),
+        };
+        let text = serde_json::to_string(&page).expect("serializes");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("a page is JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "records": [
+                    {"key": [1], "updated_at": 10, "data": {"id": 1, "t": "a\"b"}},
+                    {"key": "not json", "updated_at": 20, "data": {"id": 2}},
+                    {"key": [3], "updated_at": 30, "data": null},
+                ],
+                "next_cursor": encode_cursor(30, "[3]"),
+            })
+        );
+        // Stored JSON is sent as stored, not printed again.
+        assert!(text.contains(r#"{"id": 1, "t": "a\"b"}"#), "{text}");
+    }
 }

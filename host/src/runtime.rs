@@ -19,6 +19,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use state::RunState;
+#[cfg(test)]
+pub(crate) use state::UPSERT_RECORD;
 
 use crate::events::Events;
 use crate::store::SourceRef;

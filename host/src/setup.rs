@@ -431,6 +431,13 @@ struct Facts {
 }
 
 /// The view of source `name`.
+/// The source's unfinished setup verification, off the index of
+/// unfinished runs (the planner would take the (source, state) index and
+/// build a temporary table for the list of states on every view).
+pub(crate) const VERIFYING: &str = "SELECT id FROM runs INDEXED BY runs_active
+     WHERE source_id = ?1 AND trigger = 'setup_verification'
+       AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1";
+
 pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
     // An unknown source is refused here, by its lookup.
     let setup = match catalog::source_setup(store, name) {
@@ -517,10 +524,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     let pending = interactions::pending_for(store, source)?;
     let verifying: Option<String> = store
         .conn()
-        .prepare_cached(
-            "SELECT id FROM runs WHERE source_id = ?1 AND trigger = 'setup_verification'
-             AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1",
-        )?
+        .prepare_cached(VERIFYING)?
         .query_row([source.source_id], |r| r.get(0))
         .optional()?;
     let verified = facts.verified_at.is_some_and(|at| at >= last_write);

@@ -356,6 +356,110 @@ fn valid_source_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The reads behind every client page and setup view search their own
+    /// indexes: a page is one range of the records table (no lookup per
+    /// record), and the view's unfinished-run and pending-question lookups
+    /// build no temporary table and sort nothing.
+    #[test]
+    fn the_hot_reads_search_their_indexes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::init(&tmp.path().join("data"), &[]).expect("init");
+        let plan = |sql: &str| -> Vec<String> {
+            let mut stmt = store
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let mut rows = stmt.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next().expect("plan") {
+                plan.push(row.get::<_, String>(3).expect("detail"));
+            }
+            plan
+        };
+        assert_eq!(
+            plan(crate::api::PAGE),
+            ["SEARCH records USING PRIMARY KEY (source_id=? AND stream=? AND updated_at>?)"]
+        );
+        assert_eq!(
+            plan(crate::setup::VERIFYING),
+            ["SEARCH runs USING INDEX runs_active (source_id=?)"]
+        );
+        assert_eq!(
+            plan(crate::interactions::PENDING_FOR),
+            [
+                "SEARCH s USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH i USING INDEX interactions_pending (source_id=?)"
+            ]
+        );
+    }
+
+    /// Records stored before the table was kept in page order are all
+    /// there after the upgrade, in page order, and still upserted by key.
+    #[test]
+    fn records_survive_the_move_to_page_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
+        migrations::migrate_to(&mut conn, 11).expect("schema 11");
+        conn.execute_batch(
+            r#"INSERT INTO owners (name, created_at) VALUES ('o', 0);
+               INSERT INTO sources (owner_id, name, created_at) VALUES (1, 's', 0);
+               INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+               VALUES (1, 'items', '[2]', '{"id":2}', 'r1', 5, 30),
+                      (1, 'items', '[1]', '{"id":1}', 'r1', 5, 20),
+                      (1, 'other', '[1]', '{"id":9}', 'r1', 5, 10);"#,
+        )
+        .expect("records at schema 11");
+        migrations::migrate(&mut conn).expect("upgrade");
+        let page = |conn: &Connection| -> Vec<(String, i64, String)> {
+            conn.prepare(crate::api::PAGE)
+                .expect("page")
+                .query_map(
+                    rusqlite::params![1, "items", i64::MIN, i64::MIN, "", 10],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        assert_eq!(
+            page(&conn),
+            [
+                ("[1]".to_owned(), 20, r#"{"id":1}"#.to_owned()),
+                ("[2]".to_owned(), 30, r#"{"id":2}"#.to_owned())
+            ]
+        );
+        // A later update moves the record to the end; one in the same
+        // millisecond replaces it in place. Either way one row per key.
+        let upsert = |key: &str, data: &str, at: i64| {
+            conn.execute(
+                crate::runtime::UPSERT_RECORD,
+                rusqlite::params![1, "items", key, data, "r2", at],
+            )
+            .expect("upsert");
+        };
+        upsert("[1]", r#"{"id":1,"v":2}"#, 40);
+        upsert("[1]", r#"{"id":1,"v":3}"#, 40);
+        assert_eq!(
+            page(&conn),
+            [
+                ("[2]".to_owned(), 30, r#"{"id":2}"#.to_owned()),
+                ("[1]".to_owned(), 40, r#"{"id":1,"v":3}"#.to_owned())
+            ]
+        );
+        let (rows, created): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(created_at) FROM records WHERE key = '[1]'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("count");
+        assert_eq!(
+            (rows, created),
+            (2, 5),
+            "one row per (stream, key), created_at kept"
+        );
+    }
+
     /// A read transaction sees one snapshot (a write committed on another
     /// connection meanwhile is not in it), and ends whether `f` succeeds or
     /// fails, so a pooled connection never stays inside it.

@@ -239,7 +239,7 @@ pub fn enqueue_due(vault: &Vault) -> Result<Vec<String>, LaunchError> {
         let pending: Option<String> = store
             .conn()
             .query_row(
-                "SELECT id FROM runs WHERE source_id = ?1
+                "SELECT id FROM runs INDEXED BY runs_active WHERE source_id = ?1
                  AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1",
                 [source_id],
                 |r| r.get(0),

@@ -63,6 +63,14 @@ struct Bound {
     host_failure: Option<super::RunFailure>,
 }
 
+/// A record, by its key: inserted, or its data, run and update time
+/// replaced (which moves it to the end of its stream's page order).
+pub(crate) const UPSERT_RECORD: &str =
+    "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+     ON CONFLICT (source_id, stream, key) DO UPDATE SET
+         data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at";
+
 impl RunState {
     /// For `describe()`: bound to no source, so every capability refuses.
     pub(super) fn describing(limits: Limits) -> Self {
@@ -195,12 +203,7 @@ impl RunState {
         }
         let vault = bound.binding.vault.lock().expect("vault lock");
         vault.store().write(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-                 ON CONFLICT (source_id, stream, key) DO UPDATE SET
-                     data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at",
-            )?;
+            let mut stmt = conn.prepare_cached(UPSERT_RECORD)?;
             let now = now_ms();
             for (stream, key, data) in &bound.pending {
                 stmt.execute(params![

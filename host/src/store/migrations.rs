@@ -20,6 +20,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_limits.sql"),
     include_str!("migrations/0010_paused_upgrades.sql"),
     include_str!("migrations/0011_ephemeral_sessions.sql"),
+    include_str!("migrations/0012_records_in_page_order.sql"),
+    include_str!("migrations/0013_active_runs_and_pending_questions.sql"),
 ];
 
 /// The schema version this build writes.
@@ -27,6 +29,11 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings `conn` up to [`LATEST`].
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, LATEST)
+}
+
+/// Brings `conn` up to `version` (tests start from an older schema).
+pub(super) fn migrate_to(conn: &mut Connection, version: i64) -> Result<(), StoreError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if current > LATEST {
         return Err(StoreError::SchemaTooNew {
@@ -34,7 +41,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: LATEST,
         });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(version as usize)
+        .skip(current as usize)
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index as i64 + 1)?;
