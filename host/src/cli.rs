@@ -1397,9 +1397,9 @@ pub fn render_source(view: &setup::SourceView) -> String {
                 .as_deref()
                 .and_then(|c| c.split(' ').next())
                 .unwrap_or("");
-            let until = match meanwhile.as_str() {
-                "paused" => "the source is paused: no run starts".to_owned(),
-                _ => format!("the source keeps running {from}"),
+            let until = match meanwhile {
+                catalog::Meanwhile::Pause => "the source is paused: no run starts".to_owned(),
+                catalog::Meanwhile::KeepRunning => format!("the source keeps running {from}"),
             };
             let mut step = format!(
                 "next: approve {connector} {to}, which asks for more than {from}; until then {until}\n"

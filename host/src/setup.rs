@@ -175,10 +175,10 @@ pub enum NextStep {
         to: String,
         /// What it asks for beyond `from`.
         changes: Vec<String>,
-        /// What happens until then: `keeps_running_from` (runs go on with
-        /// `from`) or `paused` (no run starts), as the owner chose at
-        /// install.
-        meanwhile: String,
+        /// What happens until then, as the owner chose at install (the
+        /// install's `meanwhile`): `keep_running` (runs go on with `from`)
+        /// or `pause` (no run starts).
+        meanwhile: catalog::Meanwhile,
     },
     /// Nothing: the source is ready.
     None,
@@ -581,12 +581,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 from: setup.connector.version.clone(),
                 to,
                 changes,
-                meanwhile: if setup.paused_for.is_some() {
-                    "paused"
-                } else {
-                    "keeps_running_from"
-                }
-                .to_owned(),
+                meanwhile: catalog::Meanwhile::paused_if(setup.paused_for.is_some()),
             },
         )
     } else if let Some(run) = verifying {

@@ -938,7 +938,7 @@ async fn connectors_are_reviewed_installed_and_approved_over_http() {
     let (_, raw, view) = server.call("GET", "/v1/owner/sources/x", owner, None).await;
     assert_eq!(view["state"], "needs_approval", "{raw}");
     assert_eq!(view["connector"], "echo 0.1.0", "{raw}");
-    assert_eq!(view["next_step"]["meanwhile"], "paused", "{raw}");
+    assert_eq!(view["next_step"]["meanwhile"], "pause", "{raw}");
     // Paused until approved: a run is refused, and the error says how on.
     let (status, raw, body) = server
         .call("POST", "/v1/owner/sources/x/runs", owner, None)

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use common::{ALICE, BOB, REJECTED, fixture};
+use sourcebox::catalog;
 use sourcebox::setup::{ConnectorView, Lifecycle, NextStep, SourceView};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
@@ -527,7 +528,7 @@ async fn an_upgrade_that_asks_for_a_new_host_waits_for_approval_and_the_old_vers
     assert!(matches!(
         &view.next_step,
         NextStep::ApproveUpgrade { from, to, meanwhile, .. }
-            if from == "0.1.0" && to == "0.2.0" && meanwhile == "keeps_running_from"
+            if from == "0.1.0" && to == "0.2.0" && *meanwhile == catalog::Meanwhile::KeepRunning
     ));
 
     // Until approved, runs go on with 0.1.0 and nothing reaches the new host.
@@ -693,7 +694,7 @@ async fn an_owner_can_pause_sources_until_an_upgrade_is_approved() {
     let view = dir.view("x").await;
     assert_eq!(view.state, Lifecycle::NeedsApproval);
     assert!(
-        matches!(&view.next_step, NextStep::ApproveUpgrade { meanwhile, .. } if meanwhile == "paused"),
+        matches!(&view.next_step, NextStep::ApproveUpgrade { meanwhile, .. } if *meanwhile == catalog::Meanwhile::Pause),
         "{view:?}"
     );
     let shown = dir.ok(&["source", "show", "x"], b"").await;
