@@ -1916,12 +1916,61 @@ fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     Some((at.parse().ok()?, key.to_owned()))
 }
 
-/// A page of a stream: one range of the records table, which is kept in
-/// this order.
-pub(crate) const PAGE: &str = "SELECT key, updated_at, data FROM records
+/// A page of a stream from an update time on: one range of the records
+/// table, which is kept in this order.
+pub(crate) const PAGE_FROM: &str = "SELECT key, updated_at, data FROM records
      WHERE source_id = ?1 AND stream = ?2 AND updated_at >= ?3
-       AND (updated_at, key) > (?4, ?5)
-     ORDER BY updated_at, key LIMIT ?6";
+     ORDER BY updated_at, key LIMIT ?4";
+
+/// A page of a stream after a cursor: the same range, from the cursor on.
+pub(crate) const PAGE_AFTER: &str = "SELECT key, updated_at, data FROM records
+     WHERE source_id = ?1 AND stream = ?2 AND (updated_at, key) > (?3, ?4)
+     ORDER BY updated_at, key LIMIT ?5";
+
+/// Up to `limit` records of the stream, updated at or after `since` and
+/// after the cursor position `after`, and the cursor of the next page if
+/// there is one. One bound is always the tighter and implies the other
+/// (SQLite seeks on one lower bound only: with both in one statement, a
+/// page deep into a stream read every record before it).
+fn read_page(
+    conn: &rusqlite::Connection,
+    source_id: i64,
+    stream: &str,
+    since: Option<i64>,
+    after: Option<(i64, String)>,
+    limit: u32,
+) -> rusqlite::Result<(Rows, Option<String>)> {
+    let ahead = i64::from(limit) + 1;
+    let mut stmt;
+    let mut rows = match after {
+        // Every record after the cursor was updated at or after it.
+        Some((at, key)) if since.is_none_or(|since| at >= since) => {
+            stmt = conn.prepare_cached(PAGE_AFTER)?;
+            stmt.query(params![source_id, stream, at, key, ahead])?
+        }
+        // Every record updated at or after `since` is after the cursor.
+        _ => {
+            stmt = conn.prepare_cached(PAGE_FROM)?;
+            stmt.query(params![source_id, stream, since.unwrap_or(i64::MIN), ahead])?
+        }
+    };
+    let mut page = Rows::default();
+    let mut last = String::new();
+    let mut last_at = 0;
+    while let Some(row) = rows.next()? {
+        // The row after a full page says there is a next one.
+        if page.rows.len() == limit as usize {
+            return Ok((page, Some(encode_cursor(last_at, &last))));
+        }
+        let key = row.get_ref(0)?.as_str()?;
+        let updated_at = row.get(1)?;
+        page.push(key, updated_at, row.get_ref(2)?.as_str()?);
+        last.clear();
+        last.push_str(key);
+        last_at = updated_at;
+    }
+    Ok((page, None))
+}
 
 #[utoipa::path(get, path = "/v1/sources/{name}/streams/{stream}/records", tag = "client", security(("client" = [])), params(SourceName, StreamName, RecordsQuery), responses((status = 200, description = "A page of records, oldest update first", body = Page), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn client_records(
@@ -1949,49 +1998,16 @@ async fn client_records(
         })?),
         None => None,
     };
-    let (after_at, after_key) = after.unwrap_or((i64::MIN, String::new()));
     let reader = api.reader()?;
-    let mut stmt = reader
-        .conn()
-        .prepare_cached(PAGE)
-        .map_err(|e| ApiError::internal(&e))?;
-    let mut rows = stmt
-        .query(params![
-            grant.source_id,
-            stream,
-            query.updated_since.unwrap_or(i64::MIN),
-            after_at,
-            after_key,
-            i64::from(limit) + 1
-        ])
-        .map_err(|e| ApiError::internal(&e))?;
-    let mut page = Rows::default();
-    let mut last = String::new();
-    let mut last_at = 0;
-    let mut more = false;
-    while let Some(row) = rows.next().map_err(|e| ApiError::internal(&e))? {
-        // The row after a full page says there is a next one.
-        if page.rows.len() == limit as usize {
-            more = true;
-            break;
-        }
-        let text = |i| {
-            row.get_ref(i)
-                .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
-        };
-        let (key, updated_at, data) = (text(0), row.get(1), text(2));
-        let (key, updated_at, data) = (
-            key.map_err(|e| ApiError::internal(&e))?,
-            updated_at.map_err(|e| ApiError::internal(&e))?,
-            data.map_err(|e| ApiError::internal(&e))?,
-        );
-        page.push(key, updated_at, data);
-        last.clear();
-        last.push_str(key);
-        last_at = updated_at;
-    }
-    drop(rows);
-    let next_cursor = more.then(|| encode_cursor(last_at, &last));
+    let (page, next_cursor) = read_page(
+        reader.conn(),
+        grant.source_id,
+        &stream,
+        query.updated_since,
+        after,
+        limit,
+    )
+    .map_err(|e| ApiError::internal(&e))?;
     let body = Page {
         records: page.records(),
         next_cursor,
@@ -2016,6 +2032,76 @@ fn json_response<T: Serialize>(value: &T, capacity: usize) -> Result<Response, A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paging through a stream, with or without `updated_since`, and
+    /// with a cursor from a page read without it, returns every record
+    /// the request covers exactly once, oldest update first.
+    #[test]
+    fn pages_cover_the_stream_once_in_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::init(&tmp.path().join("data"), &[]).expect("init");
+        let source = store.add_source("s").expect("source").source_id;
+        let other = store.add_source("t").expect("source").source_id;
+        // Three records per millisecond, so pages end inside a millisecond;
+        // keys compare as text ("[10]" before "[2]").
+        let stored: Vec<(i64, String)> = (0..20).map(|i| (100 + i / 3, format!("[{i}]"))).collect();
+        store
+            .write(|conn| {
+                for (at, key) in &stored {
+                    for (id, stream) in [(source, "items"), (source, "else"), (other, "items")] {
+                        conn.execute(
+                            crate::runtime::UPSERT_RECORD,
+                            params![id, stream, key, r#"{"x":1}"#, "r", at],
+                        )?;
+                    }
+                }
+                Ok(())
+            })
+            .expect("records");
+        let mut ordered = stored.clone();
+        ordered.sort();
+        let read_all = |since: Option<i64>, mut after: Option<(i64, String)>| {
+            let mut seen = Vec::new();
+            loop {
+                let (page, next) =
+                    read_page(store.conn(), source, "items", since, after.clone(), 4)
+                        .expect("page");
+                assert!(page.rows.len() <= 4);
+                for (key, at, _) in &page.rows {
+                    seen.push((*at, page.text[key.clone()].to_owned()));
+                }
+                match next {
+                    Some(cursor) => after = Some(decode_cursor(&cursor).expect("our cursor")),
+                    None => return seen,
+                }
+            }
+        };
+        for since in [None, Some(99), Some(101), Some(103), Some(106), Some(107)] {
+            let expected: Vec<_> = ordered
+                .iter()
+                .filter(|(at, _)| since.is_none_or(|since| *at >= since))
+                .cloned()
+                .collect();
+            assert_eq!(read_all(since, None), expected, "since {since:?}");
+        }
+        // The first page read without `updated_since`, the rest with one
+        // later than that page's end, and with one earlier.
+        let (_, first) = read_page(store.conn(), source, "items", None, None, 4).expect("page");
+        let cursor = decode_cursor(&first.expect("more")).expect("our cursor");
+        assert_eq!(cursor, (101, "[3]".to_owned()));
+        for since in [104, 100] {
+            let expected: Vec<_> = ordered
+                .iter()
+                .filter(|(at, key)| *at >= since && (*at, key) > (cursor.0, &cursor.1))
+                .cloned()
+                .collect();
+            assert_eq!(
+                read_all(Some(since), Some(cursor.clone())),
+                expected,
+                "since {since}"
+            );
+        }
+    }
 
     /// A page goes out with its stored JSON as it is; a key that is not
     /// JSON goes out as a string and data that is not JSON as null, so the

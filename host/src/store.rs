@@ -377,13 +377,24 @@ mod tests {
             plan
         };
         assert_eq!(
-            plan(crate::api::PAGE),
+            plan(crate::api::PAGE_FROM),
             ["SEARCH records USING PRIMARY KEY (source_id=? AND stream=? AND updated_at>?)"]
         );
         assert_eq!(
-            plan(crate::setup::VERIFYING),
-            ["SEARCH runs USING INDEX runs_active (source_id=?)"]
+            plan(crate::api::PAGE_AFTER),
+            [
+                "SEARCH records USING PRIMARY KEY (source_id=? AND stream=? AND (updated_at,key)>(?,?))"
+            ]
         );
+        for unfinished in [
+            crate::setup::VERIFYING,
+            crate::runs::scheduler::UNFINISHED_RUN,
+        ] {
+            assert_eq!(
+                plan(unfinished),
+                ["SEARCH runs USING INDEX runs_active (source_id=?)"]
+            );
+        }
         assert_eq!(
             plan(crate::interactions::PENDING_FOR),
             [
@@ -399,6 +410,8 @@ mod tests {
     fn records_survive_the_move_to_page_order() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
+        conn.pragma_update(None, "foreign_keys", true)
+            .expect("foreign keys, as every store connection has them");
         migrations::migrate_to(&mut conn, 11).expect("schema 11");
         conn.execute_batch(
             r#"INSERT INTO owners (name, created_at) VALUES ('o', 0);
@@ -411,12 +424,11 @@ mod tests {
         .expect("records at schema 11");
         migrations::migrate(&mut conn).expect("upgrade");
         let page = |conn: &Connection| -> Vec<(String, i64, String)> {
-            conn.prepare(crate::api::PAGE)
+            conn.prepare(crate::api::PAGE_FROM)
                 .expect("page")
-                .query_map(
-                    rusqlite::params![1, "items", i64::MIN, i64::MIN, "", 10],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                .query_map(rusqlite::params![1, "items", i64::MIN, 10], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("rows")

@@ -22,6 +22,10 @@ use crate::catalog;
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::Vault;
 
+/// The source's unfinished run, if any, off the index of unfinished runs.
+pub(crate) const UNFINISHED_RUN: &str = "SELECT id FROM runs INDEXED BY runs_active
+     WHERE source_id = ?1 AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1";
+
 /// When a source runs on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
@@ -238,12 +242,7 @@ pub fn enqueue_due(vault: &Vault) -> Result<Vec<String>, LaunchError> {
         )?;
         let pending: Option<String> = store
             .conn()
-            .query_row(
-                "SELECT id FROM runs INDEXED BY runs_active WHERE source_id = ?1
-                 AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1",
-                [source_id],
-                |r| r.get(0),
-            )
+            .query_row(UNFINISHED_RUN, [source_id], |r| r.get(0))
             .optional()?;
         if let Some(run) = pending {
             tracing::info!(
