@@ -13,6 +13,7 @@
 //! - a small JSON route of the API: `GET /v1/sources`, client token;
 //! - a 100-record page:
 //!   `GET /v1/sources/bench/streams/items/records?limit=100`, client token;
+//! - page 9 of those 10, by its cursor: a page deep into the stream;
 //! - the setup view: `GET /v1/owner/sources/bench`, owner token;
 //! - before the page and the view, the bare route answering with their
 //!   bytes (taken from the real route once, before the load): what moving
@@ -427,6 +428,14 @@ fn main() {
         body
     };
     let page_bytes = answer(&page_path, &bearer(&fixture.client));
+    // Page 9 of 10, by following the cursors: a page deep into the stream.
+    let mut deep_path = page_path.clone();
+    for _ in 1..9 {
+        let page: serde_json::Value =
+            serde_json::from_slice(&answer(&deep_path, &bearer(&fixture.client))).expect("JSON");
+        let cursor = page["next_cursor"].as_str().expect("a next page");
+        deep_path = format!("{page_path}&cursor={cursor}");
+    }
     let view_bytes = answer(view_path, &bearer(&fixture.owner));
     let json = |body: Bytes| {
         move || {
@@ -474,6 +483,15 @@ fn main() {
             name: "100-record page (client)",
             addr: real,
             path: page_path,
+            token: bearer(&fixture.client),
+            target_rps: Some(20_000.0),
+            target_ratio: None,
+            baseline: BARE_PAGE,
+        },
+        Scenario {
+            name: "100-record page 9 of 10 (cursor)",
+            addr: real,
+            path: deep_path,
             token: bearer(&fixture.client),
             target_rps: Some(20_000.0),
             target_ratio: None,
