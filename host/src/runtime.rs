@@ -20,7 +20,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use state::RunState;
 #[cfg(test)]
-pub(crate) use state::UPSERT_RECORD;
+pub(crate) use state::{LAST_UPDATE, UPSERT_RECORD};
 
 use crate::events::Events;
 use crate::store::SourceRef;

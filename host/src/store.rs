@@ -386,6 +386,10 @@ mod tests {
                 "SEARCH records USING PRIMARY KEY (source_id=? AND stream=? AND (updated_at,key)>(?,?))"
             ]
         );
+        assert_eq!(
+            plan(crate::runtime::LAST_UPDATE),
+            ["SEARCH records USING PRIMARY KEY (source_id=? AND stream=?)"]
+        );
         for unfinished in [
             crate::setup::VERIFYING,
             crate::runs::scheduler::UNFINISHED_RUN,

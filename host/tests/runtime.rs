@@ -351,6 +351,53 @@ async fn records_upsert_by_primary_key_and_checkpoints_carry_over() {
     );
 }
 
+/// A run's records are stamped after every record already in their
+/// stream, even when the clock is behind the newest one (a clock set
+/// back, or two batches in one millisecond): a client that paged to the
+/// end of the stream by cursor sees them on its next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_writes_after_every_record_already_in_its_stream() {
+    let w = world().await;
+    w.collect(&w.echo, "a", &[("count", "3")], Limits::default())
+        .await
+        .expect("first");
+    let source = w.source("a").source_id;
+    let (stream, ahead): (String, i64) = {
+        let vault = w.vault.lock().expect("lock");
+        let conn = vault.store().conn();
+        // As if the first run had written under a clock an hour ahead.
+        conn.execute(
+            "UPDATE records SET updated_at = updated_at + 3600000 WHERE source_id = ?1",
+            [source],
+        )
+        .expect("move the clock");
+        conn.query_row(
+            "SELECT stream, MAX(updated_at) FROM records WHERE source_id = ?1 GROUP BY stream",
+            [source],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("one stream")
+    };
+    w.collect(&w.echo, "a", &[("count", "4")], Limits::default())
+        .await
+        .expect("second");
+    let vault = w.vault.lock().expect("lock");
+    let stamps: Vec<i64> = vault
+        .store()
+        .conn()
+        .prepare("SELECT updated_at FROM records WHERE source_id = ?1 AND stream = ?2")
+        .expect("query")
+        .query_map(rusqlite::params![source, stream], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("stamps");
+    assert_eq!(stamps.len(), 4, "{stamps:?}");
+    assert!(
+        stamps.iter().all(|at| *at > ahead),
+        "the second run's records come after {ahead}: {stamps:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_upserts_in_order_and_stops_at_the_first_refused_record() {
     let w = world().await;

@@ -3,6 +3,7 @@
 //! created for. No import takes a source id, so an instance cannot even
 //! name another source.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ struct Bound {
     /// undecryptable credential, an unanswered interaction.
     host_failure: Option<super::RunFailure>,
 }
+
+/// The newest update time in a stream: the last entry of its range.
+pub(crate) const LAST_UPDATE: &str =
+    "SELECT MAX(updated_at) FROM records WHERE source_id = ?1 AND stream = ?2";
 
 /// A record, by its key: inserted, or its data, run and update time
 /// replaced (which moves it to the end of its stream's page order).
@@ -202,17 +207,34 @@ impl RunState {
             return Ok(());
         }
         let vault = bound.binding.vault.lock().expect("vault lock");
+        let source_id = bound.binding.source.source_id;
         vault.store().write(|conn| {
             let mut stmt = conn.prepare_cached(UPSERT_RECORD)?;
+            let mut last = conn.prepare_cached(LAST_UPDATE)?;
             let now = now_ms();
+            // Each stream's batch is stamped after every record already in
+            // the stream, even when the clock says otherwise (a second
+            // batch in the same millisecond, a clock set back): a client
+            // paging by cursor would otherwise never see it.
+            let mut stamps: HashMap<&str, i64> = HashMap::new();
             for (stream, key, data) in &bound.pending {
+                let at = match stamps.get(stream.as_str()) {
+                    Some(at) => *at,
+                    None => {
+                        let newest: Option<i64> =
+                            last.query_row(params![source_id, stream], |r| r.get(0))?;
+                        let at = newest.map_or(now, |newest| now.max(newest + 1));
+                        stamps.insert(stream, at);
+                        at
+                    }
+                };
                 stmt.execute(params![
-                    bound.binding.source.source_id,
+                    source_id,
                     stream,
                     key,
                     data,
                     bound.binding.run_id,
-                    now
+                    at
                 ])?;
             }
             Ok(())
