@@ -143,19 +143,20 @@ pub fn list(store: &Store, all: bool) -> Result<Vec<Interaction>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The columns of [`SELECT`], for one source's oldest pending
-/// interaction: off the index of pending interactions, in their order.
-pub(crate) const PENDING_FOR: &str =
-    "SELECT i.id, i.run_id, s.name, i.kind, i.prompt, i.state, i.created_at, i.deadline
-     FROM interactions i JOIN sources s ON s.id = i.source_id
-     WHERE i.state = 'pending' AND i.source_id = ?1
-     ORDER BY i.created_at, i.rowid LIMIT 1";
+/// One source's oldest pending interaction: off the index of pending
+/// interactions, in their order. Written out once, not on every view.
+pub(crate) static PENDING_FOR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{SELECT} WHERE i.state = 'pending' AND i.source_id = ?1
+         ORDER BY i.created_at, i.rowid LIMIT 1"
+    )
+});
 
 /// The source's oldest pending interaction, if any.
 pub fn pending_for(store: &Store, source: &SourceRef) -> Result<Option<Interaction>, StoreError> {
     Ok(store
         .conn()
-        .prepare_cached(PENDING_FOR)?
+        .prepare_cached(&PENDING_FOR)?
         .query_row([source.source_id], row)
         .optional()?)
 }

@@ -430,7 +430,6 @@ struct Facts {
     records: u64,
 }
 
-/// The view of source `name`.
 /// The source's unfinished setup verification, off the index of
 /// unfinished runs (the planner would take the (source, state) index and
 /// build a temporary table for the list of states on every view).
@@ -438,6 +437,7 @@ pub(crate) const VERIFYING: &str = "SELECT id FROM runs INDEXED BY runs_active
      WHERE source_id = ?1 AND trigger = 'setup_verification'
        AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1";
 
+/// The view of source `name`.
 pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
     // An unknown source is refused here, by its lookup.
     let setup = match catalog::source_setup(store, name) {

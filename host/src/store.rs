@@ -400,7 +400,7 @@ mod tests {
             );
         }
         assert_eq!(
-            plan(crate::interactions::PENDING_FOR),
+            plan(&crate::interactions::PENDING_FOR),
             [
                 "SEARCH s USING INTEGER PRIMARY KEY (rowid=?)",
                 "SEARCH i USING INDEX interactions_pending (source_id=?)"
