@@ -7,6 +7,7 @@
 //! The API decides nothing about setup: it returns the setup engine's
 //! documents ([`crate::setup`]) as they are.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -1838,68 +1839,42 @@ struct RecordsQuery {
     updated_since: Option<i64>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct Record<'a> {
+/// A record as a page sends it.
+#[derive(utoipa::ToSchema)]
+#[cfg_attr(test, derive(Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the OpenAPI schema of what read_page writes; tests read it back"
+    )
+)]
+struct Record {
     /// The record's primary key, as the connector emitted it.
     #[schema(value_type = Object)]
-    key: &'a serde_json::value::RawValue,
+    key: serde_json::Value,
     updated_at: i64,
     /// The record, as the connector emitted it.
     #[schema(value_type = Object)]
-    data: &'a serde_json::value::RawValue,
+    data: serde_json::Value,
 }
 
-/// A page's rows, read into one buffer: each record's key and data are
-/// ranges of `text`. Stored JSON goes out as it is, checked, not parsed
-/// into a tree and printed again.
-#[derive(Default)]
-struct Rows {
-    text: String,
-    rows: Vec<(std::ops::Range<usize>, i64, std::ops::Range<usize>)>,
-}
-
-impl Rows {
-    /// Adds a row. A key that is not JSON (the runtime stores only keys
-    /// it printed as JSON, so none should be met) goes out as a string.
-    fn push(&mut self, key: &str, updated_at: i64, data: &str) {
-        let at = self.text.len();
-        if serde_json::from_str::<&serde_json::value::RawValue>(key).is_ok() {
-            self.text.push_str(key);
-        } else {
-            self.text
-                .push_str(&serde_json::to_string(key).expect("a string serializes"));
-        }
-        let key = at..self.text.len();
-        self.text.push_str(data);
-        self.rows
-            .push((key.clone(), updated_at, key.end..self.text.len()));
-    }
-
-    /// The records, borrowed from the buffer. Data that is not JSON (the
-    /// runtime stores only JSON it parsed) goes out as null.
-    fn records(&self) -> Vec<Record<'_>> {
-        static NULL: std::sync::LazyLock<Box<serde_json::value::RawValue>> =
-            std::sync::LazyLock::new(|| {
-                serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
-            });
-        let json = |range: &std::ops::Range<usize>| serde_json::from_str(&self.text[range.clone()]);
-        self.rows
-            .iter()
-            .map(|(key, updated_at, data)| Record {
-                key: json(key).unwrap_or(&NULL),
-                updated_at: *updated_at,
-                data: json(data).unwrap_or_else(|_| {
-                    tracing::warn!("a stored record is not JSON; sent as null");
-                    &NULL
-                }),
-            })
-            .collect()
-    }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct Page<'a> {
-    records: Vec<Record<'a>>,
+// Written by `read_page`, not serialized from this type.
+/// A page of a stream's records, oldest update first, with the cursor of
+/// the next page when there is one.
+#[derive(utoipa::ToSchema)]
+#[cfg_attr(test, derive(Deserialize))]
+#[cfg_attr(test, serde(deny_unknown_fields))]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the OpenAPI schema of what read_page writes; tests read it back"
+    )
+)]
+struct Page {
+    records: Vec<Record>,
     next_cursor: Option<String>,
 }
 
@@ -1927,11 +1902,16 @@ pub(crate) const PAGE_AFTER: &str = "SELECT key, updated_at, data FROM records
      WHERE source_id = ?1 AND stream = ?2 AND (updated_at, key) > (?3, ?4)
      ORDER BY updated_at, key LIMIT ?5";
 
-/// Up to `limit` records of the stream, updated at or after `since` and
-/// after the cursor position `after`, and the cursor of the next page if
-/// there is one. One bound is always the tighter and implies the other
-/// (SQLite seeks on one lower bound only: with both in one statement, a
-/// page deep into a stream read every record before it).
+/// The body of a [`Page`] of up to `limit` records of the stream, updated
+/// at or after `since` and after the cursor position `after`, with the
+/// cursor of the next page if there is one. One bound is always the
+/// tighter and implies the other (SQLite seeks on one lower bound only:
+/// with both in one statement, a page deep into a stream read every record
+/// before it).
+///
+/// The body is written as the rows are read, each record's key and data
+/// as stored: the records table holds only JSON text (SQLite checks every
+/// write, migration 14), so they are not parsed again on the way out.
 fn read_page(
     conn: &rusqlite::Connection,
     source_id: i64,
@@ -1939,7 +1919,8 @@ fn read_page(
     since: Option<i64>,
     after: Option<(i64, String)>,
     limit: u32,
-) -> rusqlite::Result<(Rows, Option<String>)> {
+) -> rusqlite::Result<Vec<u8>> {
+    use std::io::Write as _;
     let ahead = i64::from(limit) + 1;
     let mut stmt;
     let mut rows = match after {
@@ -1954,22 +1935,42 @@ fn read_page(
             stmt.query(params![source_id, stream, since.unwrap_or(i64::MIN), ahead])?
         }
     };
-    let mut page = Rows::default();
-    let mut last = String::new();
+    // Stored text is UTF-8 (the runtime writes Rust strings); anything
+    // else written behind its back goes out with replacement characters,
+    // still JSON.
+    fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Cow<'r, str>> {
+        Ok(String::from_utf8_lossy(row.get_ref(i)?.as_bytes()?))
+    }
+    let mut body = Vec::with_capacity(320 * limit.min(PAGE_DEFAULT) as usize + 64);
+    body.extend_from_slice(br#"{"records":["#);
+    let mut written = 0;
+    let mut last_key = 0..0;
     let mut last_at = 0;
+    let mut next_cursor = None;
     while let Some(row) = rows.next()? {
         // The row after a full page says there is a next one.
-        if page.rows.len() == limit as usize {
-            return Ok((page, Some(encode_cursor(last_at, &last))));
+        if written == limit {
+            let key = std::str::from_utf8(&body[last_key]).expect("written from a str");
+            next_cursor = Some(encode_cursor(last_at, key));
+            break;
         }
-        let key = row.get_ref(0)?.as_str()?;
-        let updated_at = row.get(1)?;
-        page.push(key, updated_at, row.get_ref(2)?.as_str()?);
-        last.clear();
-        last.push_str(key);
-        last_at = updated_at;
+        if written > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(br#"{"key":"#);
+        let key = text(row, 0)?;
+        last_key = body.len()..body.len() + key.len();
+        body.extend_from_slice(key.as_bytes());
+        last_at = row.get(1)?;
+        write!(body, r#","updated_at":{last_at},"data":"#).expect("a Vec takes every write");
+        body.extend_from_slice(text(row, 2)?.as_bytes());
+        body.push(b'}');
+        written += 1;
     }
-    Ok((page, None))
+    body.extend_from_slice(br#"],"next_cursor":"#);
+    serde_json::to_writer(&mut body, &next_cursor).expect("a string serializes");
+    body.push(b'}');
+    Ok(body)
 }
 
 #[utoipa::path(get, path = "/v1/sources/{name}/streams/{stream}/records", tag = "client", security(("client" = [])), params(SourceName, StreamName, RecordsQuery), responses((status = 200, description = "A page of records, oldest update first", body = Page), (status = "4XX", description = "The error shape", body = ErrorBody)))]
@@ -1999,7 +2000,7 @@ async fn client_records(
         None => None,
     };
     let reader = api.reader()?;
-    let (page, next_cursor) = read_page(
+    let body = read_page(
         reader.conn(),
         grant.source_id,
         &stream,
@@ -2008,17 +2009,6 @@ async fn client_records(
         limit,
     )
     .map_err(|e| ApiError::internal(&e))?;
-    let body = Page {
-        records: page.records(),
-        next_cursor,
-    };
-    json_response(&body, page.text.len() + 64 * page.rows.len() + 64)
-}
-
-/// `value` as a JSON response, its body allocated once at `capacity`.
-fn json_response<T: Serialize>(value: &T, capacity: usize) -> Result<Response, ApiError> {
-    let mut body = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut body, value).map_err(|e| ApiError::internal(&e))?;
     Ok((
         [(
             http::header::CONTENT_TYPE,
@@ -2063,14 +2053,15 @@ mod tests {
         let read_all = |since: Option<i64>, mut after: Option<(i64, String)>| {
             let mut seen = Vec::new();
             loop {
-                let (page, next) =
-                    read_page(store.conn(), source, "items", since, after.clone(), 4)
-                        .expect("page");
-                assert!(page.rows.len() <= 4);
-                for (key, at, _) in &page.rows {
-                    seen.push((*at, page.text[key.clone()].to_owned()));
+                let page = parse(
+                    &read_page(store.conn(), source, "items", since, after.clone(), 4)
+                        .expect("page"),
+                );
+                assert!(page.records.len() <= 4);
+                for record in &page.records {
+                    seen.push((record.updated_at, record.key.to_string()));
                 }
-                match next {
+                match page.next_cursor {
                     Some(cursor) => after = Some(decode_cursor(&cursor).expect("our cursor")),
                     None => return seen,
                 }
@@ -2086,8 +2077,8 @@ mod tests {
         }
         // The first page read without `updated_since`, the rest with one
         // later than that page's end, and with one earlier.
-        let (_, first) = read_page(store.conn(), source, "items", None, None, 4).expect("page");
-        let cursor = decode_cursor(&first.expect("more")).expect("our cursor");
+        let first = parse(&read_page(store.conn(), source, "items", None, None, 4).expect("page"));
+        let cursor = decode_cursor(&first.next_cursor.expect("more")).expect("our cursor");
         assert_eq!(cursor, (101, "[3]".to_owned()));
         for since in [104, 100] {
             let expected: Vec<_> = ordered
@@ -2103,33 +2094,66 @@ mod tests {
         }
     }
 
-    /// A page goes out with its stored JSON as it is; a key that is not
-    /// JSON goes out as a string and data that is not JSON as null, so the
-    /// page is JSON whatever the table holds.
+    /// A page's body has the documented shape, with no field more.
+    fn parse(body: &[u8]) -> Page {
+        serde_json::from_slice(body).expect("a page is JSON of the page's shape")
+    }
+
+    /// A page goes out with each record's key and data as stored, not
+    /// printed again; what it writes around them makes it JSON of the
+    /// page's shape, with and without a next page.
     #[test]
-    fn a_page_is_json_whatever_the_table_holds() {
-        let mut rows = Rows::default();
-        rows.push("[1]", 10, r#"{"id": 1, "t": "a\"b"}"#);
-        rows.push("not json", 20, r#"{"id":2}"#);
-        rows.push("[3]", 30, "{truncated");
-        let page = Page {
-            records: rows.records(),
-            next_cursor: Some(encode_cursor(30, "[3]")),
-        };
-        let text = serde_json::to_string(&page).expect("serializes");
-        let parsed: serde_json::Value = serde_json::from_str(&text).expect("a page is JSON");
-        assert_eq!(
-            parsed,
-            serde_json::json!({
-                "records": [
-                    {"key": [1], "updated_at": 10, "data": {"id": 1, "t": "a\"b"}},
-                    {"key": "not json", "updated_at": 20, "data": {"id": 2}},
-                    {"key": [3], "updated_at": 30, "data": null},
-                ],
-                "next_cursor": encode_cursor(30, "[3]"),
+    fn a_page_sends_stored_json_as_it_is() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::init(&tmp.path().join("data"), &[]).expect("init");
+        let source = store.add_source("s").expect("source").source_id;
+        let stored = [
+            ("[1]", 10, r#"{"id": 1, "t": "a\"b\u00e9"}"#),
+            (r#"["k\"ey", 2]"#, 20, "{\n  \"id\": 2\n}"),
+        ];
+        store
+            .write(|conn| {
+                for (key, at, data) in stored {
+                    conn.execute(
+                        crate::runtime::UPSERT_RECORD,
+                        params![source, "items", key, data, "r", at],
+                    )?;
+                }
+                Ok(())
             })
+            .expect("records");
+        let body = read_page(store.conn(), source, "items", None, None, 1).expect("page");
+        let text = std::str::from_utf8(&body).expect("UTF-8");
+        assert!(text.contains(stored[0].2), "{text}");
+        let page = parse(&body);
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].key, serde_json::json!([1]));
+        assert_eq!(page.records[0].updated_at, 10);
+        assert_eq!(
+            page.records[0].data,
+            serde_json::json!({"id": 1, "t": "a\"bé"})
         );
-        // Stored JSON is sent as stored, not printed again.
-        assert!(text.contains(r#"{"id": 1, "t": "a\"b"}"#), "{text}");
+        let cursor = page.next_cursor.expect("a second page");
+        assert_eq!(decode_cursor(&cursor), Some((10, "[1]".to_owned())));
+        let body = read_page(
+            store.conn(),
+            source,
+            "items",
+            None,
+            Some((10, "[1]".into())),
+            1,
+        )
+        .expect("page");
+        assert!(
+            std::str::from_utf8(&body)
+                .expect("UTF-8")
+                .contains(stored[1].0)
+        );
+        let page = parse(&body);
+        assert_eq!(page.records[0].key, serde_json::json!(["k\"ey", 2]));
+        assert_eq!(page.records[0].data, serde_json::json!({"id": 2}));
+        assert_eq!(page.next_cursor, None);
+        let empty = parse(&read_page(store.conn(), source, "none", None, None, 5).expect("page"));
+        assert!(empty.records.is_empty() && empty.next_cursor.is_none());
     }
 }

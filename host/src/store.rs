@@ -476,6 +476,56 @@ mod tests {
         );
     }
 
+    /// The records table holds only JSON text: SQLite refuses a key or
+    /// data that is not JSON, on insert and on update, and leaves what is
+    /// stored as it was. Rows stored before the check whose key or data is
+    /// not JSON are kept, as JSON strings of their text.
+    #[test]
+    fn records_hold_only_json() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
+        conn.pragma_update(None, "foreign_keys", true)
+            .expect("foreign keys, as every store connection has them");
+        migrations::migrate_to(&mut conn, 13).expect("schema 13");
+        conn.execute_batch(
+            r#"INSERT INTO owners (name, created_at) VALUES ('o', 0);
+               INSERT INTO sources (owner_id, name, created_at) VALUES (1, 's', 0);
+               INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+               VALUES (1, 'items', '[1]', '{"id":1}', 'r1', 5, 10),
+                      (1, 'items', 'k"2', '{"id":2}', 'r1', 5, 20),
+                      (1, 'items', '[3]', '{"id":3', 'r1', 5, 30);"#,
+        )
+        .expect("records at schema 13");
+        migrations::migrate(&mut conn).expect("upgrade");
+        let rows = |conn: &Connection| -> Vec<(String, String)> {
+            conn.prepare("SELECT key, data FROM records ORDER BY updated_at")
+                .expect("select")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        let kept = vec![
+            ("[1]".to_owned(), r#"{"id":1}"#.to_owned()),
+            (r#""k\"2""#.to_owned(), r#"{"id":2}"#.to_owned()),
+            ("[3]".to_owned(), r#""{\"id\":3""#.to_owned()),
+        ];
+        assert_eq!(rows(&conn), kept);
+        for (key, data) in [("[1]", "{truncated"), ("not json", "{}"), ("[4]", "")] {
+            let refused = conn
+                .execute(
+                    crate::runtime::UPSERT_RECORD,
+                    rusqlite::params![1, "items", key, data, "r2", 40],
+                )
+                .expect_err("not JSON");
+            assert!(
+                refused.to_string().contains("CHECK constraint failed"),
+                "{refused}"
+            );
+        }
+        assert_eq!(rows(&conn), kept);
+    }
+
     /// A read transaction sees one snapshot (a write committed on another
     /// connection meanwhile is not in it), and ends whether `f` succeeds or
     /// fails, so a pooled connection never stays inside it.
