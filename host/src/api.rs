@@ -1839,44 +1839,39 @@ struct RecordsQuery {
     updated_since: Option<i64>,
 }
 
-/// A record as a page sends it.
-#[derive(utoipa::ToSchema)]
-#[cfg_attr(test, derive(Deserialize))]
-#[cfg_attr(test, serde(deny_unknown_fields))]
+/// The shape of a page, for the OpenAPI document: `read_page` writes
+/// the body itself, and the tests read it back into these types.
 #[cfg_attr(
     not(test),
-    expect(
-        dead_code,
-        reason = "the OpenAPI schema of what read_page writes; tests read it back"
-    )
+    expect(dead_code, reason = "never built: read_page writes the body")
 )]
-struct Record {
-    /// The record's primary key, as the connector emitted it.
-    #[schema(value_type = Object)]
-    key: serde_json::Value,
-    updated_at: i64,
-    /// The record, as the connector emitted it.
-    #[schema(value_type = Object)]
-    data: serde_json::Value,
-}
+mod page_shape {
+    #[cfg(test)]
+    use serde::Deserialize;
 
-// Written by `read_page`, not serialized from this type.
-/// A page of a stream's records, oldest update first, with the cursor of
-/// the next page when there is one.
-#[derive(utoipa::ToSchema)]
-#[cfg_attr(test, derive(Deserialize))]
-#[cfg_attr(test, serde(deny_unknown_fields))]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the OpenAPI schema of what read_page writes; tests read it back"
-    )
-)]
-struct Page {
-    records: Vec<Record>,
-    next_cursor: Option<String>,
+    /// A record as a page sends it.
+    #[derive(utoipa::ToSchema)]
+    #[cfg_attr(test, derive(Deserialize), serde(deny_unknown_fields))]
+    pub(super) struct Record {
+        /// The record's primary key, as the connector emitted it.
+        #[schema(value_type = Object)]
+        pub(super) key: serde_json::Value,
+        pub(super) updated_at: i64,
+        /// The record, as the connector emitted it.
+        #[schema(value_type = Object)]
+        pub(super) data: serde_json::Value,
+    }
+
+    /// A page of a stream's records, oldest update first, with the cursor
+    /// of the next page when there is one.
+    #[derive(utoipa::ToSchema)]
+    #[cfg_attr(test, derive(Deserialize), serde(deny_unknown_fields))]
+    pub(super) struct Page {
+        pub(super) records: Vec<Record>,
+        pub(super) next_cursor: Option<String>,
+    }
 }
+use page_shape::Page;
 
 fn encode_cursor(updated_at: i64, key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{updated_at}:{key}"))

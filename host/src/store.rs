@@ -408,25 +408,36 @@ mod tests {
         );
     }
 
-    /// Records stored before the table was kept in page order are all
-    /// there after the upgrade, in page order, and still upserted by key.
-    #[test]
-    fn records_survive_the_move_to_page_order() {
+    /// A database at schema `version` with one source, `records` (SQL
+    /// value rows for the records table) inserted, then upgraded to the
+    /// latest schema.
+    fn upgraded_from(version: i64, records: &str) -> (tempfile::TempDir, Connection) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
         conn.pragma_update(None, "foreign_keys", true)
             .expect("foreign keys, as every store connection has them");
-        migrations::migrate_to(&mut conn, 11).expect("schema 11");
-        conn.execute_batch(
-            r#"INSERT INTO owners (name, created_at) VALUES ('o', 0);
-               INSERT INTO sources (owner_id, name, created_at) VALUES (1, 's', 0);
-               INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
-               VALUES (1, 'items', '[2]', '{"id":2}', 'r1', 5, 30),
-                      (1, 'items', '[1]', '{"id":1}', 'r1', 5, 20),
-                      (1, 'other', '[1]', '{"id":9}', 'r1', 5, 10);"#,
-        )
-        .expect("records at schema 11");
+        migrations::migrate_to(&mut conn, version).expect("older schema");
+        conn.execute_batch(&format!(
+            "INSERT INTO owners (name, created_at) VALUES ('o', 0);
+             INSERT INTO sources (owner_id, name, created_at) VALUES (1, 's', 0);
+             INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
+             VALUES {records};"
+        ))
+        .expect("records at the older schema");
         migrations::migrate(&mut conn).expect("upgrade");
+        (tmp, conn)
+    }
+
+    /// Records stored before the table was kept in page order are all
+    /// there after the upgrade, in page order, and still upserted by key.
+    #[test]
+    fn records_survive_the_move_to_page_order() {
+        let (_tmp, conn) = upgraded_from(
+            11,
+            r#"(1, 'items', '[2]', '{"id":2}', 'r1', 5, 30),
+                   (1, 'items', '[1]', '{"id":1}', 'r1', 5, 20),
+                   (1, 'other', '[1]', '{"id":9}', 'r1', 5, 10)"#,
+        );
         let page = |conn: &Connection| -> Vec<(String, i64, String)> {
             conn.prepare(crate::api::PAGE_FROM)
                 .expect("page")
@@ -482,21 +493,12 @@ mod tests {
     /// not JSON are kept, as JSON strings of their text.
     #[test]
     fn records_hold_only_json() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut conn = Connection::open(tmp.path().join(DB_FILE)).expect("open");
-        conn.pragma_update(None, "foreign_keys", true)
-            .expect("foreign keys, as every store connection has them");
-        migrations::migrate_to(&mut conn, 13).expect("schema 13");
-        conn.execute_batch(
-            r#"INSERT INTO owners (name, created_at) VALUES ('o', 0);
-               INSERT INTO sources (owner_id, name, created_at) VALUES (1, 's', 0);
-               INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
-               VALUES (1, 'items', '[1]', '{"id":1}', 'r1', 5, 10),
-                      (1, 'items', 'k"2', '{"id":2}', 'r1', 5, 20),
-                      (1, 'items', '[3]', '{"id":3', 'r1', 5, 30);"#,
-        )
-        .expect("records at schema 13");
-        migrations::migrate(&mut conn).expect("upgrade");
+        let (_tmp, conn) = upgraded_from(
+            13,
+            r#"(1, 'items', '[1]', '{"id":1}', 'r1', 5, 10),
+                   (1, 'items', 'k"2', '{"id":2}', 'r1', 5, 20),
+                   (1, 'items', '[3]', '{"id":3', 'r1', 5, 30)"#,
+        );
         let rows = |conn: &Connection| -> Vec<(String, String)> {
             conn.prepare("SELECT key, data FROM records ORDER BY updated_at")
                 .expect("select")
