@@ -75,7 +75,7 @@ pub struct Api {
     launcher: Arc<Launcher>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     limits: Limits,
-    readers: Readers,
+    readers: Arc<Readers>,
 }
 
 /// Connections of their own for what only reads (authentication, setup
@@ -91,7 +91,7 @@ struct Readers {
 const IDLE_READERS: usize = 8;
 
 impl Readers {
-    fn get(&self) -> Result<Reader<'_>, ApiError> {
+    fn get(self: &Arc<Self>) -> Result<Reader, ApiError> {
         let idle = self.idle.lock().expect("readers lock").pop();
         let store = match idle {
             Some(store) => store,
@@ -99,18 +99,18 @@ impl Readers {
         };
         Ok(Reader {
             store: Some(store),
-            readers: self,
+            readers: Arc::clone(self),
         })
     }
 }
 
 /// A read connection, back to the idle ones when dropped.
-struct Reader<'a> {
+struct Reader {
     store: Option<crate::store::Store>,
-    readers: &'a Readers,
+    readers: Arc<Readers>,
 }
 
-impl std::ops::Deref for Reader<'_> {
+impl std::ops::Deref for Reader {
     type Target = crate::store::Store;
 
     fn deref(&self) -> &Self::Target {
@@ -118,7 +118,7 @@ impl std::ops::Deref for Reader<'_> {
     }
 }
 
-impl Drop for Reader<'_> {
+impl Drop for Reader {
     fn drop(&mut self) {
         // A connection left inside a transaction (a handler that panicked
         // mid-read) would hold back WAL checkpoints: it is closed instead.
@@ -128,6 +128,45 @@ impl Drop for Reader<'_> {
                 idle.push(store);
             }
         }
+    }
+}
+
+/// One read transaction for a whole request: the token is authenticated
+/// in the snapshot the handler then reads, so a request takes and
+/// releases the WAL read lock once, and what it reads is what its token
+/// was checked against. Only for handlers that read and return at once:
+/// a snapshot held open (an event stream) would hold back checkpoints.
+struct Snapshot(Reader);
+
+impl Snapshot {
+    fn begin(api: &Api) -> Result<Self, ApiError> {
+        let reader = api.reader()?;
+        reader
+            .conn()
+            .prepare_cached("BEGIN DEFERRED")
+            .and_then(|mut s| s.execute([]))
+            .map_err(StoreError::from)?;
+        Ok(Self(reader))
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = crate::store::Store;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // A read transaction has nothing to keep. If it will not end, the
+        // reader sees it still open and closes the connection.
+        let _ = self
+            .0
+            .conn()
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
     }
 }
 
@@ -156,15 +195,15 @@ impl Api {
             launcher,
             failures: Mutex::default(),
             limits,
-            readers: Readers {
+            readers: Arc::new(Readers {
                 dir,
                 idle: Mutex::default(),
-            },
+            }),
         })
     }
 
     /// A read connection (see [`Readers`]).
-    fn reader(&self) -> Result<Reader<'_>, ApiError> {
+    fn reader(&self) -> Result<Reader, ApiError> {
         self.readers.get()
     }
 
@@ -673,9 +712,12 @@ impl Api {
     }
 }
 
-/// The principal behind the request's bearer token; failures are counted
-/// per peer address and refused with 429 past a limit.
-async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiError> {
+/// The request's bearer token, if it has one, and its peer address, once
+/// the peer is under the failed-authentication limit (429 past it).
+async fn bearer(
+    parts: &mut Parts,
+    api: &Arc<Api>,
+) -> Result<(Option<IpAddr>, Option<Secret>), ApiError> {
     let peer = peer(parts, api).await;
     api.check_failures(peer)?;
     let token = parts
@@ -684,14 +726,56 @@ async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiEr
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| Secret::from_slice(t.trim().as_bytes()));
-    let found = match &token {
-        Some(token) => tokens::authenticate(&*api.reader()?, token.expose_secret())?,
+    Ok((peer, token))
+}
+
+/// The principal behind `token`, looked up in `store`; a failure is
+/// counted against `peer`.
+fn principal_in(
+    api: &Api,
+    store: &crate::store::Store,
+    peer: Option<IpAddr>,
+    token: Option<&Secret>,
+) -> Result<Principal, ApiError> {
+    let found = match token {
+        Some(token) => tokens::authenticate(store, token.expose_secret())?,
         None => None,
     };
     found.ok_or_else(|| {
         api.count_failure(peer);
         ApiError::unauthorized()
     })
+}
+
+/// The principal behind the request's bearer token; failures are counted
+/// per peer address and refused with 429 past a limit.
+async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiError> {
+    let (peer, token) = bearer(parts, api).await?;
+    principal_in(api, &*api.reader()?, peer, token.as_ref())
+}
+
+/// Refuses anyone but the owner.
+fn owner_only(principal: Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Owner { .. } => Ok(()),
+        Principal::Client(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_token_type",
+            "a client token cannot use the owner surface; use the owner token",
+        )),
+    }
+}
+
+/// Refuses anyone but a client; its grant.
+fn client_only(principal: Principal) -> Result<Grant, ApiError> {
+    match principal {
+        Principal::Client(grant) => Ok(grant),
+        Principal::Owner { .. } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_token_type",
+            "the owner token cannot use the client surface; create a client token with POST /v1/owner/clients",
+        )),
+    }
 }
 
 /// The owner, by an owner token.
@@ -701,14 +785,21 @@ impl FromRequestParts<Arc<Api>> for Owner {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        match principal(parts, api).await? {
-            Principal::Owner { .. } => Ok(Self),
-            Principal::Client(_) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_token_type",
-                "a client token cannot use the owner surface; use the owner token",
-            )),
-        }
+        owner_only(principal(parts, api).await?).map(|()| Self)
+    }
+}
+
+/// The owner, authenticated in the [`Snapshot`] the handler reads.
+struct OwnerReads(Snapshot);
+
+impl FromRequestParts<Arc<Api>> for OwnerReads {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let (peer, token) = bearer(parts, api).await?;
+        let snapshot = Snapshot::begin(api)?;
+        owner_only(principal_in(api, &snapshot, peer, token.as_ref())?)?;
+        Ok(Self(snapshot))
     }
 }
 
@@ -719,14 +810,21 @@ impl FromRequestParts<Arc<Api>> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        match principal(parts, api).await? {
-            Principal::Client(grant) => Ok(Self(grant)),
-            Principal::Owner { .. } => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_token_type",
-                "the owner token cannot use the client surface; create a client token with POST /v1/owner/clients",
-            )),
-        }
+        client_only(principal(parts, api).await?).map(Self)
+    }
+}
+
+/// A client, authenticated in the [`Snapshot`] the handler reads.
+struct ClientReads(Grant, Snapshot);
+
+impl FromRequestParts<Arc<Api>> for ClientReads {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let (peer, token) = bearer(parts, api).await?;
+        let snapshot = Snapshot::begin(api)?;
+        let grant = client_only(principal_in(api, &snapshot, peer, token.as_ref())?)?;
+        Ok(Self(grant, snapshot))
     }
 }
 
@@ -805,14 +903,10 @@ async fn owner_set_setup(
 
 #[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_source(
-    _: Owner,
-    State(api): State<Arc<Api>>,
+    OwnerReads(snapshot): OwnerReads,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let view = api
-        .reader()?
-        .read(|store| setup::source_view(store, &name))?;
-    Ok(Json(view).into_response())
+    Ok(Json(setup::source_view(&snapshot, &name)?).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1970,8 +2064,7 @@ fn read_page(
 
 #[utoipa::path(get, path = "/v1/sources/{name}/streams/{stream}/records", tag = "client", security(("client" = [])), params(SourceName, StreamName, RecordsQuery), responses((status = 200, description = "A page of records, oldest update first", body = Page), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn client_records(
-    Client(grant): Client,
-    State(api): State<Arc<Api>>,
+    ClientReads(grant, snapshot): ClientReads,
     Path((name, stream)): Path<(String, String)>,
     Params(query): Params<RecordsQuery>,
 ) -> Result<Response, ApiError> {
@@ -1994,9 +2087,8 @@ async fn client_records(
         })?),
         None => None,
     };
-    let reader = api.reader()?;
     let body = read_page(
-        reader.conn(),
+        snapshot.conn(),
         grant.source_id,
         &stream,
         query.updated_since,
