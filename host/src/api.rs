@@ -141,11 +141,7 @@ struct Snapshot(Reader);
 impl Snapshot {
     fn begin(api: &Api) -> Result<Self, ApiError> {
         let reader = api.reader()?;
-        reader
-            .conn()
-            .prepare_cached("BEGIN DEFERRED")
-            .and_then(|mut s| s.execute([]))
-            .map_err(StoreError::from)?;
+        reader.begin_read()?;
         Ok(Self(reader))
     }
 }
@@ -160,13 +156,9 @@ impl std::ops::Deref for Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        // A read transaction has nothing to keep. If it will not end, the
-        // reader sees it still open and closes the connection.
-        let _ = self
-            .0
-            .conn()
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]));
+        // If the transaction will not end, the reader sees it still open
+        // and closes the connection.
+        let _ = self.0.end_read();
     }
 }
 

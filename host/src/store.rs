@@ -247,23 +247,32 @@ impl Store {
         &self,
         f: impl FnOnce(&Self) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.begin_read()?;
+        let result = f(self);
+        self.end_read()?;
+        result
+    }
+
+    /// Begins a read transaction that [`Store::end_read`] ends; for a
+    /// snapshot that outlives one closure ([`Store::read`] otherwise).
+    pub fn begin_read(&self) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("BEGIN DEFERRED")
-            .and_then(|mut s| s.execute([]))
-            .map_err(StoreError::from)?;
-        let result = f(self);
-        // A read transaction has nothing to keep: if it will not commit,
-        // roll it back, so the connection is never left inside it.
+            .and_then(|mut s| s.execute([]))?;
+        Ok(())
+    }
+
+    /// Ends a read transaction. It has nothing to keep: if it will not
+    /// commit, it is rolled back, so the connection is never left inside it.
+    pub fn end_read(&self) -> Result<(), StoreError> {
         let ended = self
             .conn
             .prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]));
         if ended.is_err() {
-            self.conn
-                .execute_batch("ROLLBACK")
-                .map_err(StoreError::from)?;
+            self.conn.execute_batch("ROLLBACK")?;
         }
-        result
+        Ok(())
     }
 
     /// Looks up a source of the default owner by name.
