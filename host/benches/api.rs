@@ -20,11 +20,17 @@
 //!   those responses costs with no handler behind them.
 //!
 //! The server runs on a multi-thread tokio runtime (a worker per core);
-//! the load generator (hyper's HTTP/1 client connections, no pooling) on
-//! a two-thread runtime of its own. Client and server share the machine's
-//! cores, as `wrk` on the same host would. Every response must be a 200
-//! with the body the first probe returned: anything else is counted,
-//! shown, and fails the run.
+//! the load generator on a two-thread runtime of its own. Client and
+//! server share the machine's cores, as `wrk` on the same host would, so
+//! what the generator spends per request the server does not get. The
+//! generator therefore works as `wrk` does: each connection writes the
+//! request's prepared bytes and reads the response into one buffer,
+//! parsing only its head (httparse) and taking the body by its
+//! `content-length`. `SOURCEBOX_BENCH_CLIENT=hyper` drives the same
+//! connections with hyper's HTTP/1 client instead (the generator of the
+//! figures before 2026-12-04), which costs the client about twice as much
+//! per request. Every response must be a 200 with the body the first
+//! probe returned: anything else is counted, shown, and fails the run.
 //!
 //! ```sh
 //! cargo bench --bench api
@@ -35,8 +41,11 @@
 //! after a warm-up of a fifth of it); `SOURCEBOX_BENCH_CONNECTIONS` the
 //! number of connections (default 32); `SOURCEBOX_BENCH_ONLY=page` runs
 //! the baseline and the scenarios whose name contains `page` (for a
-//! profiler). Without `--bench` (as `cargo test --benches` runs it) each
-//! scenario runs for 200 ms. `BENCHMARKS.md` has the figures.
+//! profiler); `SOURCEBOX_BENCH_SERVE=SECS` prints the servers' addresses,
+//! the paths and the tokens, and serves them for that long without
+//! loading them (for `wrk` from another shell). Without `--bench` (as
+//! `cargo test --benches` runs it) each scenario runs for 200 ms.
+//! `BENCHMARKS.md` has the figures.
 
 mod common;
 
@@ -58,6 +67,7 @@ use sourcebox::runtime::Runtime;
 use sourcebox::store::Store;
 use sourcebox::tokens;
 use sourcebox::vault::Secret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
@@ -256,6 +266,19 @@ async fn probe(addr: SocketAddr, path: &str, token: Option<&HeaderValue>) -> (St
     (status, body)
 }
 
+/// The bytes of the request [`request`] builds, as the lean generator
+/// sends them.
+fn raw_request(path: &str, token: Option<&HeaderValue>) -> Vec<u8> {
+    let mut bytes = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n").into_bytes();
+    if let Some(token) = token {
+        bytes.extend_from_slice(b"authorization: ");
+        bytes.extend_from_slice(token.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"\r\n");
+    bytes
+}
+
 fn request(path: &str, token: Option<&HeaderValue>) -> http::Request<Empty<Bytes>> {
     let mut request = http::Request::get(path)
         .header(HOST, "127.0.0.1")
@@ -267,9 +290,107 @@ fn request(path: &str, token: Option<&HeaderValue>) -> http::Request<Empty<Bytes
     request
 }
 
-/// One keep-alive connection sending requests back to back until `until`;
-/// latencies of the 200s completed from `from` on.
-async fn connection(
+/// What sends the requests (see the top of this file).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Generator {
+    Lean,
+    Hyper,
+}
+
+/// One keep-alive connection sending requests back to back until `until`,
+/// as `wrk` does: the request's bytes written, the response read into one
+/// buffer; latencies of the 200s completed from `from` on.
+async fn lean_connection(
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    expected: Bytes,
+    from: Instant,
+    until: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut stream = match TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tally.fail(format!("connect: {e}"));
+            return tally;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(expected.len() + 512);
+    while Instant::now() < until {
+        let sent = Instant::now();
+        buf.clear();
+        let io = |e: std::io::Error| e.to_string();
+        let exchange = async {
+            stream.write_all(&request).await.map_err(io)?;
+            let (status, head, length) = loop {
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err("the server closed the connection".to_owned());
+                }
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&buf) {
+                    Ok(httparse::Status::Complete(head)) => {
+                        let length = response
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                            .ok_or("a response without content-length")?;
+                        break (response.code.unwrap_or(0), head, length);
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => return Err(format!("unparsable response head: {e}")),
+                }
+            };
+            buf.reserve((head + length).saturating_sub(buf.len()));
+            while buf.len() < head + length {
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err("the server closed the connection mid-body".to_owned());
+                }
+            }
+            if buf.len() > head + length {
+                return Err("bytes after the response, unasked for".to_owned());
+            }
+            Ok((status, head))
+        };
+        match tokio::time::timeout(STALLED, exchange).await {
+            Ok(Ok((status, head))) => {
+                let done = Instant::now();
+                let body = &buf[head..];
+                if status != 200 {
+                    tally.fail(format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    ));
+                } else if body != expected {
+                    tally.fail(format!(
+                        "200 with another body ({} bytes, not {})",
+                        body.len(),
+                        expected.len()
+                    ));
+                } else if done >= from && done <= until {
+                    let micros = (done - sent).as_micros();
+                    tally.latencies.push(micros.try_into().unwrap_or(u32::MAX));
+                }
+            }
+            Ok(Err(e)) => {
+                tally.fail(format!("transport: {e}"));
+                break;
+            }
+            Err(_) => {
+                tally.fail(format!("no response within {STALLED:?}"));
+                break;
+            }
+        }
+    }
+    tally
+}
+
+/// One keep-alive connection driven by hyper's HTTP/1 client, sending
+/// requests back to back until `until`; latencies of the 200s completed
+/// from `from` on.
+async fn hyper_connection(
     addr: SocketAddr,
     path: Arc<str>,
     token: Option<HeaderValue>,
@@ -342,6 +463,7 @@ async fn connection(
 async fn load(
     scenario: &Scenario,
     expected: Bytes,
+    generator: Generator,
     connections: usize,
     warmup: Duration,
     measured: Duration,
@@ -349,16 +471,26 @@ async fn load(
     let from = Instant::now() + warmup;
     let until = from + measured;
     let path: Arc<str> = scenario.path.as_str().into();
+    let request: Arc<[u8]> = raw_request(&scenario.path, scenario.token.as_ref()).into();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        tasks.spawn(connection(
-            scenario.addr,
-            Arc::clone(&path),
-            scenario.token.clone(),
-            expected.clone(),
-            from,
-            until,
-        ));
+        match generator {
+            Generator::Lean => tasks.spawn(lean_connection(
+                scenario.addr,
+                Arc::clone(&request),
+                expected.clone(),
+                from,
+                until,
+            )),
+            Generator::Hyper => tasks.spawn(hyper_connection(
+                scenario.addr,
+                Arc::clone(&path),
+                scenario.token.clone(),
+                expected.clone(),
+                from,
+                until,
+            )),
+        };
     }
     let mut tally = Tally::default();
     while let Some(joined) = tasks.join_next().await {
@@ -386,6 +518,11 @@ fn main() {
         }));
     let warmup = measured / 5;
     let connections = env_number("SOURCEBOX_BENCH_CONNECTIONS").map_or(32, |n| n as usize);
+    let generator = match std::env::var("SOURCEBOX_BENCH_CLIENT").as_deref() {
+        Err(_) | Ok("lean") => Generator::Lean,
+        Ok("hyper") => Generator::Hyper,
+        Ok(other) => panic!("SOURCEBOX_BENCH_CLIENT={other}: use lean (the default) or hyper"),
+    };
 
     let server = tokio::runtime::Builder::new_multi_thread()
         .thread_name("api-server")
@@ -517,8 +654,22 @@ fn main() {
         },
     ];
 
+    if let Some(secs) = env_number("SOURCEBOX_BENCH_SERVE") {
+        for s in &scenarios {
+            let token = s.token.as_ref().map_or(String::new(), |t| {
+                format!(" -H 'Authorization: {}'", t.to_str().expect("ASCII token"))
+            });
+            println!(
+                "{}:\n  wrk -t2 -c{connections} -d5s{token} 'http://{}{}'",
+                s.name, s.addr, s.path
+            );
+        }
+        println!("serving for {secs} s");
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        return;
+    }
     println!(
-        "{connections} keep-alive connections per scenario, {:.1} s warm-up + {:.1} s measured; {RECORDS} records of {RECORD_BYTES} B in the stream",
+        "{connections} keep-alive connections per scenario ({generator:?} generator), {:.1} s warm-up + {:.1} s measured; {RECORDS} records of {RECORD_BYTES} B in the stream",
         warmup.as_secs_f64(),
         measured.as_secs_f64()
     );
@@ -546,7 +697,14 @@ fn main() {
             String::from_utf8_lossy(&expected)
         );
         check(scenario, &expected);
-        let tally = client.block_on(load(scenario, expected, connections, warmup, measured));
+        let tally = client.block_on(load(
+            scenario,
+            expected,
+            generator,
+            connections,
+            warmup,
+            measured,
+        ));
         results.push(tally);
     }
     let _ = stop.send(true);
