@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::runtime::Limits;
 use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
-use crate::store::{SourceRef, Store, StoreError, now_ms};
+use crate::store::{DEFAULT_OWNER, SourceRef, Store, StoreError, now_ms};
 
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -477,17 +477,22 @@ const SELECT: &str = "SELECT id, version, digest, api_version, manifest, approve
 /// what that component described at install and never changes.
 static MANIFESTS: LazyLock<Mutex<HashMap<String, Arc<Manifest>>>> = LazyLock::new(Mutex::default);
 
-/// The manifest of the row (`digest` in column 2, manifest in column 4),
-/// parsed once per digest.
-fn parsed_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<Manifest>> {
-    let digest = r.get_ref(2)?.as_str()?;
+/// The manifest of the row (`digest` in column `at + 2`, manifest in
+/// column `at + 4`), parsed once per digest.
+fn parsed_manifest(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Arc<Manifest>> {
+    let digest = r.get_ref(at + 2)?.as_str()?;
     if let Some(manifest) = MANIFESTS.lock().expect("manifests lock").get(digest) {
         return Ok(Arc::clone(manifest));
     }
-    let manifest: Arc<Manifest> =
-        Arc::new(serde_json::from_str(r.get_ref(4)?.as_str()?).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-        })?);
+    let manifest: Arc<Manifest> = Arc::new(
+        serde_json::from_str(r.get_ref(at + 4)?.as_str()?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                at + 4,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })?,
+    );
     MANIFESTS
         .lock()
         .expect("manifests lock")
@@ -495,17 +500,28 @@ fn parsed_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<Arc<Manifest>> {
     Ok(manifest)
 }
 
+/// A row of [`SELECT`].
 fn installed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Installed> {
-    let json_err = |i, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    };
+    installed_at(r, 0)
+}
+
+/// The installed version in the columns of [`SELECT`], from column `at`
+/// on.
+fn installed_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Installed> {
+    let approved = r.get_ref(at + 5)?.as_str()?;
     Ok(Installed {
-        id: r.get(0)?,
-        version: r.get(1)?,
-        digest: r.get(2)?,
-        api_version: r.get(3)?,
-        manifest: parsed_manifest(r)?,
-        approved: serde_json::from_str(&r.get::<_, String>(5)?).map_err(|e| json_err(5, e))?,
+        id: r.get(at)?,
+        version: r.get(at + 1)?,
+        digest: r.get(at + 2)?,
+        api_version: r.get(at + 3)?,
+        manifest: parsed_manifest(r, at)?,
+        approved: serde_json::from_str(approved).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                at + 5,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })?,
     })
 }
 
@@ -1026,29 +1042,51 @@ fn check_urls(
     Ok(())
 }
 
-/// A source's connector version and setup values.
+/// A source's connector version and setup values, read in one statement.
 pub fn source_setup(store: &Store, name: &str) -> Result<SourceSetup, CatalogError> {
-    let source = store.source(name)?;
-    type Row = (Option<String>, Option<String>, String, Option<String>, bool);
-    let (id, version, setup, paused_for, ephemeral_session): Row = store
+    type Row = (
+        SourceRef,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        bool,
+        Option<Installed>,
+    );
+    let row: Option<Row> = store
         .conn()
         .prepare_cached(
-            "SELECT connector_id, connector_version, setup,
-                CASE WHEN pending_paused = 1 THEN pending_version END, ephemeral_session
-             FROM sources WHERE id = ?1",
+            "SELECT o.id, o.name, s.id, s.name,
+                s.connector_id, s.connector_version, s.setup,
+                CASE WHEN s.pending_paused = 1 THEN s.pending_version END, s.ephemeral_session,
+                c.id, c.version, c.digest, c.api_version, c.manifest, c.approved
+             FROM sources s JOIN owners o ON o.id = s.owner_id
+             LEFT JOIN connectors c ON c.id = s.connector_id AND c.version = s.connector_version
+             WHERE o.name = ?1 AND s.name = ?2",
         )?
-        .query_row([source.source_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
+        .query_row(params![DEFAULT_OWNER, name], |r| {
+            let installed = match r.get_ref(9)? {
+                rusqlite::types::ValueRef::Null => None,
+                _ => Some(installed_at(r, 9)?),
+            };
+            Ok((
+                crate::store::source_ref(r)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                installed,
+            ))
+        })
+        .optional()?;
+    let Some((source, id, version, setup, paused_for, ephemeral_session, connector)) = row else {
+        return Err(StoreError::UnknownSource(name.to_owned()).into());
+    };
     let (Some(id), Some(version)) = (id, version) else {
         return Err(CatalogError::NoConnector(name.to_owned()));
     };
-    let connector = store
-        .conn()
-        .prepare_cached(&format!("{SELECT} WHERE id = ?1 AND version = ?2"))?
-        .query_row(params![id, version], installed_row)
-        .optional()?
-        .ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
+    let connector = connector.ok_or_else(|| CatalogError::Unknown(format!("{id} {version}")))?;
     let setup: BTreeMap<String, String> = serde_json::from_str(&setup)
         .map_err(|e| CatalogError::Setup(format!("stored setup values: {e}")))?;
     Ok(SourceSetup {

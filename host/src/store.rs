@@ -318,7 +318,9 @@ impl Store {
     }
 }
 
-fn source_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<SourceRef> {
+/// The source of a row whose first four columns are the owner's id and
+/// name and the source's id and name.
+pub(crate) fn source_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<SourceRef> {
     Ok(SourceRef {
         owner_id: row.get(0)?,
         owner: row.get(1)?,

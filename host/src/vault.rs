@@ -17,6 +17,7 @@ pub mod secret;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -1085,9 +1086,9 @@ pub fn metadata(
     // all and sort).
     match source {
         Some(source) => {
-            let mut stmt = store.conn().prepare_cached(&format!(
-                "{META_SELECT} WHERE c.source_id = ?1 ORDER BY c.name"
-            ))?;
+            static ONE: LazyLock<String> =
+                LazyLock::new(|| format!("{META_SELECT} WHERE c.source_id = ?1 ORDER BY c.name"));
+            let mut stmt = store.conn().prepare_cached(&ONE)?;
             let rows = stmt.query_map([source.source_id], meta_row)?;
             rows.map(|r| r?).collect()
         }
