@@ -7,7 +7,7 @@
 //! vault holds for it (metadata only, nothing is decrypted), its last
 //! verification, its runs and its pending interactions.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, CatalogError, Installed};
@@ -428,14 +428,31 @@ struct Facts {
     changed_from: Option<String>,
     /// Records the source holds, counted only after an account change.
     records: u64,
+    /// Its unfinished setup verification run.
+    verifying: Option<String>,
+    /// The oldest other verified source of the same connector and account.
+    older_same_account: Option<String>,
 }
 
-/// The source's unfinished setup verification, off the index of
+/// What the store says about a source's setup ([`Facts`]), in one
+/// statement. Its unfinished setup verification comes off the index of
 /// unfinished runs (the planner would take the (source, state) index and
-/// build a temporary table for the list of states on every view).
-pub(crate) const VERIFYING: &str = "SELECT id FROM runs INDEXED BY runs_active
-     WHERE source_id = ?1 AND trigger = 'setup_verification'
-       AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1";
+/// build a temporary table for the list of states on every view); an
+/// older verified source of the same connector and account is looked for
+/// only once this one is verified.
+pub(crate) const FACTS: &str = "SELECT modality, identity_id, identity_display, verified_at,
+        verify_failure_kind, verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
+        pending_version, pending_changes, identity_changed_from,
+        CASE WHEN identity_changed_from IS NULL THEN 0
+             ELSE (SELECT COUNT(*) FROM records WHERE source_id = s.id) END,
+        (SELECT id FROM runs INDEXED BY runs_active
+          WHERE source_id = s.id AND trigger = 'setup_verification'
+            AND state IN ('queued', 'running', 'waiting_for_owner') LIMIT 1),
+        CASE WHEN s.verified_at IS NOT NULL AND s.identity_id IS NOT NULL THEN
+          (SELECT d.name FROM sources d
+            WHERE d.connector_id = s.connector_id AND d.identity_id = s.identity_id
+              AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END
+     FROM sources s WHERE s.id = ?1";
 
 /// The view of source `name`.
 pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
@@ -460,14 +477,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     let source = &setup.source;
     let facts = store
         .conn()
-        .prepare_cached(
-            "SELECT modality, identity_id, identity_display, verified_at, verify_failure_kind,
-                verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
-                pending_version, pending_changes, identity_changed_from,
-                CASE WHEN identity_changed_from IS NULL THEN 0
-                     ELSE (SELECT COUNT(*) FROM records WHERE source_id = sources.id) END
-         FROM sources WHERE id = ?1",
-        )?
+        .prepare_cached(FACTS)?
         .query_row([source.source_id], |r| {
             let identity = match (r.get::<_, Option<String>>(1)?, r.get(2)?) {
                 (Some(id), Some(display)) => Some(Identity { id, display }),
@@ -495,6 +505,8 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 },
                 changed_from: r.get(11)?,
                 records: r.get::<_, i64>(12)? as u64,
+                verifying: r.get(13)?,
+                older_same_account: r.get(14)?,
             })
         })?;
     let manifest = &setup.connector.manifest;
@@ -522,24 +534,12 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .map(|c| c.field.clone())
         .collect();
     let pending = interactions::pending_for(store, source)?;
-    let verifying: Option<String> = store
-        .conn()
-        .prepare_cached(VERIFYING)?
-        .query_row([source.source_id], |r| r.get(0))
-        .optional()?;
+    let verifying = facts.verifying.clone();
     let verified = facts.verified_at.is_some_and(|at| at >= last_write);
     let duplicate = match (&facts.identity, verified) {
-        (Some(identity), true) => store
-            .conn()
-            .prepare_cached(
-                "SELECT name FROM sources WHERE connector_id = ?1 AND identity_id = ?2
-                 AND id < ?3 AND verified_at IS NOT NULL ORDER BY id LIMIT 1",
-            )?
-            .query_row(
-                params![setup.connector.id, identity.id, source.source_id],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
+        (Some(identity), true) => facts
+            .older_same_account
+            .clone()
             .filter(|_| facts.confirmed_identity.as_deref() != Some(identity.id.as_str())),
         _ => None,
     };

@@ -401,15 +401,22 @@ mod tests {
             plan(crate::runtime::LAST_UPDATE),
             ["SEARCH records USING PRIMARY KEY (source_id=? AND stream=?)"]
         );
-        for unfinished in [
-            crate::setup::VERIFYING,
-            crate::runs::scheduler::UNFINISHED_RUN,
-        ] {
-            assert_eq!(
-                plan(unfinished),
-                ["SEARCH runs USING INDEX runs_active (source_id=?)"]
-            );
-        }
+        assert_eq!(
+            plan(crate::runs::scheduler::UNFINISHED_RUN),
+            ["SEARCH runs USING INDEX runs_active (source_id=?)"]
+        );
+        assert_eq!(
+            plan(crate::setup::FACTS),
+            [
+                "SEARCH s USING INTEGER PRIMARY KEY (rowid=?)",
+                "CORRELATED SCALAR SUBQUERY 1",
+                "SEARCH records USING COVERING INDEX records_by_key (source_id=?)",
+                "CORRELATED SCALAR SUBQUERY 2",
+                "SEARCH runs USING INDEX runs_active (source_id=?)",
+                "CORRELATED SCALAR SUBQUERY 3",
+                "SEARCH d USING INTEGER PRIMARY KEY (rowid<?)"
+            ]
+        );
         assert_eq!(
             plan(&crate::interactions::PENDING_FOR),
             [
