@@ -2022,7 +2022,6 @@ fn read_page(
     after: Option<(i64, String)>,
     limit: u32,
 ) -> rusqlite::Result<Vec<u8>> {
-    use std::io::Write as _;
     let ahead = i64::from(limit) + 1;
     let mut stmt;
     let mut rows = match after {
@@ -2070,7 +2069,9 @@ fn read_page(
         last_key = body.len()..body.len() + key.len();
         body.extend_from_slice(key.as_bytes());
         last_at = row.get(1)?;
-        write!(body, r#","updated_at":{last_at},"data":"#).expect("a Vec takes every write");
+        body.extend_from_slice(br#","updated_at":"#);
+        body.extend_from_slice(itoa::Buffer::new().format(last_at).as_bytes());
+        body.extend_from_slice(br#","data":"#);
         body.extend_from_slice(text(row, 2)?.as_bytes());
         body.push(b'}');
         written += 1;
