@@ -119,6 +119,48 @@ impl Tally {
         self.first_failure.get_or_insert(why);
     }
 
+    /// Counts one exchange, sent at `sent`: a 200 with the expected body
+    /// adds its latency when it completed in `window`; anything else is a
+    /// failure. `false` when the connection cannot go on.
+    fn count<B: AsRef<[u8]>, E: std::fmt::Display>(
+        &mut self,
+        outcome: Result<Result<(u16, B), E>, tokio::time::error::Elapsed>,
+        expected: &[u8],
+        sent: Instant,
+        window: std::ops::RangeInclusive<Instant>,
+    ) -> bool {
+        let done = Instant::now();
+        match outcome {
+            Ok(Ok((status, body))) => {
+                let body = body.as_ref();
+                if status != 200 {
+                    self.fail(format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    ));
+                } else if body != expected {
+                    self.fail(format!(
+                        "200 with another body ({} bytes, not {})",
+                        body.len(),
+                        expected.len()
+                    ));
+                } else if window.contains(&done) {
+                    let micros = (done - sent).as_micros();
+                    self.latencies.push(micros.try_into().unwrap_or(u32::MAX));
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                self.fail(format!("transport: {e}"));
+                false
+            }
+            Err(_) => {
+                self.fail(format!("no response within {STALLED:?}"));
+                false
+            }
+        }
+    }
+
     fn merge(&mut self, other: Self) {
         self.latencies.extend(other.latencies);
         self.failures += other.failures;
@@ -354,34 +396,10 @@ async fn lean_connection(
             }
             Ok((status, head))
         };
-        match tokio::time::timeout(STALLED, exchange).await {
-            Ok(Ok((status, head))) => {
-                let done = Instant::now();
-                let body = &buf[head..];
-                if status != 200 {
-                    tally.fail(format!(
-                        "{status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(300)])
-                    ));
-                } else if body != expected {
-                    tally.fail(format!(
-                        "200 with another body ({} bytes, not {})",
-                        body.len(),
-                        expected.len()
-                    ));
-                } else if done >= from && done <= until {
-                    let micros = (done - sent).as_micros();
-                    tally.latencies.push(micros.try_into().unwrap_or(u32::MAX));
-                }
-            }
-            Ok(Err(e)) => {
-                tally.fail(format!("transport: {e}"));
-                break;
-            }
-            Err(_) => {
-                tally.fail(format!("no response within {STALLED:?}"));
-                break;
-            }
+        let outcome = tokio::time::timeout(STALLED, exchange).await;
+        let outcome = outcome.map(|r| r.map(|(status, head)| (status, &buf[head..])));
+        if !tally.count(outcome, &expected, sent, from..=until) {
+            break;
         }
     }
     tally
@@ -424,33 +442,10 @@ async fn hyper_connection(
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
-        match tokio::time::timeout(STALLED, exchange).await {
-            Ok(Ok((status, body))) => {
-                let done = Instant::now();
-                if status != StatusCode::OK {
-                    tally.fail(format!(
-                        "{status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(300)])
-                    ));
-                } else if body != expected {
-                    tally.fail(format!(
-                        "200 with another body ({} bytes, not {})",
-                        body.len(),
-                        expected.len()
-                    ));
-                } else if done >= from && done <= until {
-                    let micros = (done - sent).as_micros();
-                    tally.latencies.push(micros.try_into().unwrap_or(u32::MAX));
-                }
-            }
-            Ok(Err(e)) => {
-                tally.fail(format!("transport: {e}"));
-                break;
-            }
-            Err(_) => {
-                tally.fail(format!("no response within {STALLED:?}"));
-                break;
-            }
+        let outcome = tokio::time::timeout(STALLED, exchange).await;
+        let outcome = outcome.map(|r| r.map(|(status, body)| (status.as_u16(), body)));
+        if !tally.count(outcome, &expected, sent, from..=until) {
+            break;
         }
     }
     drop(sender);
