@@ -893,8 +893,8 @@ async fn owner_set_setup(
     Ok(view_response(&setup::source_view(vault.store(), &name)?))
 }
 
-/// Bytes a setup view's JSON takes, about (a kilobyte for a connector with
-/// a few fields), reserved before serializing it.
+/// Room reserved for a setup view's JSON before serializing it (the view
+/// of a connector with a few fields is about a kilobyte).
 const VIEW_BYTES: usize = 2048;
 
 /// A setup view as a JSON response, serialized into a buffer sized for it
