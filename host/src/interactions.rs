@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::store::{SourceRef, Store, StoreError, now_ms};
+use crate::store::{Store, StoreError, now_ms};
 
 /// One interaction as the owner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -141,22 +141,4 @@ pub fn list(store: &Store, all: bool) -> Result<Vec<Interaction>, StoreError> {
     let mut stmt = store.conn().prepare_cached(&sql)?;
     let rows = stmt.query_map([], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// One source's oldest pending interaction: off the index of pending
-/// interactions, in their order. Written out once, not on every view.
-pub(crate) static PENDING_FOR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "{SELECT} WHERE i.state = 'pending' AND i.source_id = ?1
-         ORDER BY i.created_at, i.rowid LIMIT 1"
-    )
-});
-
-/// The source's oldest pending interaction, if any.
-pub fn pending_for(store: &Store, source: &SourceRef) -> Result<Option<Interaction>, StoreError> {
-    Ok(store
-        .conn()
-        .prepare_cached(&PENDING_FOR)?
-        .query_row([source.source_id], row)
-        .optional()?)
 }

@@ -11,7 +11,6 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, CatalogError, Installed};
-use crate::interactions;
 use crate::runtime::bindings::sourcebox::connector::types::{Manifest, Modality, SetupField};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::{CredentialClass, Provenance, Vault, VaultError};
@@ -432,6 +431,15 @@ struct Facts {
     verifying: Option<String>,
     /// The oldest other verified source of the same connector and account.
     older_same_account: Option<String>,
+    /// Its oldest pending interaction.
+    asked: Option<Asked>,
+}
+
+/// A pending interaction, as the view needs it.
+struct Asked {
+    id: String,
+    kind: String,
+    prompt: String,
 }
 
 /// What the store says about a source's setup ([`Facts`]), in one
@@ -439,7 +447,8 @@ struct Facts {
 /// unfinished runs (the planner would take the (source, state) index and
 /// build a temporary table for the list of states on every view); an
 /// older verified source of the same connector and account is looked for
-/// only once this one is verified.
+/// only once this one is verified; its oldest pending interaction comes
+/// off the index of pending interactions, in their order.
 pub(crate) const FACTS: &str = "SELECT modality, identity_id, identity_display, verified_at,
         verify_failure_kind, verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
         pending_version, pending_changes, identity_changed_from,
@@ -451,8 +460,13 @@ pub(crate) const FACTS: &str = "SELECT modality, identity_id, identity_display, 
         CASE WHEN s.verified_at IS NOT NULL AND s.identity_id IS NOT NULL THEN
           (SELECT d.name FROM sources d
             WHERE d.connector_id = s.connector_id AND d.identity_id = s.identity_id
-              AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END
-     FROM sources s WHERE s.id = ?1";
+              AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END,
+        i.id, i.kind, i.prompt
+     FROM sources s
+     LEFT JOIN interactions i ON i.rowid =
+       (SELECT rowid FROM interactions WHERE state = 'pending' AND source_id = s.id
+         ORDER BY created_at, rowid LIMIT 1)
+     WHERE s.id = ?1";
 
 /// The view of source `name`.
 pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> {
@@ -507,6 +521,10 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 records: r.get::<_, i64>(12)? as u64,
                 verifying: r.get(13)?,
                 older_same_account: r.get(14)?,
+                asked: match (r.get(15)?, r.get(16)?, r.get(17)?) {
+                    (Some(id), Some(kind), Some(prompt)) => Some(Asked { id, kind, prompt }),
+                    _ => None,
+                },
             })
         })?;
     let manifest = &setup.connector.manifest;
@@ -533,7 +551,6 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .filter(|c| c.field.required && !c.stored)
         .map(|c| c.field.clone())
         .collect();
-    let pending = interactions::pending_for(store, source)?;
     let verifying = facts.verifying.clone();
     let verified = facts.verified_at.is_some_and(|at| at >= last_write);
     let duplicate = match (&facts.identity, verified) {
@@ -552,7 +569,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
     let logged_in = credentials
         .iter()
         .any(|c| c.stored && c.field.class == CredentialClass::Session.as_str());
-    let (state, next_step) = if let Some(asked) = pending {
+    let (state, next_step) = if let Some(asked) = facts.asked {
         if asked.kind == "login" && browser {
             (
                 Lifecycle::WaitingForOwner,

@@ -409,19 +409,15 @@ mod tests {
             plan(crate::setup::FACTS),
             [
                 "SEARCH s USING INTEGER PRIMARY KEY (rowid=?)",
+                "SEARCH i USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN",
+                "CORRELATED SCALAR SUBQUERY 4",
+                "SEARCH interactions USING COVERING INDEX interactions_pending (source_id=?)",
                 "CORRELATED SCALAR SUBQUERY 1",
                 "SEARCH records USING COVERING INDEX records_by_key (source_id=?)",
                 "CORRELATED SCALAR SUBQUERY 2",
                 "SEARCH runs USING INDEX runs_active (source_id=?)",
                 "CORRELATED SCALAR SUBQUERY 3",
                 "SEARCH d USING INTEGER PRIMARY KEY (rowid<?)"
-            ]
-        );
-        assert_eq!(
-            plan(&crate::interactions::PENDING_FOR),
-            [
-                "SEARCH s USING INTEGER PRIMARY KEY (rowid=?)",
-                "SEARCH i USING INDEX interactions_pending (source_id=?)"
             ]
         );
     }
