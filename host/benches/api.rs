@@ -333,7 +333,7 @@ fn request(path: &str, token: Option<&HeaderValue>) -> http::Request<Empty<Bytes
 }
 
 /// What sends the requests (see the top of this file).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Generator {
     Lean,
     Hyper,

@@ -551,7 +551,6 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         .filter(|c| c.field.required && !c.stored)
         .map(|c| c.field.clone())
         .collect();
-    let verifying = facts.verifying.clone();
     let verified = facts.verified_at.is_some_and(|at| at >= last_write);
     let duplicate = match (&facts.identity, verified) {
         (Some(identity), true) => facts
@@ -601,7 +600,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 meanwhile: catalog::Meanwhile::paused_if(setup.paused_for.is_some()),
             },
         )
-    } else if let Some(run) = verifying {
+    } else if let Some(run) = facts.verifying.clone() {
         (Lifecycle::Verifying, NextStep::Wait { run })
     } else if let Some(reason) = facts.needs_reauth.clone() {
         (
