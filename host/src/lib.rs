@@ -18,7 +18,7 @@
 //! - [`events`]: run events for live streams;
 //! - [`api`] and [`tokens`]: the owner and client HTTP surfaces;
 //! - [`cli`]: the operator's command line over all of them.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod browser;

@@ -8,6 +8,7 @@
 //! through the run's [`crate::egress`] policy.
 
 pub mod api_version;
+mod compiled;
 mod state;
 
 use std::path::Path;
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use state::RunState;
 #[cfg(test)]
@@ -324,6 +325,7 @@ pub enum Outcome {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<RunState>,
+    compiled: compiled::Compiled,
     _ticker: EpochTicker,
 }
 
@@ -347,14 +349,15 @@ impl Runtime {
     /// (keyed by component digest and engine configuration).
     pub fn new(cache_dir: &Path) -> Result<Self, RuntimeError> {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
-        let mut cache = CacheConfig::new();
-        cache.with_directory(cache_dir);
         let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .cache(Some(Cache::new(cache).map_err(engine_err)?));
+        config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(engine_err)?;
+        let compiled = compiled::Compiled::new(cache_dir, &engine).map_err(|e| {
+            RuntimeError::Engine(format!(
+                "compiled components directory {}: {e}",
+                cache_dir.display()
+            ))
+        })?;
 
         let mut linker = Linker::<RunState>::new(&engine);
         // Every capability a connector gets is added here and nowhere else.
@@ -383,6 +386,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
+            compiled,
             _ticker: EpochTicker(Some(stop)),
         })
     }
@@ -391,7 +395,9 @@ impl Runtime {
     /// describes a component.
     pub async fn load(&self, component: &[u8]) -> Result<LoadedConnector, RuntimeError> {
         let api_version = api_version::check(component)?;
-        let compiled = Component::new(&self.engine, component)
+        let compiled = self
+            .compiled
+            .load(&self.engine, component)
             .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
             RuntimeError::Invalid(format!(

@@ -475,6 +475,93 @@ async fn a_component_built_against_contract_0_1_0_still_runs() {
     assert!(stored.iter().all(|r| r["contract"] == "0.1.0"));
 }
 
+/// The compiled components in `dir`, by name.
+fn compiled_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_again() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let w = world().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("compiled");
+    let echo = std::fs::read(ECHO).expect("echo component");
+
+    Runtime::new(&dir)
+        .expect("runtime")
+        .load(&echo)
+        .await
+        .expect("compile and keep");
+    let files = compiled_files(&dir);
+    assert_eq!(files.len(), 1, "one artifact, no partial files: {files:?}");
+    let artifact = &files[0];
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
+    let name = artifact.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with(&format!("{digest}-")) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(artifact), 0o600);
+    let kept = std::fs::metadata(artifact).unwrap().ino();
+
+    // A fresh engine (another process, as far as the cache can tell) loads
+    // the kept file: it is not written again.
+    let runtime = Runtime::new(&dir).expect("runtime");
+    let loaded = runtime.load(&echo).await.expect("load from disk");
+    assert_eq!(loaded.manifest().id, w.echo.manifest().id);
+    assert_eq!(std::fs::metadata(artifact).unwrap().ino(), kept);
+    assert_eq!(compiled_files(&dir), files);
+    let ran = runtime
+        .run(
+            &loaded,
+            w.binding("a", &[], Limits::default()),
+            Call::Verify,
+        )
+        .await;
+    assert_eq!(
+        ran.expect("a component loaded from disk runs"),
+        w.runtime
+            .run(
+                &w.echo,
+                w.binding("a", &[], Limits::default()),
+                Call::Verify
+            )
+            .await
+            .expect("a compiled component runs")
+    );
+
+    // Damaged: compiled again, replaced whole, and the run still works.
+    std::fs::write(artifact, b"not a compiled component").unwrap();
+    let runtime = Runtime::new(&dir).expect("runtime");
+    let loaded = runtime.load(&echo).await.expect("compiled again");
+    let replaced = std::fs::metadata(artifact).unwrap().ino();
+    assert_ne!(replaced, kept);
+    assert_eq!(compiled_files(&dir), files);
+    assert_eq!(mode(artifact), 0o600);
+    runtime
+        .run(
+            &loaded,
+            w.binding("a", &[], Limits::default()),
+            Call::Verify,
+        )
+        .await
+        .expect("the recompiled component runs");
+    Runtime::new(&dir)
+        .expect("runtime")
+        .load(&echo)
+        .await
+        .expect("the replacement loads");
+    assert_eq!(std::fs::metadata(artifact).unwrap().ino(), replaced);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_api_version_is_refused_with_both_versions_named() {
     let w = world().await;

@@ -1,0 +1,88 @@
+//! Compiled components on disk.
+//!
+//! A component is compiled once per engine configuration. Its native code
+//! is kept as one file, named by the component's SHA-256 and the engine's
+//! compatibility hash, in a directory only the host's user can open. Later
+//! loads, in this process or another, read that file instead of compiling.
+
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The directory of compiled components for one engine.
+pub(super) struct Compiled {
+    dir: PathBuf,
+    /// The engine's compatibility hash, in every file name: an artifact
+    /// of another wasmtime or another configuration is never opened.
+    engine: String,
+}
+
+impl Compiled {
+    pub(super) fn new(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            dir: dir.to_owned(),
+            engine: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn path(&self, wasm: &[u8]) -> PathBuf {
+        let digest = hex::encode(Sha256::digest(wasm));
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine))
+    }
+
+    /// `wasm` compiled: read from its file, or compiled and then written.
+    pub(super) fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
+        let path = self.path(wasm);
+        if let Ok(bytes) = fs::read(&path) {
+            // SAFETY: the bytes are native code this host compiled for this
+            // engine. Only `store` below writes into this directory, which
+            // only the host's user can open (0700): it writes a whole
+            // artifact `Component::serialize` produced to a new file and
+            // renames it into place. This trusts the directory as wasmtime's
+            // own on-disk cache trusts its own. The file is read, not mapped, so no later change to it reaches
+            // the loaded code. wasmtime checks the artifact's format,
+            // version and engine settings, and refuses a mismatch, handled
+            // below by compiling again.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize(engine, &bytes) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    "a compiled component could not be loaded, compiling it again: {e:#}"
+                ),
+            }
+        }
+        let component = Component::new(engine, wasm)?;
+        if let Err(e) = self.store(&path, &component) {
+            // The run goes on; the next load compiles again.
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "a compiled component could not be kept on disk: {e:#}"
+            );
+        }
+        Ok(component)
+    }
+
+    fn store(&self, path: &Path, component: &Component) -> wasmtime::Result<()> {
+        let bytes = component.serialize()?;
+        // A new file of its own (0600, a random name) per writer, renamed
+        // into place whole.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(&bytes)?;
+        file.as_file().sync_all()?;
+        file.persist(path)?;
+        Ok(())
+    }
+}
