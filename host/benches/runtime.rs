@@ -336,7 +336,7 @@ fn cold_start(_: &mut Criterion) {
         ..Limits::default()
     };
     let flood = binding(&vault, &[("attack", "record-flood")], one);
-    let ns = (0..30)
+    let ns = (0..200)
         .map(|_| {
             let t = Instant::now();
             let runtime = Runtime::new(&cache).expect("runtime");

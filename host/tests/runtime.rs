@@ -492,6 +492,12 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("compiled");
     let echo = std::fs::read(ECHO).expect("echo component");
+    // What wasmtime's own cache left in this directory before, with its
+    // permissions: removed, and the directory closed to other users.
+    let stale = dir.join("modules/wasmtime-48.0.8");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("entry"), b"compressed artifact").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     Runtime::new(&dir)
         .expect("runtime")
@@ -499,7 +505,7 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
         .await
         .expect("compile and keep");
     let files = compiled_files(&dir);
-    assert_eq!(files.len(), 1, "one artifact, no partial files: {files:?}");
+    assert_eq!(files.len(), 1, "one artifact, no partial or stale files: {files:?}");
     let artifact = &files[0];
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
     let name = artifact.file_name().unwrap().to_str().unwrap();

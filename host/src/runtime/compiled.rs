@@ -8,7 +8,7 @@
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -29,6 +29,19 @@ impl Compiled {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // Also when it was there before, with looser permissions.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        // Left by wasmtime's own on-disk cache, which earlier versions used
+        // here; nothing reads it now.
+        let stale = dir.join("modules");
+        if stale.is_dir() {
+            match fs::remove_dir_all(&stale) {
+                Ok(()) => tracing::info!(dir = %stale.display(), "removed an unused compile cache"),
+                Err(e) => {
+                    tracing::warn!(dir = %stale.display(), "an unused compile cache could not be removed: {e}")
+                }
+            }
+        }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
