@@ -505,7 +505,11 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
         .await
         .expect("compile and keep");
     let files = compiled_files(&dir);
-    assert_eq!(files.len(), 1, "one artifact, no partial or stale files: {files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "one artifact, no partial or stale files: {files:?}"
+    );
     let artifact = &files[0];
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
     let name = artifact.file_name().unwrap().to_str().unwrap();

@@ -64,10 +64,11 @@ impl Compiled {
             // only the host's user can open (0700): it writes a whole
             // artifact `Component::serialize` produced to a new file and
             // renames it into place. This trusts the directory as wasmtime's
-            // own on-disk cache trusts its own. The file is read, not mapped, so no later change to it reaches
-            // the loaded code. wasmtime checks the artifact's format,
-            // version and engine settings, and refuses a mismatch, handled
-            // below by compiling again.
+            // own on-disk cache trusts its own. The file is read, not
+            // mapped, so no later change to it reaches the loaded code.
+            // wasmtime checks the artifact's format, version and engine
+            // settings, and refuses a mismatch, handled below by compiling
+            // again.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize(engine, &bytes) } {
                 Ok(component) => return Ok(component),
