@@ -497,6 +497,9 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     let stale = dir.join("modules/wasmtime-48.0.8");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("entry"), b"compressed artifact").unwrap();
+    std::fs::write(dir.join(".cleanup.wip-1"), b"").unwrap();
+    // And an artifact of another engine (an earlier build, say).
+    std::fs::write(dir.join(format!("{:064x}-{:016x}.cwasm", 1, 2)), b"old").unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     Runtime::new(&dir)

@@ -31,22 +31,13 @@ impl Compiled {
             .create(dir)?;
         // Also when it was there before, with looser permissions.
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        // Left by wasmtime's own on-disk cache, which earlier versions used
-        // here; nothing reads it now.
-        let stale = dir.join("modules");
-        if stale.is_dir() {
-            match fs::remove_dir_all(&stale) {
-                Ok(()) => tracing::info!(dir = %stale.display(), "removed an unused compile cache"),
-                Err(e) => {
-                    tracing::warn!(dir = %stale.display(), "an unused compile cache could not be removed: {e}")
-                }
-            }
-        }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine = format!("{:016x}", hasher.finish());
+        sweep(dir, &engine);
         Ok(Self {
             dir: dir.to_owned(),
-            engine: format!("{:016x}", hasher.finish()),
+            engine,
         })
     }
 
@@ -98,5 +89,38 @@ impl Compiled {
         file.as_file().sync_all()?;
         file.persist(path)?;
         Ok(())
+    }
+}
+
+/// Removes what no engine of this build will open: artifacts of other
+/// engines (an earlier sourcebox, another configuration), and what
+/// wasmtime's own on-disk cache, which earlier versions used here, left.
+fn sweep(dir: &Path, engine: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let current = format!("-{engine}.cwasm");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        let removed = if name == "modules" {
+            fs::remove_dir_all(&path)
+        } else if (name.ends_with(".cwasm") && !name.ends_with(&current))
+            || name.starts_with(".cleanup.wip-")
+        {
+            fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed an unused compiled component")
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                "an unused compiled component could not be removed: {e}"
+            ),
+        }
     }
 }
