@@ -354,7 +354,8 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(engine_err)?;
         let compiled = compiled::Compiled::new(cache_dir, &engine).map_err(|e| {
             RuntimeError::Engine(format!(
-                "compiled components directory {}: {e}",
+                "compiled components directory {}: {e}; it must be a directory this \
+                 user owns and can write",
                 cache_dir.display()
             ))
         })?;

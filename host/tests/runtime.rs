@@ -575,6 +575,21 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     assert_eq!(std::fs::metadata(artifact).unwrap().ino(), replaced);
 }
 
+#[test]
+fn a_compiled_components_path_that_is_not_a_directory_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("cache");
+    std::fs::write(&path, b"a file").unwrap();
+    match Runtime::new(&path) {
+        Err(RuntimeError::Engine(message)) => {
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains("must be a directory"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"a file", "left as it was");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_api_version_is_refused_with_both_versions_named() {
     let w = world().await;

@@ -29,8 +29,11 @@ impl Compiled {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        // Also when it was there before, with looser permissions.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        // Also when it was there before, with looser permissions: what is
+        // in it becomes code the host runs.
+        if fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = format!("{:016x}", hasher.finish());
