@@ -575,16 +575,21 @@ pub fn latest(store: &Store, id: &str) -> Result<Installed, CatalogError> {
         .ok_or_else(|| CatalogError::Unknown(id.to_owned()))
 }
 
-/// The component bytes of an installed version, checked against its digest.
-pub fn component(store: &Store, installed: &Installed) -> Result<Vec<u8>, CatalogError> {
-    let bytes = fs::read(components_dir(store).join(format!("{}.wasm", installed.digest)))?;
-    if hex::encode(Sha256::digest(&bytes)) != installed.digest {
+/// The component of an installed version, checked against its digest.
+pub fn component(
+    store: &Store,
+    installed: &Installed,
+) -> Result<crate::runtime::Wasm, CatalogError> {
+    let wasm = crate::runtime::Wasm::new(fs::read(
+        components_dir(store).join(format!("{}.wasm", installed.digest)),
+    )?);
+    if wasm.digest() != installed.digest {
         return Err(CatalogError::Tampered(format!(
             "{} {}",
             installed.id, installed.version
         )));
     }
-    Ok(bytes)
+    Ok(wasm)
 }
 
 /// Checks setup values against the manifest: unknown fields and missing

@@ -628,7 +628,7 @@ impl Launcher {
         };
         let loaded = Arc::new(
             self.runtime
-                .load(&component)
+                .load_wasm(&component)
                 .await
                 .map_err(|e| RunFailure::Instantiation(e.to_string()))?,
         );

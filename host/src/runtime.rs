@@ -321,6 +321,34 @@ pub enum Outcome {
     Collected(RunSummary),
 }
 
+/// A component's bytes and their SHA-256, hashed once for everyone who
+/// needs it: the catalog checks it against what was installed, and the
+/// runtime names the component's compiled code by it.
+#[derive(Debug, Clone)]
+pub struct Wasm {
+    bytes: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+impl Wasm {
+    /// Hashes `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        use sha2::Digest;
+        let sha256 = sha2::Sha256::digest(&bytes).into();
+        Self { bytes, sha256 }
+    }
+
+    /// The component.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Its SHA-256, in lowercase hex, as the catalog records digests.
+    pub fn digest(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
 /// The engine and linker shared by every run.
 pub struct Runtime {
     engine: Engine,
@@ -395,10 +423,26 @@ impl Runtime {
     /// Checks the contract version, compiles (or loads from the cache) and
     /// describes a component.
     pub async fn load(&self, component: &[u8]) -> Result<LoadedConnector, RuntimeError> {
+        use sha2::Digest;
+        self.load_hashed(component, &hex::encode(sha2::Sha256::digest(component)))
+            .await
+    }
+
+    /// [`Runtime::load`], for a component already hashed.
+    pub async fn load_wasm(&self, component: &Wasm) -> Result<LoadedConnector, RuntimeError> {
+        self.load_hashed(component.bytes(), &component.digest())
+            .await
+    }
+
+    async fn load_hashed(
+        &self,
+        component: &[u8],
+        sha256: &str,
+    ) -> Result<LoadedConnector, RuntimeError> {
         let api_version = api_version::check(component)?;
         let compiled = self
             .compiled
-            .load(&self.engine, component)
+            .load(&self.engine, component, sha256)
             .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
             RuntimeError::Invalid(format!(

@@ -11,7 +11,6 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -44,14 +43,19 @@ impl Compiled {
         })
     }
 
-    fn path(&self, wasm: &[u8]) -> PathBuf {
-        let digest = hex::encode(Sha256::digest(wasm));
-        self.dir.join(format!("{digest}-{}.cwasm", self.engine))
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.engine))
     }
 
     /// `wasm` compiled: read from its file, or compiled and then written.
-    pub(super) fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
-        let path = self.path(wasm);
+    /// `sha256` is its digest, in lowercase hex.
+    pub(super) fn load(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<Component> {
+        let path = self.path(sha256);
         if let Ok(bytes) = fs::read(&path) {
             // SAFETY: the bytes are native code this host compiled for this
             // engine. Only `store` below writes into this directory, which
