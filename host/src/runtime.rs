@@ -324,10 +324,19 @@ pub enum Outcome {
 /// A component's bytes and their SHA-256, hashed once for everyone who
 /// needs it: the catalog checks it against what was installed, and the
 /// runtime names the component's compiled code by it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Wasm {
     bytes: Vec<u8>,
     sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for Wasm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wasm")
+            .field("len", &self.bytes.len())
+            .field("sha256", &self.digest())
+            .finish()
+    }
 }
 
 impl Wasm {
