@@ -1394,7 +1394,7 @@ async fn owner_install(
                     other.to_string(),
                 ),
             })?;
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let digest = crate::runtime::digest(&bytes);
     let manifest = loaded.manifest();
     let Some(approved) = query.approve else {
         return Ok(Json(Upload {

@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::runtime::Limits;
 use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
@@ -116,7 +115,7 @@ pub struct EntryCredential {
 impl CatalogEntry {
     /// The entry for `component`, which described `manifest`.
     pub fn of(component: &[u8], manifest: &Manifest) -> Self {
-        Self::described(hex::encode(Sha256::digest(component)), manifest)
+        Self::described(crate::runtime::digest(component), manifest)
     }
 
     fn described(digest: String, manifest: &Manifest) -> Self {
@@ -420,7 +419,7 @@ pub fn install(
     api_version: &str,
     manifest: &Manifest,
 ) -> Result<Installed, CatalogError> {
-    let digest = hex::encode(Sha256::digest(component));
+    let digest = crate::runtime::digest(component);
     let exists: bool = store.conn().query_row(
         "SELECT EXISTS (SELECT 1 FROM connectors WHERE id = ?1 AND version = ?2)",
         params![manifest.id, manifest.version],

@@ -327,14 +327,14 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Wasm {
     bytes: Vec<u8>,
-    sha256: [u8; 32],
+    digest: String,
 }
 
 impl std::fmt::Debug for Wasm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wasm")
             .field("len", &self.bytes.len())
-            .field("sha256", &self.digest())
+            .field("sha256", &self.digest)
             .finish()
     }
 }
@@ -342,9 +342,8 @@ impl std::fmt::Debug for Wasm {
 impl Wasm {
     /// Hashes `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
-        use sha2::Digest;
-        let sha256 = sha2::Sha256::digest(&bytes).into();
-        Self { bytes, sha256 }
+        let digest = digest(&bytes);
+        Self { bytes, digest }
     }
 
     /// The component.
@@ -352,10 +351,17 @@ impl Wasm {
         &self.bytes
     }
 
-    /// Its SHA-256, in lowercase hex, as the catalog records digests.
-    pub fn digest(&self) -> String {
-        hex::encode(self.sha256)
+    /// Its digest (see [`digest`]).
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
+}
+
+/// A component's digest as the catalog records it and the compiled copy is
+/// named: its SHA-256, in lowercase hex.
+pub fn digest(component: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(component))
 }
 
 /// The engine and linker shared by every run.
@@ -432,14 +438,12 @@ impl Runtime {
     /// Checks the contract version, compiles (or loads from the cache) and
     /// describes a component.
     pub async fn load(&self, component: &[u8]) -> Result<LoadedConnector, RuntimeError> {
-        use sha2::Digest;
-        self.load_hashed(component, &hex::encode(sha2::Sha256::digest(component)))
-            .await
+        self.load_hashed(component, &digest(component)).await
     }
 
     /// [`Runtime::load`], for a component already hashed.
     pub async fn load_wasm(&self, component: &Wasm) -> Result<LoadedConnector, RuntimeError> {
-        self.load_hashed(component.bytes(), &component.digest())
+        self.load_hashed(component.bytes(), component.digest())
             .await
     }
 
