@@ -621,17 +621,31 @@ impl Launcher {
         {
             return Ok(Arc::clone(loaded));
         }
-        let component = {
-            let vault = self.vault.lock().expect("vault lock");
-            catalog::component(vault.store(), installed)
-                .map_err(|e| RunFailure::Instantiation(e.to_string()))?
-        };
-        let loaded = Arc::new(
-            self.runtime
-                .load_wasm(&component)
-                .await
-                .map_err(|e| RunFailure::Instantiation(e.to_string()))?,
-        );
+        let failed = |e: &dyn std::fmt::Display| RunFailure::Instantiation(e.to_string());
+        // What was compiled for the approved digest runs that digest's
+        // code; the stored component is read, and checked against the
+        // digest, only when it is compiled.
+        let compiled = self
+            .runtime
+            .load_compiled(
+                &installed.digest,
+                &installed.api_version,
+                Arc::clone(&installed.manifest),
+            )
+            .map_err(|e| failed(&e))?;
+        let loaded = Arc::new(match compiled {
+            Some(loaded) => loaded,
+            None => {
+                let component = {
+                    let vault = self.vault.lock().expect("vault lock");
+                    catalog::component(vault.store(), installed).map_err(|e| failed(&e))?
+                };
+                self.runtime
+                    .load_wasm(&component)
+                    .await
+                    .map_err(|e| failed(&e))?
+            }
+        });
         self.loaded
             .lock()
             .expect("loaded lock")

@@ -13,10 +13,10 @@ mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use state::RunState;
@@ -367,7 +367,7 @@ pub fn digest(component: &[u8]) -> String {
 /// The engine and linker shared by every run.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<RunState>,
+    linker: Linking,
     compiled: compiled::Compiled,
     _ticker: EpochTicker,
 }
@@ -376,6 +376,28 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Runtime")
     }
+}
+
+/// The linker, built on a thread of its own while the first component is
+/// read: it is about a third of a cold start, and needs only the engine.
+struct Linking {
+    built: OnceLock<Result<Linker<RunState>, String>>,
+    building: Mutex<Option<std::thread::JoinHandle<Result<Linker<RunState>, String>>>>,
+}
+
+/// Every capability a connector gets is added here and nowhere else.
+fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
+    let mut linker = Linker::<RunState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    use bindings::sourcebox::connector as api;
+    api::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    api::credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    api::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    // Only the outgoing handler and its types; requests meet the egress policy.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
 }
 
 /// Advances the engine's epoch until dropped.
@@ -395,6 +417,12 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(engine_err)?;
+        let linking = engine.clone();
+        let linker = std::thread::Builder::new()
+            .name("sourcebox-linker".into())
+            .spawn(move || link(&linking).map_err(|e| format!("{e:#}")))
+            .map_err(|e| RuntimeError::Engine(format!("linker thread: {e}")))?;
+
         let compiled = compiled::Compiled::new(cache_dir, &engine).map_err(|e| {
             RuntimeError::Engine(format!(
                 "compiled components directory {}: {e}; it must be a directory this \
@@ -402,18 +430,6 @@ impl Runtime {
                 cache_dir.display()
             ))
         })?;
-
-        let mut linker = Linker::<RunState>::new(&engine);
-        // Every capability a connector gets is added here and nowhere else.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
-        use bindings::sourcebox::connector as api;
-        api::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-        api::credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-        api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-        api::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-        api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-        // Only the outgoing handler and its types; requests meet the egress policy.
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
 
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let ticking = engine.clone();
@@ -429,7 +445,10 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("epoch thread: {e}")))?;
         Ok(Self {
             engine,
-            linker,
+            linker: Linking {
+                built: OnceLock::new(),
+                building: Mutex::new(Some(linker)),
+            },
             compiled,
             _ticker: EpochTicker(Some(stop)),
         })
@@ -457,13 +476,7 @@ impl Runtime {
             .compiled
             .load(&self.engine, component, sha256)
             .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
-        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
-            RuntimeError::Invalid(format!(
-                "it asks for imports this host does not grant: {e:#}"
-            ))
-        })?;
-        let pre = bindings::SourceboxConnectorPre::new(pre)
-            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let pre = self.pre(&compiled)?;
         let mut store = Store::new(&self.engine, RunState::describing(Limits::default()));
         store.limiter(|s| s);
         store.set_epoch_deadline(ticks(Duration::from_secs(10)));
@@ -482,6 +495,56 @@ impl Runtime {
             manifest: Arc::new(manifest),
             api_version,
         })
+    }
+
+    /// A connector installed before, from the component this engine
+    /// compiled for its digest, without reading, hashing or describing the
+    /// component again: `api_version` and `manifest` are what it stamped
+    /// and described at install. `None` when this engine has no usable
+    /// compiled copy of it; then [`Runtime::load_wasm`] the component.
+    pub fn load_compiled(
+        &self,
+        sha256: &str,
+        api_version: &str,
+        manifest: Arc<Manifest>,
+    ) -> Result<Option<LoadedConnector>, RuntimeError> {
+        let api_version = api_version::supported(api_version.to_owned())?;
+        let Some(compiled) = self.compiled.find(&self.engine, sha256) else {
+            return Ok(None);
+        };
+        Ok(Some(LoadedConnector {
+            pre: self.pre(&compiled)?,
+            manifest,
+            api_version,
+        }))
+    }
+
+    fn pre(
+        &self,
+        compiled: &Component,
+    ) -> Result<bindings::SourceboxConnectorPre<RunState>, RuntimeError> {
+        let pre = self.linker()?.instantiate_pre(compiled).map_err(|e| {
+            RuntimeError::Invalid(format!(
+                "it asks for imports this host does not grant: {e:#}"
+            ))
+        })?;
+        bindings::SourceboxConnectorPre::new(pre)
+            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))
+    }
+
+    /// The linker, once its thread has built it.
+    fn linker(&self) -> Result<&Linker<RunState>, RuntimeError> {
+        self.linker
+            .built
+            .get_or_init(|| {
+                let building = self.linker.building.lock().expect("linker lock").take();
+                match building.map(std::thread::JoinHandle::join) {
+                    Some(Ok(built)) => built,
+                    _ => Err("the linker thread panicked".into()),
+                }
+            })
+            .as_ref()
+            .map_err(|e| RuntimeError::Engine(e.clone()))
     }
 
     /// Runs `call` in a fresh instance bound to `binding.source`.

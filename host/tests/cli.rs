@@ -770,7 +770,10 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     );
     assert!(runs.iter().all(|r| r["trigger"] == "manual"));
 
-    // A stored component that was swapped is refused.
+    // A stored component that was swapped never runs. While the code
+    // compiled from the approved digest is on hand, that code runs and the
+    // swapped file is not read; once it has to be compiled again, the
+    // swapped file is refused.
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(std::fs::read(echo).expect("echo")));
     let component = dir.join("components").join(format!("{digest}.wasm"));
@@ -778,6 +781,11 @@ fn an_installed_connector_runs_each_source_with_only_its_own_credential() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&component, bytes).expect("tamper");
+    ok(
+        cli(&dir, &["run", "work"], b""),
+        "run from the compiled copy",
+    );
+    std::fs::remove_dir_all(dir.join("cache")).expect("drop the compiled copies");
     fails_with(
         cli(&dir, &["run", "work"], b""),
         "does not match its digest",

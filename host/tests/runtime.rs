@@ -575,6 +575,79 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     assert_eq!(std::fs::metadata(artifact).unwrap().ino(), replaced);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_connector_loads_from_its_compiled_copy_by_digest_alone() {
+    let w = world().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("compiled");
+    let echo = std::fs::read(ECHO).expect("echo component");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
+    let manifest = Arc::new(w.echo.manifest().clone());
+    let api = w.echo.api_version().to_owned();
+
+    // Nothing compiled yet: the caller is told to load the component.
+    let runtime = Runtime::new(&dir).expect("runtime");
+    let none = runtime
+        .load_compiled(&digest, &api, Arc::clone(&manifest))
+        .expect("no compiled copy is not an error");
+    assert!(none.is_none());
+    runtime.load(&echo).await.expect("compile and keep");
+
+    // A fresh engine runs the compiled copy with the manifest it is given.
+    let runtime = Runtime::new(&dir).expect("runtime");
+    let loaded = runtime
+        .load_compiled(&digest, &api, Arc::clone(&manifest))
+        .expect("load")
+        .expect("the compiled copy is found by digest");
+    assert_eq!(loaded.manifest(), &*manifest);
+    assert_eq!(loaded.api_version(), api);
+    let ran = runtime
+        .run(
+            &loaded,
+            w.binding("a", &[], Limits::default()),
+            Call::Verify,
+        )
+        .await;
+    assert_eq!(
+        ran.expect("the compiled copy runs"),
+        w.runtime
+            .run(
+                &w.echo,
+                w.binding("a", &[], Limits::default()),
+                Call::Verify
+            )
+            .await
+            .expect("the component runs")
+    );
+
+    // Another digest has no compiled copy; a damaged copy is none either.
+    assert!(
+        runtime
+            .load_compiled(&"0".repeat(64), &api, Arc::clone(&manifest))
+            .expect("unknown digest")
+            .is_none()
+    );
+    for file in compiled_files(&dir) {
+        std::fs::write(file, b"not a compiled component").unwrap();
+    }
+    assert!(
+        Runtime::new(&dir)
+            .expect("runtime")
+            .load_compiled(&digest, &api, Arc::clone(&manifest))
+            .expect("damaged")
+            .is_none()
+    );
+
+    // A contract version this host no longer serves is refused, naming both.
+    match runtime.load_compiled(&digest, "0.0.9", manifest) {
+        Err(RuntimeError::IncompatibleApi { component, host }) => {
+            assert_eq!(component, "0.0.9");
+            assert!(host.contains("0.1.1"), "{host}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_compiled_components_path_that_is_not_a_directory_is_refused_with_what_to_do() {
     let tmp = tempfile::tempdir().expect("tempdir");

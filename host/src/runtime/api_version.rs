@@ -34,7 +34,11 @@ pub fn read(component: &[u8]) -> Result<String, RuntimeError> {
 
 /// Refuses a component built for a contract this host does not serve.
 pub fn check(component: &[u8]) -> Result<String, RuntimeError> {
-    let version = read(component)?;
+    supported(read(component)?)
+}
+
+/// Refuses a contract version this host does not serve.
+pub fn supported(version: String) -> Result<String, RuntimeError> {
     if SUPPORTED.contains(&version.as_str()) {
         Ok(version)
     } else {

@@ -35,16 +35,42 @@ impl Compiled {
         }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine = format!("{:016x}", hasher.finish());
-        sweep(dir, &engine);
         Ok(Self {
             dir: dir.to_owned(),
-            engine,
+            engine: format!("{:016x}", hasher.finish()),
         })
     }
 
     fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine))
+    }
+
+    /// The component whose digest is `sha256` (lowercase hex), from its
+    /// file, if this engine compiled it before. A file wasmtime refuses
+    /// (damaged, or written by another build) is `None`: compile again.
+    pub(super) fn find(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.path(sha256);
+        let bytes = fs::read(&path).ok()?;
+        // SAFETY: the bytes are native code this host compiled for this
+        // engine. Only `store` below writes into this directory, which
+        // only the host's user can open (0700): it writes a whole
+        // artifact `Component::serialize` produced to a new file and
+        // renames it into place. This trusts the directory as wasmtime's
+        // own on-disk cache trusts its own. The file is read, not
+        // mapped, so no later change to it reaches the loaded code.
+        // wasmtime checks the artifact's format, version and engine
+        // settings, and refuses a mismatch, handled by compiling again.
+        #[allow(unsafe_code)]
+        match unsafe { Component::deserialize(engine, &bytes) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "a compiled component could not be loaded, compiling it again: {e:#}"
+                );
+                None
+            }
+        }
     }
 
     /// `wasm` compiled: read from its file, or compiled and then written.
@@ -55,29 +81,11 @@ impl Compiled {
         wasm: &[u8],
         sha256: &str,
     ) -> wasmtime::Result<Component> {
-        let path = self.path(sha256);
-        if let Ok(bytes) = fs::read(&path) {
-            // SAFETY: the bytes are native code this host compiled for this
-            // engine. Only `store` below writes into this directory, which
-            // only the host's user can open (0700): it writes a whole
-            // artifact `Component::serialize` produced to a new file and
-            // renames it into place. This trusts the directory as wasmtime's
-            // own on-disk cache trusts its own. The file is read, not
-            // mapped, so no later change to it reaches the loaded code.
-            // wasmtime checks the artifact's format, version and engine
-            // settings, and refuses a mismatch, handled below by compiling
-            // again.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize(engine, &bytes) } {
-                Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    "a compiled component could not be loaded, compiling it again: {e:#}"
-                ),
-            }
+        if let Some(component) = self.find(engine, sha256) {
+            return Ok(component);
         }
         let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(&path, &component) {
+        if let Err(e) = self.store(&self.path(sha256), &component) {
             // The run goes on; the next load compiles again.
             tracing::warn!(
                 dir = %self.dir.display(),
@@ -95,6 +103,9 @@ impl Compiled {
         file.write_all(&bytes)?;
         file.as_file().sync_all()?;
         file.persist(path)?;
+        // A new file is where an engine upgrade shows: the artifacts of
+        // the engine before are of no use from here on.
+        sweep(&self.dir, &self.engine);
         Ok(())
     }
 }
