@@ -381,9 +381,12 @@ impl std::fmt::Debug for Runtime {
 /// The linker, built on a thread of its own while the first component is
 /// read: it is about a third of a cold start, and needs only the engine.
 struct Linking {
-    built: OnceLock<Result<Linker<RunState>, String>>,
-    building: Mutex<Option<std::thread::JoinHandle<Result<Linker<RunState>, String>>>>,
+    built: OnceLock<Linked>,
+    building: Mutex<Option<std::thread::JoinHandle<Linked>>>,
 }
+
+/// The linker, or why it could not be built.
+type Linked = Result<Linker<RunState>, String>;
 
 /// Every capability a connector gets is added here and nowhere else.
 fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
