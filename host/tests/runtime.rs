@@ -500,6 +500,13 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     std::fs::write(dir.join(".cleanup.wip-1"), b"").unwrap();
     // And an artifact of another engine (an earlier build, say).
     std::fs::write(dir.join(format!("{:064x}-{:016x}.cwasm", 1, 2)), b"old").unwrap();
+    // A writer that died two hours ago left its partial file; one that is
+    // writing now has its own, which stays.
+    let abandoned = std::fs::File::create(dir.join(".partial-dead")).unwrap();
+    abandoned
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    std::fs::write(dir.join(".partial-live"), b"being written").unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     Runtime::new(&dir)
@@ -507,6 +514,11 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
         .load(&echo)
         .await
         .expect("compile and keep");
+    assert!(
+        dir.join(".partial-live").exists(),
+        "a live writer's file stays"
+    );
+    std::fs::remove_file(dir.join(".partial-live")).unwrap();
     let files = compiled_files(&dir);
     assert_eq!(
         files.len(),

@@ -99,7 +99,9 @@ impl Compiled {
         let bytes = component.serialize()?;
         // A new file of its own (0600, a random name) per writer, renamed
         // into place whole.
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(PARTIAL)
+            .tempfile_in(&self.dir)?;
         file.write_all(&bytes)?;
         file.as_file().sync_all()?;
         file.persist(path)?;
@@ -110,9 +112,17 @@ impl Compiled {
     }
 }
 
+/// How the name of a file still being written begins.
+const PARTIAL: &str = ".partial-";
+
+/// A partial file this old was left by a writer that died: a live one
+/// renames its file into place within moments.
+const ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Removes what no engine of this build will open: artifacts of other
-/// engines (an earlier sourcebox, another configuration), and what
-/// wasmtime's own on-disk cache, which earlier versions used here, left.
+/// engines (an earlier sourcebox, another configuration), partial files
+/// of writers that died, and what wasmtime's own on-disk cache, which
+/// earlier versions used here, left.
 fn sweep(dir: &Path, engine: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -126,6 +136,7 @@ fn sweep(dir: &Path, engine: &str) {
             fs::remove_dir_all(&path)
         } else if (name.ends_with(".cwasm") && !name.ends_with(&current))
             || name.starts_with(".cleanup.wip-")
+            || (name.starts_with(PARTIAL) && abandoned(&entry))
         {
             fs::remove_file(&path)
         } else {
@@ -141,4 +152,11 @@ fn sweep(dir: &Path, engine: &str) {
             ),
         }
     }
+}
+
+fn abandoned(entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > ABANDONED))
 }
