@@ -485,6 +485,21 @@ fn compiled_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// `loaded`, in `runtime`, verifies as the world's own compiled echo does.
+async fn runs_as_compiled(w: &World, runtime: &Runtime, loaded: &LoadedConnector) {
+    let binding = || w.binding("a", &[], Limits::default());
+    assert_eq!(
+        runtime
+            .run(loaded, binding(), Call::Verify)
+            .await
+            .expect("a component loaded from disk runs"),
+        w.runtime
+            .run(&w.echo, binding(), Call::Verify)
+            .await
+            .expect("a compiled component runs")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_again() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -544,24 +559,7 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
     assert_eq!(loaded.manifest().id, w.echo.manifest().id);
     assert_eq!(std::fs::metadata(artifact).unwrap().ino(), kept);
     assert_eq!(compiled_files(&dir), files);
-    let ran = runtime
-        .run(
-            &loaded,
-            w.binding("a", &[], Limits::default()),
-            Call::Verify,
-        )
-        .await;
-    assert_eq!(
-        ran.expect("a component loaded from disk runs"),
-        w.runtime
-            .run(
-                &w.echo,
-                w.binding("a", &[], Limits::default()),
-                Call::Verify
-            )
-            .await
-            .expect("a compiled component runs")
-    );
+    runs_as_compiled(&w, &runtime, &loaded).await;
 
     // Damaged: compiled again, replaced whole, and the run still works.
     std::fs::write(artifact, b"not a compiled component").unwrap();
@@ -613,24 +611,7 @@ async fn an_installed_connector_loads_from_its_compiled_copy_by_digest_alone() {
         .expect("the compiled copy is found by digest");
     assert_eq!(loaded.manifest(), &*manifest);
     assert_eq!(loaded.api_version(), api);
-    let ran = runtime
-        .run(
-            &loaded,
-            w.binding("a", &[], Limits::default()),
-            Call::Verify,
-        )
-        .await;
-    assert_eq!(
-        ran.expect("the compiled copy runs"),
-        w.runtime
-            .run(
-                &w.echo,
-                w.binding("a", &[], Limits::default()),
-                Call::Verify
-            )
-            .await
-            .expect("the component runs")
-    );
+    runs_as_compiled(&w, &runtime, &loaded).await;
 
     // Another digest has no compiled copy; a damaged copy is none either.
     assert!(
