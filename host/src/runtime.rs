@@ -13,7 +13,7 @@ mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -379,11 +379,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// The linker, built on a thread of its own while the first component is
-/// read: it is about a third of a cold start, and needs only the engine.
-struct Linking {
-    built: OnceLock<Linked>,
-    building: Mutex<Option<std::thread::JoinHandle<Linked>>>,
-}
+/// read (it is about a third of a cold start, and needs only the engine);
+/// its first use waits for that thread.
+type Linking = LazyLock<Linked, Box<dyn FnOnce() -> Linked + Send>>;
 
 /// The linker, or why it could not be built.
 type Linked = Result<Linker<RunState>, String>;
@@ -448,10 +446,11 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("epoch thread: {e}")))?;
         Ok(Self {
             engine,
-            linker: Linking {
-                built: OnceLock::new(),
-                building: Mutex::new(Some(linker)),
-            },
+            linker: LazyLock::new(Box::new(move || {
+                linker
+                    .join()
+                    .unwrap_or_else(|_| Err("the linker thread panicked".into()))
+            })),
             compiled,
             _ticker: EpochTicker(Some(stop)),
         })
@@ -537,15 +536,7 @@ impl Runtime {
 
     /// The linker, once its thread has built it.
     fn linker(&self) -> Result<&Linker<RunState>, RuntimeError> {
-        self.linker
-            .built
-            .get_or_init(|| {
-                let building = self.linker.building.lock().expect("linker lock").take();
-                match building.map(std::thread::JoinHandle::join) {
-                    Some(Ok(built)) => built,
-                    _ => Err("the linker thread panicked".into()),
-                }
-            })
+        LazyLock::force(&self.linker)
             .as_ref()
             .map_err(|e| RuntimeError::Engine(e.clone()))
     }
