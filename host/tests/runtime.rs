@@ -351,6 +351,59 @@ async fn records_upsert_by_primary_key_and_checkpoints_carry_over() {
     );
 }
 
+/// A record emitted again with the same data is left as it was: its
+/// update time and run stay those of the run that last changed it, so a
+/// client reading with `updated_since` or paging on by cursor is not sent
+/// it again. A record whose data changed moves to a new update time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_emitted_unchanged_keeps_its_update_time_and_run() {
+    let w = world().await;
+    let run = |run_id: &str, count: &str| {
+        let mut binding = w.binding("a", &[("count", count)], Limits::default());
+        binding.run_id = run_id.into();
+        w.runtime.run(&w.echo, binding, Call::Collect(vec![]))
+    };
+    let versions = || -> Vec<(String, String, i64)> {
+        let vault = w.vault.lock().expect("lock");
+        let mut stmt = vault
+            .store()
+            .conn()
+            .prepare(
+                "SELECT key, run_id, updated_at FROM records WHERE stream = 'items' ORDER BY key",
+            )
+            .expect("query");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("versions")
+    };
+    // The echo's records carry the checkpoint the run began from: the
+    // second run changes every record, the third changes none of the
+    // three and adds a fourth.
+    run("r1", "3").await.expect("first");
+    let first = versions();
+    run("r2", "3").await.expect("second");
+    let second = versions();
+    assert_eq!(second.len(), 3);
+    for ((key, run_id, at), (_, _, before)) in second.iter().zip(&first) {
+        assert_eq!(run_id, "r2", "{key} changed");
+        assert!(
+            at > before,
+            "{key} changed, so it moved: {at} after {before}"
+        );
+    }
+    run("r3", "4").await.expect("third");
+    let third = versions();
+    assert_eq!(third.len(), 4);
+    assert_eq!(
+        third[..3],
+        second[..],
+        "unchanged records are left as they were"
+    );
+    assert_eq!(third[3].1, "r3", "the new record is the third run's");
+    assert!(third[3].2 > second[2].2);
+}
+
 /// A run's records are stamped after every record already in their
 /// stream, even when the clock is behind the newest one (a clock set
 /// back, or two batches in one millisecond): a client that paged to the

@@ -68,13 +68,16 @@ struct Bound {
 pub(crate) const LAST_UPDATE: &str =
     "SELECT MAX(updated_at) FROM records WHERE source_id = ?1 AND stream = ?2";
 
-/// A record, by its key: inserted, or its data, run and update time
-/// replaced (which moves it to the end of its stream's page order).
+/// A record, by its key: inserted, or, when its data changed, its data,
+/// run and update time replaced (which moves it to the end of its
+/// stream's page order). A record emitted again unchanged is left as it
+/// was, so clients reading by update time are not sent it again.
 pub(crate) const UPSERT_RECORD: &str =
     "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
      ON CONFLICT (source_id, stream, key) DO UPDATE SET
-         data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at";
+         data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at
+     WHERE data IS NOT excluded.data";
 
 impl RunState {
     /// For `describe()`: bound to no source, so every capability refuses.
