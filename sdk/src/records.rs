@@ -4,6 +4,10 @@ use crate::wit::sourcebox::connector::records as wit;
 pub use crate::wit::sourcebox::connector::records::{BatchError, RecordError};
 
 /// Upserts one record, serialized as a JSON object, by its primary key.
+/// A record whose JSON text is the same as the stored one's is left as it
+/// was: it keeps its update time, so clients reading what changed are not
+/// sent it again. That needs the same data to serialize to the same text
+/// each run, as a struct or a `serde_json::Value` built the same way does.
 ///
 /// ```no_run
 /// sourcebox_sdk::records::emit("repos", &serde_json::json!({"id": 1, "name": "x"}))?;
