@@ -364,6 +364,20 @@ pub fn digest(component: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(component))
 }
 
+/// Runs `f`, which takes a while (compiling a component takes tens of
+/// milliseconds or more, deserializing one about half of one), without
+/// holding up the other tasks of the worker it is called on: on a
+/// multi-threaded runtime they move to another worker meanwhile. Elsewhere
+/// (a current-thread runtime, as the CLI's, or none) it simply runs `f`.
+fn off_the_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The engine and linker shared by every run.
 pub struct Runtime {
     engine: Engine,
@@ -474,11 +488,13 @@ impl Runtime {
         sha256: &str,
     ) -> Result<LoadedConnector, RuntimeError> {
         let api_version = api_version::check(component)?;
-        let compiled = self
-            .compiled
-            .load(&self.engine, component, sha256)
-            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
-        let pre = self.pre(&compiled)?;
+        let pre = off_the_worker(|| {
+            let compiled = self
+                .compiled
+                .load(&self.engine, component, sha256)
+                .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+            self.pre(&compiled)
+        })?;
         let mut store = Store::new(&self.engine, RunState::describing(Limits::default()));
         store.limiter(|s| s);
         store.set_epoch_deadline(ticks(Duration::from_secs(10)));
@@ -511,14 +527,16 @@ impl Runtime {
         manifest: Arc<Manifest>,
     ) -> Result<Option<LoadedConnector>, RuntimeError> {
         let api_version = api_version::supported(api_version.to_owned())?;
-        let Some(compiled) = self.compiled.find(&self.engine, sha256) else {
-            return Ok(None);
-        };
-        Ok(Some(LoadedConnector {
-            pre: self.pre(&compiled)?,
-            manifest,
-            api_version,
-        }))
+        off_the_worker(|| {
+            let Some(compiled) = self.compiled.find(&self.engine, sha256) else {
+                return Ok(None);
+            };
+            Ok(Some(LoadedConnector {
+                pre: self.pre(&compiled)?,
+                manifest,
+                api_version,
+            }))
+        })
     }
 
     fn pre(

@@ -816,3 +816,49 @@ async fn hostile_http_is_refused_before_anything_is_sent() {
         "no hostile request reached the fixture"
     );
 }
+
+/// Compiling a component (on a cache miss: a new install, an upgraded
+/// host) takes long enough to stall every task queued on the worker it
+/// runs on. On a multi-threaded runtime, such as the server's, the other
+/// tasks go on meanwhile. Here the runtime has one worker, so a task that
+/// ticks every millisecond can tick during the compile only if the
+/// compile is off that worker.
+#[test]
+fn compiling_a_component_does_not_hold_up_the_other_tasks_of_its_worker() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(&tmp.path().join("compiled")).expect("runtime");
+    let echo = std::fs::read(ECHO).expect("echo component");
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticking = Arc::clone(&ticks);
+    rt.block_on(async move {
+        let ticker = tokio::spawn(async move {
+            loop {
+                ticking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        // Both tasks are on the one worker (the test's own future is not).
+        let (during, ms) = tokio::spawn(async move {
+            let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            runtime.load(&echo).await.expect("compile");
+            let ms = started.elapsed().as_millis();
+            (
+                ticks.load(std::sync::atomic::Ordering::Relaxed) - before,
+                ms,
+            )
+        })
+        .await
+        .expect("load task");
+        ticker.abort();
+        assert!(
+            during >= 5,
+            "the other task ticked {during} times during a {ms} ms load"
+        );
+    });
+}
