@@ -222,7 +222,7 @@ fn records(c: &mut Criterion) {
             .store()
             .conn()
             .execute(
-                "DELETE FROM records WHERE source_id = ?1",
+                "DELETE FROM records WHERE source_id = ?1 AND stream = 'loot'",
                 [source.source_id],
             )
             .expect("empty the stream");

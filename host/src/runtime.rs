@@ -365,7 +365,7 @@ pub fn digest(component: &[u8]) -> String {
 }
 
 /// Runs `f`, which takes a while (compiling a component takes tens of
-/// milliseconds or more, deserializing one about half of one), without
+/// milliseconds or more, deserializing one about half a millisecond), without
 /// holding up the other tasks of the worker it is called on: on a
 /// multi-threaded runtime they move to another worker meanwhile. Elsewhere
 /// (a current-thread runtime, as the CLI's, or none) it simply runs `f`.
