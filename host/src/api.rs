@@ -1941,8 +1941,8 @@ struct RecordsQuery {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// Only records updated at or after this time (ms since the Unix
-    /// epoch).
+    /// Only records changed at or after this time (ms since the Unix
+    /// epoch). A record a run emitted again unchanged keeps its time.
     updated_since: Option<i64>,
 }
 
@@ -1963,6 +1963,7 @@ mod page_shape {
         /// The record's primary key, as the connector emitted it.
         #[schema(value_type = Object)]
         pub(super) key: serde_json::Value,
+        /// When a run last changed the record (ms since the Unix epoch).
         pub(super) updated_at: i64,
         /// The record, as the connector emitted it.
         #[schema(value_type = Object)]
