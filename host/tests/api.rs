@@ -320,6 +320,43 @@ async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
         .await;
     assert_eq!(later["records"].as_array().map(Vec::len), Some(0));
 
+    // The next run fetches the same repositories. Nothing changed, so a
+    // client that read up to the newest record is sent nothing more, and
+    // the stream reads as before.
+    let newest = next["records"][0]["updated_at"]
+        .as_i64()
+        .expect("updated_at");
+    let (raw, again) = run_to_end(&server, owner, "work").await;
+    seen += &raw;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    let (_, raw, since) = server
+        .call(
+            "GET",
+            &format!(
+                "/v1/sources/work/streams/repositories/records?updated_since={}",
+                newest + 1
+            ),
+            client,
+            None,
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(since["records"], json!([]), "{raw}");
+    let (_, raw, whole) = server
+        .call(
+            "GET",
+            "/v1/sources/work/streams/repositories/records",
+            client,
+            None,
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(
+        whole["records"],
+        json!([page["records"][0], next["records"][0]]),
+        "{raw}"
+    );
+
     // Each token works on its own surface only.
     for (path, token, status, code) in [
         ("/v1/sources", owner, 403, "wrong_token_type"),
