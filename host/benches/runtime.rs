@@ -244,13 +244,7 @@ fn records(c: &mut Criterion) {
         for chunk in 0..N / 500 {
             conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
             let mut stmt = conn
-                .prepare_cached(
-                    "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-                     ON CONFLICT (source_id, stream, key) DO UPDATE SET
-                         data = excluded.data, run_id = excluded.run_id, updated_at = excluded.updated_at
-                     WHERE data IS NOT excluded.data",
-                )
+                .prepare_cached(sourcebox::runtime::UPSERT_RECORD)
                 .expect("prepare");
             let now = now_ms();
             for i in chunk * 500..(chunk + 1) * 500 {

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
-pub use state::RunState;
 #[cfg(test)]
-pub(crate) use state::{LAST_UPDATE, UPSERT_RECORD};
+pub(crate) use state::LAST_UPDATE;
+pub use state::RunState;
+pub use state::UPSERT_RECORD;
 
 use crate::events::Events;
 use crate::store::SourceRef;

@@ -594,7 +594,7 @@ async fn a_compiled_component_is_kept_on_disk_and_a_damaged_one_is_compiled_agai
         "one artifact, no partial or stale files: {files:?}"
     );
     let artifact = &files[0];
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
+    let digest = sourcebox::runtime::digest(&echo);
     let name = artifact.file_name().unwrap().to_str().unwrap();
     assert!(
         name.starts_with(&format!("{digest}-")) && name.ends_with(".cwasm"),
@@ -644,7 +644,7 @@ async fn an_installed_connector_loads_from_its_compiled_copy_by_digest_alone() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("compiled");
     let echo = std::fs::read(ECHO).expect("echo component");
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo));
+    let digest = sourcebox::runtime::digest(&echo);
     let manifest = Arc::new(w.echo.manifest().clone());
     let api = w.echo.api_version().to_owned();
 

@@ -71,8 +71,9 @@ pub(crate) const LAST_UPDATE: &str =
 /// A record, by its key: inserted, or, when its data changed, its data,
 /// run and update time replaced (which moves it to the end of its
 /// stream's page order). A record emitted again unchanged is left as it
-/// was, so clients reading by update time are not sent it again.
-pub(crate) const UPSERT_RECORD: &str =
+/// was, so clients reading by update time are not sent it again. Public
+/// so the benchmarks' native baseline writes with the same statement.
+pub const UPSERT_RECORD: &str =
     "INSERT INTO records (source_id, stream, key, data, run_id, created_at, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
      ON CONFLICT (source_id, stream, key) DO UPDATE SET
