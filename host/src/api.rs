@@ -33,6 +33,7 @@ use crate::store::StoreError;
 use crate::tokens::{self, Grant, Principal};
 use crate::vault::{Actor, Secret, VaultError};
 
+mod kept;
 mod server;
 
 pub use server::{Tls, TlsError, serve};
@@ -76,6 +77,7 @@ pub struct Api {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     limits: Limits,
     readers: Arc<Readers>,
+    kept: kept::Kept,
 }
 
 /// Connections of their own for what only reads (authentication, setup
@@ -187,6 +189,7 @@ impl Api {
             launcher,
             failures: Mutex::default(),
             limits,
+            kept: kept::Kept::new(&dir),
             readers: Arc::new(Readers {
                 dir,
                 idle: Mutex::default(),
@@ -739,11 +742,27 @@ fn principal_in(
     })
 }
 
-/// The principal behind the request's bearer token; failures are counted
-/// per peer address and refused with 429 past a limit.
+/// The principal behind the request's bearer token, as kept since the
+/// database last changed (see [`kept`]) or read from it; failures are
+/// counted per peer address and refused with 429 past a limit.
 async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiError> {
     let (peer, token) = bearer(parts, api).await?;
-    principal_in(api, &*api.reader()?, peer, token.as_ref())
+    let refused = || {
+        api.count_failure(peer);
+        ApiError::unauthorized()
+    };
+    let digest = tokens::digest(token.as_ref().ok_or_else(refused)?.expose_secret());
+    let generation = match api.kept.get(&digest) {
+        kept::Lookup::Kept(principal) => return Ok(principal),
+        kept::Lookup::Read(generation) => generation,
+    };
+    let (principal, expires_at) =
+        tokens::authenticate_digest(&*api.reader()?, &digest)?.ok_or_else(refused)?;
+    if let Some(generation) = generation {
+        api.kept
+            .keep(digest, principal.clone(), expires_at, generation);
+    }
+    Ok(principal)
 }
 
 /// Refuses anyone but the owner.

@@ -49,8 +49,9 @@ pub struct Grant {
     pub revoked_at: Option<i64>,
 }
 
-fn hash(token: &[u8]) -> Vec<u8> {
-    Sha256::digest(token).to_vec()
+/// A token's SHA-256, as stored: what identifies it without holding it.
+pub(crate) fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }
 
 /// 256 random bits, base64url, after `prefix`.
@@ -86,7 +87,7 @@ fn insert_owner(conn: &rusqlite::Connection, token: &Secret, now: i64) -> rusqli
          SELECT ?1, 'owner', ?2, id, ?3 FROM owners WHERE name = ?4",
         params![
             new_id(),
-            hash(token.expose_secret()),
+            digest(token.expose_secret()),
             now,
             crate::store::DEFAULT_OWNER
         ],
@@ -127,7 +128,7 @@ pub fn create_client(
          VALUES (?1, 'client', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             id,
-            hash(token.expose_secret()),
+            digest(token.expose_secret()),
             src.owner_id,
             src.source_id,
             serde_json::to_string(streams).expect("json"),
@@ -191,6 +192,15 @@ pub fn revoke_client(store: &Store, id: &str) -> Result<Grant, StoreError> {
 /// Who `token` belongs to, if it is a live token. One statement: it runs
 /// on every API request.
 pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, StoreError> {
+    Ok(authenticate_digest(store, &digest(token))?.map(|(principal, _)| principal))
+}
+
+/// [`authenticate`], by the token's [`digest`]; also when the principal's
+/// token expires, if it does.
+pub(crate) fn authenticate_digest(
+    store: &Store,
+    digest: &[u8; 32],
+) -> Result<Option<(Principal, Option<i64>)>, StoreError> {
     // The columns of CLIENT_SELECT, then the kind; a left join, so an
     // owner token (no source) is found too.
     let row = store
@@ -201,7 +211,7 @@ pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, St
              FROM api_tokens t LEFT JOIN sources s ON s.id = t.source_id
              WHERE t.hash = ?1",
         )?
-        .query_row([hash(token)], |r| {
+        .query_row([digest], |r| {
             let kind: String = r.get(8)?;
             let grant = match (kind.as_str(), r.get::<_, Option<String>>(1)?) {
                 ("client", Some(_)) => Some(grant_row(r)?),
@@ -219,9 +229,10 @@ pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, St
     if revoked_at.is_some() || expires_at.is_some_and(|at| at <= now_ms()) {
         return Ok(None);
     }
-    Ok(match kind.as_str() {
+    let principal = match kind.as_str() {
         "owner" => Some(Principal::Owner { id }),
         // A client token whose source is gone grants nothing.
         _ => grant.map(Principal::Client),
-    })
+    };
+    Ok(principal.map(|p| (p, expires_at)))
 }
