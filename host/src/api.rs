@@ -800,17 +800,60 @@ impl FromRequestParts<Arc<Api>> for Owner {
     }
 }
 
-/// The owner, authenticated in the [`Snapshot`] the handler reads.
-struct OwnerReads(Snapshot);
+/// A request for a setup view, by its bearer token: checked with the view.
+struct OwnerView {
+    api: Arc<Api>,
+    peer: Option<IpAddr>,
+    token: Option<Secret>,
+}
 
-impl FromRequestParts<Arc<Api>> for OwnerReads {
+impl FromRequestParts<Arc<Api>> for OwnerView {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let (peer, token) = bearer(parts, api).await?;
-        let snapshot = Snapshot::begin(api)?;
-        owner_only(principal_in(api, &snapshot, peer, token.as_ref())?)?;
-        Ok(Self(snapshot))
+        Ok(Self {
+            api: Arc::clone(api),
+            peer,
+            token,
+        })
+    }
+}
+
+impl OwnerView {
+    /// Source `name`'s setup view, for the owner only: as kept since the
+    /// database last changed (see [`kept`]), or read in one snapshot with
+    /// the token's authentication.
+    fn respond(self, name: &str) -> Result<Response, ApiError> {
+        let Self { api, peer, token } = self;
+        let digest = token.map(|t| tokens::digest(t.expose_secret()));
+        let generation = match digest.as_ref().map(|d| api.kept.view(d, name)) {
+            Some(kept::ViewLookup::Kept(principal, view)) => {
+                owner_only(principal)?;
+                return Ok(json_bytes(view));
+            }
+            Some(kept::ViewLookup::Read(generation)) => generation,
+            None => None,
+        };
+        let snapshot = Snapshot::begin(&api)?;
+        let found = match &digest {
+            Some(digest) => tokens::authenticate_digest(&snapshot, digest)?,
+            None => None,
+        };
+        let (principal, expires_at) = found.ok_or_else(|| {
+            api.count_failure(peer);
+            ApiError::unauthorized()
+        })?;
+        if let (Some(generation), Some(digest)) = (generation, digest) {
+            api.kept
+                .keep(digest, principal.clone(), expires_at, generation);
+        }
+        owner_only(principal)?;
+        let view = view_body(&setup::source_view(&snapshot, name)?)?;
+        if let Some(generation) = generation {
+            api.kept.keep_view(name, view.clone(), generation);
+        }
+        Ok(json_bytes(view))
     }
 }
 
@@ -920,19 +963,27 @@ const VIEW_BYTES: usize = 2048;
 /// up front: axum's `Json` starts at 128 bytes and grows, copying, four
 /// times on the way to a view's kilobyte.
 fn view_response(view: &setup::SourceView) -> Response {
-    let mut body = Vec::with_capacity(VIEW_BYTES);
-    match serde_json::to_writer(&mut body, view) {
-        Ok(()) => ([(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::internal(&e).into_response(),
+    match view_body(view) {
+        Ok(body) => json_bytes(body),
+        Err(e) => e.into_response(),
     }
 }
 
+/// A setup view's response body (see [`view_response`]).
+fn view_body(view: &setup::SourceView) -> Result<bytes::Bytes, ApiError> {
+    let mut body = Vec::with_capacity(VIEW_BYTES);
+    serde_json::to_writer(&mut body, view).map_err(|e| ApiError::internal(&e))?;
+    Ok(body.into())
+}
+
+/// A 200 with JSON already serialized.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 #[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
-async fn owner_source(
-    OwnerReads(snapshot): OwnerReads,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    Ok(view_response(&setup::source_view(&snapshot, &name)?))
+async fn owner_source(owner: OwnerView, Path(name): Path<String>) -> Result<Response, ApiError> {
+    owner.respond(&name)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -1237,6 +1237,70 @@ async fn the_owner_token_is_rotated_over_http_and_from_the_cli() {
     );
 }
 
+/// The server keeps a setup view until the database changes; a change made
+/// from the CLI while it runs shows in the next view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_view_follows_a_change_made_from_the_cli() {
+    let fx = fixture(vec![]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, fx.addr);
+    let owner = server.owner.clone();
+    add_second_source(&server, Some(&owner), fx.addr).await;
+    let stored = |view: &Value| {
+        view["credentials"]
+            .as_array()
+            .expect("credentials")
+            .iter()
+            .find(|c| c["name"] == "token")
+            .map(|c| c["stored"].clone())
+    };
+    for _ in 0..3 {
+        let (status, raw, view) = server
+            .call("GET", "/v1/owner/sources/home", Some(&owner), None)
+            .await;
+        assert_eq!(status, 200, "{raw}");
+        assert_eq!(stored(&view), Some(json!(false)), "{raw}");
+        assert_eq!(view["state"], "needs_credentials", "{raw}");
+    }
+
+    let mut cmd = common::sourcebox();
+    cmd.arg("--data-dir").arg(&dir).args([
+        "credential",
+        "set",
+        "home",
+        "token",
+        "--class",
+        "token",
+    ]);
+    let out = common::run(cmd, b"ghp_fromthecli0123456789abcdefgh");
+    assert!(out.status.success(), "{out:?}");
+    let (status, raw, view) = server
+        .call("GET", "/v1/owner/sources/home", Some(&owner), None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(stored(&view), Some(json!(true)), "{raw}");
+    assert_ne!(view["state"], "needs_credentials", "{raw}");
+    // A client token is refused on the owner surface, also for a view the
+    // server holds.
+    let (status, _, body) = server
+        .call(
+            "POST",
+            "/v1/owner/clients",
+            Some(&owner),
+            Some(&json!({"source": "home", "streams": ["repositories"]}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let client = body["token"].as_str().expect("token").to_owned();
+    let (status, _, body) = server
+        .call("GET", "/v1/owner/sources/home", Some(&client), None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(is_error(&body, "wrong_token_type"), "{body}");
+    server.stop();
+}
+
 /// Setup values change through the engine's checks only, and a change
 /// means the source is verified again before it counts as ready (the new
 /// values may send its credentials to another host or account).

@@ -1,11 +1,13 @@
-//! Authentication decisions kept between requests for as long as the data
-//! directory stays as it was.
+//! Authentication decisions and setup views kept between requests for as
+//! long as the data directory stays as it was.
 //!
 //! Every request authenticates its bearer token. Reading the token's row
 //! takes a SQLite read transaction, and its WAL lock costs more than the
 //! rest of a small route (BENCHMARKS.md). So a decision is kept, keyed by
 //! the token's SHA-256 (the token itself is not held), and dropped with
-//! every other one as soon as anything in the data directory changes.
+//! everything else kept as soon as anything in the data directory changes.
+//! A source's setup view, which is made from the database alone, is kept
+//! the same way, as the bytes of its response.
 //!
 //! Changes are seen through an inotify watch on the directory. The kernel
 //! queues an event before the write that causes it returns, from this
@@ -25,13 +27,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::store::now_ms;
 use crate::tokens::Principal;
 
-/// At most this many decisions are kept; past it, all are dropped.
+/// At most this many decisions, and this many views, are kept; past it,
+/// all of that kind are dropped.
 const CAPACITY: usize = 4096;
 
 /// See the module's documentation.
@@ -44,8 +48,10 @@ pub(super) struct Kept {
 struct State {
     /// A live token's principal and expiry, by the token's digest.
     by_digest: HashMap<[u8; 32], (Principal, Option<i64>)>,
-    /// Counts the times `by_digest` was dropped for a change: a decision
-    /// read in an earlier generation is not kept.
+    /// A source's setup view, as its response's body, by the source's name.
+    views: HashMap<String, Bytes>,
+    /// Counts the times all was dropped for a change: what was read in an
+    /// earlier generation is not kept.
     generation: u64,
     /// Whether the watch is set up and has not failed.
     watching: bool,
@@ -54,7 +60,17 @@ struct State {
 impl State {
     fn forget(&mut self) {
         self.by_digest.clear();
+        self.views.clear();
         self.generation += 1;
+    }
+
+    fn principal(&self, digest: &[u8; 32]) -> Option<Principal> {
+        match self.by_digest.get(digest) {
+            Some((principal, expires_at)) if !expires_at.is_some_and(|at| at <= now_ms()) => {
+                Some(principal.clone())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -64,6 +80,14 @@ pub(super) enum Lookup {
     Kept(Principal),
     /// Nothing kept: read the database. Keep the result with this
     /// generation, if any (none: nothing is being kept).
+    Read(Option<u64>),
+}
+
+/// What [`Kept::view`] found.
+pub(super) enum ViewLookup {
+    /// The token's principal and the view, both from before any change.
+    Kept(Principal, Bytes),
+    /// Not both kept: read the database, as for [`Lookup::Read`].
     Read(Option<u64>),
 }
 
@@ -109,12 +133,38 @@ impl Kept {
         if !state.watching {
             return Lookup::Read(None);
         }
-        match state.by_digest.get(digest) {
-            Some((principal, expires_at)) if !expires_at.is_some_and(|at| at <= now_ms()) => {
-                Lookup::Kept(principal.clone())
-            }
-            _ => Lookup::Read(Some(state.generation)),
+        match state.principal(digest) {
+            Some(principal) => Lookup::Kept(principal),
+            None => Lookup::Read(Some(state.generation)),
         }
+    }
+
+    /// The principal kept for the token whose digest is `digest`, and the
+    /// setup view kept for `source`.
+    pub(super) fn view(&self, digest: &[u8; 32], source: &str) -> ViewLookup {
+        let mut state = self.state.lock().expect("kept lock");
+        self.take_changes(&mut state);
+        if !state.watching {
+            return ViewLookup::Read(None);
+        }
+        match (state.principal(digest), state.views.get(source)) {
+            (Some(principal), Some(view)) => ViewLookup::Kept(principal, view.clone()),
+            _ => ViewLookup::Read(Some(state.generation)),
+        }
+    }
+
+    /// Keeps a setup view read after [`Kept::view`] gave `generation`,
+    /// unless something changed since.
+    pub(super) fn keep_view(&self, source: &str, view: Bytes, generation: u64) {
+        let mut state = self.state.lock().expect("kept lock");
+        self.take_changes(&mut state);
+        if !state.watching || state.generation != generation {
+            return;
+        }
+        if state.views.len() >= CAPACITY {
+            state.views.clear();
+        }
+        state.views.insert(source.to_owned(), view);
     }
 
     /// Keeps a decision read from the database after [`Kept::get`] gave
@@ -242,6 +292,50 @@ mod tests {
         store.add_source("work").expect("a commit");
         kept.keep(digest, principal, expires_at, generation);
         assert!(matches!(kept.get(&digest), Lookup::Read(Some(_))));
+    }
+
+    /// A view is found with its token's decision, and goes with the next
+    /// commit; one read across a commit is not kept.
+    #[test]
+    fn a_view_is_kept_with_its_tokens_decision_until_the_next_commit() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let digest = owner(&dir);
+        let store = Store::open(&dir).expect("open");
+        let kept = Kept::new(&dir);
+        let (principal, expires_at) = read(&store, &digest);
+        let view = Bytes::from_static(b"{\"source\":\"work\"}");
+
+        let ViewLookup::Read(Some(generation)) = kept.view(&digest, "work") else {
+            panic!("nothing was kept yet");
+        };
+        kept.keep_view("work", view.clone(), generation);
+        // Without the token's decision the view is not enough.
+        assert!(matches!(
+            kept.view(&digest, "work"),
+            ViewLookup::Read(Some(_))
+        ));
+        kept.keep(digest, principal.clone(), expires_at, generation);
+        assert!(matches!(
+            kept.view(&digest, "work"),
+            ViewLookup::Kept(p, v) if p == principal && v == view
+        ));
+        assert!(matches!(
+            kept.view(&digest, "home"),
+            ViewLookup::Read(Some(_))
+        ));
+
+        store.add_source("home").expect("a commit");
+        let ViewLookup::Read(Some(generation)) = kept.view(&digest, "work") else {
+            panic!("kept past a commit");
+        };
+        store.add_source("other").expect("a commit");
+        kept.keep_view("work", view, generation);
+        kept.keep(digest, principal, expires_at, generation);
+        assert!(matches!(
+            kept.view(&digest, "work"),
+            ViewLookup::Read(Some(_))
+        ));
     }
 
     /// An expired decision is not used, and nothing is kept once the
