@@ -384,7 +384,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linking,
     compiled: compiled::Compiled,
-    _ticker: EpochTicker,
+    helper: Helper,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -393,9 +393,9 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// The linker, built on a thread of its own while the first component is
-/// read (it is about a third of a cold start, and needs only the engine);
-/// its first use waits for that thread.
+/// The linker, built on the engine's helper thread while the first
+/// component is read (it is about a third of a cold start, and needs only
+/// the engine); its first use waits for it.
 type Linking = LazyLock<Linked, Box<dyn FnOnce() -> Linked + Send>>;
 
 /// The linker, or why it could not be built.
@@ -416,12 +416,47 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
     Ok(linker)
 }
 
-/// Advances the engine's epoch until dropped.
-struct EpochTicker(Option<std::sync::mpsc::Sender<()>>);
+/// The engine's helper thread, until dropped. It builds the linker first,
+/// then advances the engine's epoch every [`EPOCH_TICK`], and between ticks
+/// makes a loaded component's memory images (the first instance would
+/// otherwise make them, on the way to a run).
+struct Helper(std::sync::mpsc::Sender<Component>);
 
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.0.take();
+impl Helper {
+    fn start(engine: &Engine) -> std::io::Result<(Self, Linking)> {
+        use std::sync::mpsc::{self, RecvTimeoutError};
+        let (linked, linker) = mpsc::sync_channel::<Linked>(1);
+        let (images, loaded) = mpsc::channel::<Component>();
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("sourcebox-engine".into())
+            .spawn(move || {
+                let _ = linked.send(link(&engine).map_err(|e| format!("{e:#}")));
+                let mut tick = Instant::now() + EPOCH_TICK;
+                loop {
+                    match loaded.recv_timeout(tick.saturating_duration_since(Instant::now())) {
+                        // Failing here is not an error: the first instance
+                        // makes them then.
+                        Ok(component) => drop(component.initialize_copy_on_write_image()),
+                        Err(RecvTimeoutError::Timeout) => {
+                            engine.increment_epoch();
+                            tick = Instant::now() + EPOCH_TICK;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })?;
+        let linking: Linking = LazyLock::new(Box::new(move || {
+            linker
+                .recv()
+                .unwrap_or_else(|_| Err("the engine's helper thread ended".into()))
+        }));
+        Ok((Self(images), linking))
+    }
+
+    /// Has `component`'s memory images made, off this thread.
+    fn images(&self, component: &Component) {
+        let _ = self.0.send(component.clone());
     }
 }
 
@@ -433,12 +468,8 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(engine_err)?;
-        let linking = engine.clone();
-        let linker = std::thread::Builder::new()
-            .name("sourcebox-linker".into())
-            .spawn(move || link(&linking).map_err(|e| format!("{e:#}")))
-            .map_err(|e| RuntimeError::Engine(format!("linker thread: {e}")))?;
-
+        let (helper, linker) = Helper::start(&engine)
+            .map_err(|e| RuntimeError::Engine(format!("engine helper thread: {e}")))?;
         let compiled = compiled::Compiled::new(cache_dir, &engine).map_err(|e| {
             RuntimeError::Engine(format!(
                 "compiled components directory {}: {e}; it must be a directory this \
@@ -446,28 +477,11 @@ impl Runtime {
                 cache_dir.display()
             ))
         })?;
-
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let ticking = engine.clone();
-        std::thread::Builder::new()
-            .name("sourcebox-epoch".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(EPOCH_TICK)
-                {
-                    ticking.increment_epoch();
-                }
-            })
-            .map_err(|e| RuntimeError::Engine(format!("epoch thread: {e}")))?;
         Ok(Self {
             engine,
-            linker: LazyLock::new(Box::new(move || {
-                linker
-                    .join()
-                    .unwrap_or_else(|_| Err("the linker thread panicked".into()))
-            })),
+            linker,
             compiled,
-            _ticker: EpochTicker(Some(stop)),
+            helper,
         })
     }
 
@@ -494,6 +508,7 @@ impl Runtime {
                 .compiled
                 .load(&self.engine, component, sha256)
                 .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+            self.helper.images(&compiled);
             self.pre(&compiled)
         })?;
         let mut store = Store::new(&self.engine, RunState::describing(Limits::default()));
@@ -532,6 +547,7 @@ impl Runtime {
             let Some(compiled) = self.compiled.find(&self.engine, sha256) else {
                 return Ok(None);
             };
+            self.helper.images(&compiled);
             Ok(Some(LoadedConnector {
                 pre: self.pre(&compiled)?,
                 manifest,
