@@ -484,6 +484,17 @@ async fn add_second_source(server: &Server, owner: Option<&str>, fx: SocketAddr)
     assert_eq!(status, 201, "{raw}");
 }
 
+/// A client token for the repositories of the source `add_second_source`
+/// adds.
+async fn home_client(server: &Server, owner: &str) -> String {
+    let grant = json!({"source": "home", "streams": ["repositories"]}).to_string();
+    let (status, raw, created) = server
+        .call("POST", "/v1/owner/clients", Some(owner), Some(&grant))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    created["token"].as_str().expect("client token").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_rate_limited_per_peer() {
     let (_fx, _tmp, server) = fresh().await;
@@ -768,16 +779,7 @@ async fn openapi_document_is_served_committed_and_covers_every_route() {
     assert_eq!(served["openapi"], "3.1.0");
 
     add_second_source(&server, Some(&owner), fx.addr).await;
-    let (status, raw, created) = server
-        .call(
-            "POST",
-            "/v1/owner/clients",
-            Some(&owner),
-            Some(&json!({"source": "home", "streams": ["repositories"]}).to_string()),
-        )
-        .await;
-    assert_eq!(status, 201, "{raw}");
-    let client = created["token"].as_str().expect("client token").to_owned();
+    let client = home_client(&server, &owner).await;
 
     let mut operations = 0;
     for (path, item) in served["paths"].as_object().expect("paths") {
@@ -1283,16 +1285,7 @@ async fn a_setup_view_follows_a_change_made_from_the_cli() {
     assert_ne!(view["state"], "needs_credentials", "{raw}");
     // A client token is refused on the owner surface, also for a view the
     // server holds.
-    let (status, _, body) = server
-        .call(
-            "POST",
-            "/v1/owner/clients",
-            Some(&owner),
-            Some(&json!({"source": "home", "streams": ["repositories"]}).to_string()),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let client = body["token"].as_str().expect("token").to_owned();
+    let client = home_client(&server, &owner).await;
     let (status, _, body) = server
         .call("GET", "/v1/owner/sources/home", Some(&client), None)
         .await;
