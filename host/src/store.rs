@@ -337,10 +337,10 @@ pub(crate) fn source_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<SourceRef>
 /// destroyed data key does not linger in free pages.
 ///
 /// After each commit, once it is visible to readers, the connection opens
-/// and touches [`COMMIT_FILE`]: the server drops the authentication
-/// decisions it keeps when anything in the data directory changes, and
-/// this is the event that comes after a commit (the log's own write comes
-/// before it is visible).
+/// and closes [`COMMIT_FILE`] for writing. The API server drops what it
+/// keeps (authentication decisions, setup views) when anything in the data
+/// directory changes, and this is the event that comes after a commit: the
+/// log's own write comes before the commit is visible.
 fn configure(conn: &mut Connection, dir: &Path) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -380,7 +380,8 @@ fn configure(conn: &mut Connection, dir: &Path) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Touched after every commit (see [`configure`]).
+/// Opened and closed for writing after every commit (see [`configure`]);
+/// it stays empty.
 pub const COMMIT_FILE: &str = "sourcebox.db-commit";
 
 /// SQLite's default: checkpoint once the log holds this many pages.

@@ -190,7 +190,8 @@ pub fn revoke_client(store: &Store, id: &str) -> Result<Grant, StoreError> {
 }
 
 /// Who `token` belongs to, if it is a live token. One statement: it runs
-/// on every API request.
+/// on every API request the server has no kept decision for
+/// (`api::kept`).
 pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, StoreError> {
     Ok(authenticate_digest(store, &digest(token))?.map(|(principal, _)| principal))
 }
