@@ -417,9 +417,11 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
 }
 
 /// The engine's helper thread, until dropped. It builds the linker first,
-/// then advances the engine's epoch every [`EPOCH_TICK`], and between ticks
-/// makes a loaded component's memory images (the first instance would
-/// otherwise make them, on the way to a run).
+/// then advances the engine's epoch every [`EPOCH_TICK`], and meanwhile
+/// makes each loaded component's memory images (the first instance would
+/// otherwise make them, on the way to a run). A panic in either chore is
+/// caught: the epoch, which enforces time limits and cancellation, must
+/// keep advancing.
 struct Helper(std::sync::mpsc::Sender<Component>);
 
 impl Helper {
@@ -431,17 +433,25 @@ impl Helper {
         std::thread::Builder::new()
             .name("sourcebox-engine".into())
             .spawn(move || {
-                let _ = linked.send(link(&engine).map_err(|e| format!("{e:#}")));
+                use std::panic::{AssertUnwindSafe, catch_unwind};
+                let linker = catch_unwind(AssertUnwindSafe(|| link(&engine)))
+                    .map_err(|_| "building the linker panicked".to_owned())
+                    .and_then(|linker| linker.map_err(|e| format!("{e:#}")));
+                let _ = linked.send(linker);
                 let mut tick = Instant::now() + EPOCH_TICK;
                 loop {
-                    match loaded.recv_timeout(tick.saturating_duration_since(Instant::now())) {
+                    let now = Instant::now();
+                    if now >= tick {
+                        engine.increment_epoch();
+                        tick = now + EPOCH_TICK;
+                    }
+                    match loaded.recv_timeout(tick - now) {
                         // Failing here is not an error: the first instance
                         // makes them then.
-                        Ok(component) => drop(component.initialize_copy_on_write_image()),
-                        Err(RecvTimeoutError::Timeout) => {
-                            engine.increment_epoch();
-                            tick = Instant::now() + EPOCH_TICK;
-                        }
+                        Ok(component) => drop(catch_unwind(AssertUnwindSafe(|| {
+                            component.initialize_copy_on_write_image()
+                        }))),
+                        Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }

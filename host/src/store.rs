@@ -336,11 +336,14 @@ pub(crate) fn source_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<SourceRef>
 /// database stays consistent. `secure_delete` zeroes deleted content, so a
 /// destroyed data key does not linger in free pages.
 ///
-/// After each commit, once it is visible to readers, the connection opens
-/// and closes [`COMMIT_FILE`] for writing. The API server drops what it
-/// keeps (authentication decisions, setup views) when anything in the data
-/// directory changes, and this is the event that comes after a commit: the
-/// log's own write comes before the commit is visible.
+/// After each commit, once it is visible to readers and before it returns,
+/// the connection opens [`COMMIT_FILE`], truncating it. The API server
+/// drops what it keeps (authentication decisions, setup views) when
+/// anything in the data directory changes, and this is the change that
+/// comes after a commit: the log's own write comes before the commit is
+/// visible. The truncation is seen within the `open` call; a close could
+/// be seen later (a child process forked meanwhile holds the file until it
+/// runs its program).
 fn configure(conn: &mut Connection, dir: &Path) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -360,15 +363,24 @@ fn configure(conn: &mut Connection, dir: &Path) -> rusqlite::Result<()> {
         true,
     )?;
     let touched = dir.join(COMMIT_FILE);
+    if let Err(e) = commit_file(dir) {
+        tracing::warn!(path = %touched.display(), "the commit file could not be made: {e}");
+    }
+    let mut warned = false;
     // This replaces SQLite's own hook, which checkpoints the log once it
     // holds `WAL_AUTOCHECKPOINT` pages; that is done here too.
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
-        if let Err(e) = touch(&touched) {
-            tracing::warn!(
-                path = %touched.display(),
-                "the commit could not be announced; a running server may accept a token \
-                 revoked by it until its next change: {e}"
-            );
+        match touch(&touched) {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    path = %touched.display(),
+                    "a commit could not be announced; a running server may keep what it \
+                     read before it for up to two seconds: {e}"
+                );
+            }
+            Err(_) => {}
         }
         if pages >= WAL_AUTOCHECKPOINT {
             // As SQLite's own hook: a passive checkpoint, its failure
@@ -387,17 +399,30 @@ pub const COMMIT_FILE: &str = "sourcebox.db-commit";
 /// SQLite's default: checkpoint once the log holds this many pages.
 const WAL_AUTOCHECKPOINT: std::ffi::c_int = 1000;
 
-/// Opens `path` for writing (creating it, empty, 0600) and closes it: an
-/// inotify watch on its directory sees `IN_CLOSE_WRITE`.
-fn touch(path: &Path) -> std::io::Result<()> {
+/// Opens `path` for writing, truncating it (creating it, 0600): an inotify
+/// watch on its directory sees `IN_MODIFY` before `open` returns.
+fn touch(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(false)
+        .truncate(true)
         .mode(0o600)
         .open(path)
-        .map(drop)
+}
+
+/// Makes [`COMMIT_FILE`] in `dir`, owned as the database file is: a server
+/// run as root must not make it a file the owner's CLI cannot open (SQLite
+/// does the same for its log).
+fn commit_file(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let file = touch(&dir.join(COMMIT_FILE))?;
+    let db = fs::metadata(dir.join(DB_FILE))?;
+    let made = file.metadata()?;
+    if (made.uid(), made.gid()) != (db.uid(), db.gid()) {
+        std::os::unix::fs::fchown(&file, Some(db.uid()), Some(db.gid()))?;
+    }
+    Ok(())
 }
 
 fn valid_source_name(name: &str) -> bool {
@@ -631,8 +656,9 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let watch = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
+        // The truncation, which is seen within `open`; not the close.
         watch
-            .add_watch(&touched, AddWatchFlags::IN_CLOSE_WRITE)
+            .add_watch(&touched, AddWatchFlags::IN_MODIFY)
             .expect("watch");
         let announced = || match watch.read_events() {
             Ok(events) => !events.is_empty(),

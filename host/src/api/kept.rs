@@ -10,22 +10,30 @@
 //! the same way, as the bytes of its response.
 //!
 //! Changes are seen through an inotify watch on the directory. The kernel
-//! queues an event before the write that causes it returns, from this
-//! process or any other (the CLI revoking a token, say). A commit's own
-//! write to the log comes before the commit is visible. Every sourcebox
-//! connection therefore also touches [`crate::store::COMMIT_FILE`] once its
-//! commit is visible (a WAL hook). Each lookup first takes what is queued,
-//! under the same lock as the lookup itself. So a decision from before a
-//! commit that has returned is never used, and a decision read while a
-//! commit was under way is not kept.
+//! queues an event within the call that makes the change (a write, an open
+//! that truncates), from this process or any other (the CLI revoking a
+//! token, say). A commit's own write to the log comes before the commit is
+//! visible. So every sourcebox connection also opens
+//! [`crate::store::COMMIT_FILE`], truncating it, once its commit is
+//! visible and before the commit returns (a WAL hook). Each lookup first
+//! takes what is queued, under the same lock as the lookup itself, and
+//! what was read while an event arrived is not kept. So nothing kept from
+//! before a commit survives the first lookup after the commit returns.
+//!
+//! That holds for writers with the hook: sourcebox itself. A writer without
+//! it (the `sqlite3` shell, or a commit whose announcement failed) is seen
+//! at its log write, which comes just before its commit is visible; a
+//! decision read in between could be kept. So nothing is kept longer than
+//! [`MAX_AGE`] either.
 //!
 //! Where the watch cannot be set up, or stops being trustworthy (its
-//! directory removed, a read error), nothing is kept and every request
-//! reads the database, as before.
+//! directory moved, removed or unmounted, a read error), nothing is kept
+//! and every request reads the database, as before.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -37,6 +45,18 @@ use crate::tokens::Principal;
 /// At most this many decisions, and this many views, are kept; past it,
 /// all of that kind are dropped.
 const CAPACITY: usize = 4096;
+
+/// Everything kept is dropped this long after the first of it was kept,
+/// changes or not (see the module's documentation).
+const MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Inserts into a map of at most [`CAPACITY`] entries, emptied when full.
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= CAPACITY {
+        map.clear();
+    }
+    map.insert(key, value);
+}
 
 /// See the module's documentation.
 pub(super) struct Kept {
@@ -55,6 +75,8 @@ struct State {
     generation: u64,
     /// Whether the watch is set up and has not failed.
     watching: bool,
+    /// When what is kept began to be kept: the generation's first keep.
+    since: Option<Instant>,
 }
 
 impl State {
@@ -62,6 +84,7 @@ impl State {
         self.by_digest.clear();
         self.views.clear();
         self.generation += 1;
+        self.since = None;
     }
 
     fn principal(&self, digest: &[u8; 32]) -> Option<Principal> {
@@ -128,11 +151,9 @@ impl Kept {
 
     /// The principal kept for the token whose digest is `digest`.
     pub(super) fn get(&self, digest: &[u8; 32]) -> Lookup {
-        let mut state = self.state.lock().expect("kept lock");
-        self.take_changes(&mut state);
-        if !state.watching {
+        let Some(state) = self.current() else {
             return Lookup::Read(None);
-        }
+        };
         match state.principal(digest) {
             Some(principal) => Lookup::Kept(principal),
             None => Lookup::Read(Some(state.generation)),
@@ -142,11 +163,9 @@ impl Kept {
     /// The principal kept for the token whose digest is `digest`, and the
     /// setup view kept for `source`.
     pub(super) fn view(&self, digest: &[u8; 32], source: &str) -> ViewLookup {
-        let mut state = self.state.lock().expect("kept lock");
-        self.take_changes(&mut state);
-        if !state.watching {
+        let Some(state) = self.current() else {
             return ViewLookup::Read(None);
-        }
+        };
         match (state.principal(digest), state.views.get(source)) {
             (Some(principal), Some(view)) => ViewLookup::Kept(principal, view.clone()),
             _ => ViewLookup::Read(Some(state.generation)),
@@ -156,15 +175,9 @@ impl Kept {
     /// Keeps a setup view read after [`Kept::view`] gave `generation`,
     /// unless something changed since.
     pub(super) fn keep_view(&self, source: &str, view: Bytes, generation: u64) {
-        let mut state = self.state.lock().expect("kept lock");
-        self.take_changes(&mut state);
-        if !state.watching || state.generation != generation {
-            return;
+        if let Some(mut state) = self.unchanged_since(generation) {
+            bounded_insert(&mut state.views, source.to_owned(), view);
         }
-        if state.views.len() >= CAPACITY {
-            state.views.clear();
-        }
-        state.views.insert(source.to_owned(), view);
     }
 
     /// Keeps a decision read from the database after [`Kept::get`] gave
@@ -176,15 +189,30 @@ impl Kept {
         expires_at: Option<i64>,
         generation: u64,
     ) {
+        if let Some(mut state) = self.unchanged_since(generation) {
+            bounded_insert(&mut state.by_digest, digest, (principal, expires_at));
+        }
+    }
+
+    /// What is kept, every queued change taken and all of it dropped once
+    /// [`MAX_AGE`] old; `None` when nothing is kept.
+    fn current(&self) -> Option<MutexGuard<'_, State>> {
         let mut state = self.state.lock().expect("kept lock");
         self.take_changes(&mut state);
-        if !state.watching || state.generation != generation {
-            return;
+        if state.since.is_some_and(|since| since.elapsed() >= MAX_AGE) {
+            state.forget();
         }
-        if state.by_digest.len() >= CAPACITY {
-            state.by_digest.clear();
-        }
-        state.by_digest.insert(digest, (principal, expires_at));
+        state.watching.then_some(state)
+    }
+
+    /// [`Kept::current`], if nothing changed since `generation`, to keep
+    /// something in.
+    fn unchanged_since(&self, generation: u64) -> Option<MutexGuard<'_, State>> {
+        let mut state = self
+            .current()
+            .filter(|state| state.generation == generation)?;
+        state.since.get_or_insert_with(Instant::now);
+        Some(state)
     }
 
     /// Takes every queued event; any event drops what is kept.
@@ -195,11 +223,14 @@ impl Kept {
                 Ok(events) => {
                     state.forget();
                     // The directory is gone, or no longer on a mounted
-                    // file system: no more events will come.
-                    if events
-                        .iter()
-                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
-                    {
+                    // file system, or no longer at its path (which is
+                    // where connections open the database): this watch
+                    // no longer sees their changes.
+                    let ended = AddWatchFlags::IN_IGNORED
+                        | AddWatchFlags::IN_DELETE_SELF
+                        | AddWatchFlags::IN_MOVE_SELF
+                        | AddWatchFlags::IN_UNMOUNT;
+                    if events.iter().any(|e| e.mask.intersects(ended)) {
                         tracing::warn!(
                             "the data directory's watch ended; every request reads its token \
                              from the database"
@@ -336,6 +367,32 @@ mod tests {
             kept.view(&digest, "work"),
             ViewLookup::Read(Some(_))
         ));
+    }
+
+    /// Nothing is kept past its maximum age, changes or not; nothing at
+    /// all once the directory is no longer at its path.
+    #[test]
+    fn age_and_a_moved_directory_end_what_is_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let digest = owner(&dir);
+        let store = Store::open(&dir).expect("open");
+        let kept = Kept::new(&dir);
+        let (principal, expires_at) = read(&store, &digest);
+        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
+            panic!("nothing was kept yet");
+        };
+        kept.keep(digest, principal.clone(), expires_at, generation);
+        assert!(matches!(kept.get(&digest), Lookup::Kept(_)));
+        std::thread::sleep(MAX_AGE);
+        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
+            panic!("kept past its age");
+        };
+
+        kept.keep(digest, principal, expires_at, generation);
+        assert!(matches!(kept.get(&digest), Lookup::Kept(_)));
+        std::fs::rename(&dir, tmp.path().join("moved")).expect("move");
+        assert!(matches!(kept.get(&digest), Lookup::Read(None)));
     }
 
     /// An expired decision is not used, and nothing is kept once the
