@@ -260,47 +260,70 @@ mod tests {
     use crate::store::Store;
     use crate::tokens;
 
-    /// A data directory with an owner token; the token's digest.
-    fn owner(dir: &Path) -> [u8; 32] {
-        let store = Store::init(dir, &[]).expect("init");
-        let token = tokens::ensure_owner_token(&store)
-            .expect("token")
-            .expect("a new one");
-        tokens::digest(token.expose_secret())
+    /// A data directory with an owner token, a connection to it, and what
+    /// is kept for it.
+    struct World {
+        tmp: tempfile::TempDir,
+        dir: std::path::PathBuf,
+        /// The owner token's digest.
+        digest: [u8; 32],
+        store: Store,
+        kept: Kept,
     }
 
-    fn read(store: &Store, digest: &[u8; 32]) -> (Principal, Option<i64>) {
-        tokens::authenticate_digest(store, digest)
-            .expect("read")
-            .expect("a live token")
+    fn world() -> World {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let token = tokens::ensure_owner_token(&Store::init(&dir, &[]).expect("init"))
+            .expect("token")
+            .expect("a new one");
+        let store = Store::open(&dir).expect("open");
+        World {
+            digest: tokens::digest(token.expose_secret()),
+            kept: Kept::new(&dir),
+            store,
+            dir,
+            tmp,
+        }
+    }
+
+    impl World {
+        /// The owner token's decision, read from the database, and the
+        /// generation a lookup just before the read gave.
+        fn read(&self) -> (Principal, Option<i64>, u64) {
+            let Lookup::Read(Some(generation)) = self.kept.get(&self.digest) else {
+                panic!("a decision was kept");
+            };
+            let (principal, expires_at) = tokens::authenticate_digest(&self.store, &self.digest)
+                .expect("read")
+                .expect("a live token");
+            (principal, expires_at, generation)
+        }
+
+        fn kept(&self) -> bool {
+            matches!(self.kept.get(&self.digest), Lookup::Kept(_))
+        }
     }
 
     /// A decision is used until any connection commits; then the next
     /// lookup reads the database again.
     #[test]
     fn a_kept_decision_lasts_until_the_next_commit() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let digest = owner(&dir);
-        let store = Store::open(&dir).expect("open");
-        let again = Store::open(&dir).expect("open");
-        let kept = Kept::new(&dir);
-
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("nothing was kept yet");
-        };
-        let (principal, expires_at) = read(&store, &digest);
-        kept.keep(digest, principal.clone(), expires_at, generation);
+        let w = world();
+        let again = Store::open(&w.dir).expect("open");
+        let (principal, expires_at, generation) = w.read();
+        w.kept
+            .keep(w.digest, principal.clone(), expires_at, generation);
         // Reads change nothing.
-        read(&again, &digest);
+        tokens::authenticate_digest(&again, &w.digest).expect("read");
         for _ in 0..3 {
-            assert!(matches!(kept.get(&digest), Lookup::Kept(p) if p == principal));
+            assert!(matches!(w.kept.get(&w.digest), Lookup::Kept(p) if p == principal));
         }
         // Another connection, as the CLI's, rotates the owner token.
         tokens::rotate_owner(&again).expect("rotate");
-        assert!(matches!(kept.get(&digest), Lookup::Read(Some(_))));
+        assert!(!w.kept());
         assert!(
-            tokens::authenticate_digest(&store, &digest)
+            tokens::authenticate_digest(&w.store, &w.digest)
                 .expect("read")
                 .is_none()
         );
@@ -310,115 +333,80 @@ mod tests {
     /// from before the change.
     #[test]
     fn a_decision_read_across_a_commit_is_not_kept() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let digest = owner(&dir);
-        let kept = Kept::new(&dir);
-        let store = Store::open(&dir).expect("open");
-
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("nothing was kept yet");
-        };
-        let (principal, expires_at) = read(&store, &digest);
-        store.add_source("work").expect("a commit");
-        kept.keep(digest, principal, expires_at, generation);
-        assert!(matches!(kept.get(&digest), Lookup::Read(Some(_))));
+        let w = world();
+        let (principal, expires_at, generation) = w.read();
+        w.store.add_source("work").expect("a commit");
+        w.kept.keep(w.digest, principal, expires_at, generation);
+        assert!(!w.kept());
     }
 
     /// A view is found with its token's decision, and goes with the next
     /// commit; one read across a commit is not kept.
     #[test]
     fn a_view_is_kept_with_its_tokens_decision_until_the_next_commit() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let digest = owner(&dir);
-        let store = Store::open(&dir).expect("open");
-        let kept = Kept::new(&dir);
-        let (principal, expires_at) = read(&store, &digest);
+        let w = world();
         let view = Bytes::from_static(b"{\"source\":\"work\"}");
+        let kept_view = || w.kept.view(&w.digest, "work");
 
-        let ViewLookup::Read(Some(generation)) = kept.view(&digest, "work") else {
-            panic!("nothing was kept yet");
-        };
-        kept.keep_view("work", view.clone(), generation);
+        let (principal, expires_at, generation) = w.read();
+        w.kept.keep_view("work", view.clone(), generation);
         // Without the token's decision the view is not enough.
+        assert!(matches!(kept_view(), ViewLookup::Read(Some(_))));
+        w.kept
+            .keep(w.digest, principal.clone(), expires_at, generation);
         assert!(matches!(
-            kept.view(&digest, "work"),
-            ViewLookup::Read(Some(_))
-        ));
-        kept.keep(digest, principal.clone(), expires_at, generation);
-        assert!(matches!(
-            kept.view(&digest, "work"),
+            kept_view(),
             ViewLookup::Kept(p, v) if p == principal && v == view
         ));
         assert!(matches!(
-            kept.view(&digest, "home"),
+            w.kept.view(&w.digest, "home"),
             ViewLookup::Read(Some(_))
         ));
 
-        store.add_source("home").expect("a commit");
-        let ViewLookup::Read(Some(generation)) = kept.view(&digest, "work") else {
+        w.store.add_source("home").expect("a commit");
+        let ViewLookup::Read(Some(generation)) = kept_view() else {
             panic!("kept past a commit");
         };
-        store.add_source("other").expect("a commit");
-        kept.keep_view("work", view, generation);
-        kept.keep(digest, principal, expires_at, generation);
-        assert!(matches!(
-            kept.view(&digest, "work"),
-            ViewLookup::Read(Some(_))
-        ));
+        w.store.add_source("other").expect("a commit");
+        w.kept.keep_view("work", view, generation);
+        w.kept.keep(w.digest, principal, expires_at, generation);
+        assert!(matches!(kept_view(), ViewLookup::Read(Some(_))));
     }
 
     /// Nothing is kept past its maximum age, changes or not; nothing at
     /// all once the directory is no longer at its path.
     #[test]
     fn age_and_a_moved_directory_end_what_is_kept() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let digest = owner(&dir);
-        let store = Store::open(&dir).expect("open");
-        let kept = Kept::new(&dir);
-        let (principal, expires_at) = read(&store, &digest);
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("nothing was kept yet");
-        };
-        kept.keep(digest, principal.clone(), expires_at, generation);
-        assert!(matches!(kept.get(&digest), Lookup::Kept(_)));
+        let w = world();
+        let (principal, expires_at, generation) = w.read();
+        w.kept
+            .keep(w.digest, principal.clone(), expires_at, generation);
+        assert!(w.kept());
         std::thread::sleep(MAX_AGE);
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("kept past its age");
-        };
+        let (_, _, generation) = w.read();
 
-        kept.keep(digest, principal, expires_at, generation);
-        assert!(matches!(kept.get(&digest), Lookup::Kept(_)));
-        std::fs::rename(&dir, tmp.path().join("moved")).expect("move");
-        assert!(matches!(kept.get(&digest), Lookup::Read(None)));
+        w.kept.keep(w.digest, principal, expires_at, generation);
+        assert!(w.kept());
+        std::fs::rename(&w.dir, w.tmp.path().join("moved")).expect("move");
+        assert!(matches!(w.kept.get(&w.digest), Lookup::Read(None)));
     }
 
     /// An expired decision is not used, and nothing is kept once the
     /// directory is gone.
     #[test]
     fn expiry_and_a_lost_watch_end_what_is_kept() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let digest = owner(&dir);
-        let kept = Kept::new(&dir);
-        let store = Store::open(&dir).expect("open");
-        let (principal, _) = read(&store, &digest);
+        let w = world();
+        let (principal, _, generation) = w.read();
+        w.kept
+            .keep(w.digest, principal.clone(), Some(now_ms() - 1), generation);
+        assert!(!w.kept());
 
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("nothing was kept yet");
-        };
-        kept.keep(digest, principal.clone(), Some(now_ms() - 1), generation);
-        assert!(matches!(kept.get(&digest), Lookup::Read(Some(_))));
-
-        let Lookup::Read(Some(generation)) = kept.get(&digest) else {
-            panic!("expired");
-        };
-        kept.keep(digest, principal, None, generation);
-        assert!(matches!(kept.get(&digest), Lookup::Kept(_)));
-        drop(store);
-        std::fs::remove_dir_all(&dir).expect("remove");
-        assert!(matches!(kept.get(&digest), Lookup::Read(None)));
+        let (_, _, generation) = w.read();
+        w.kept.keep(w.digest, principal, None, generation);
+        assert!(w.kept());
+        // Its last connection closed: the directory's inode goes with it.
+        drop(w.store);
+        std::fs::remove_dir_all(&w.dir).expect("remove");
+        assert!(matches!(w.kept.get(&w.digest), Lookup::Read(None)));
     }
 }
