@@ -724,22 +724,29 @@ async fn bearer(
     Ok((peer, token))
 }
 
-/// The principal behind `token`, looked up in `store`; a failure is
-/// counted against `peer`.
+/// The principal behind the token whose digest is `digest`, read from
+/// `store`, and kept (see [`kept`]) when a lookup gave `generation`; a
+/// failure is counted against `peer`.
 fn principal_in(
     api: &Api,
     store: &crate::store::Store,
     peer: Option<IpAddr>,
-    token: Option<&Secret>,
+    digest: Option<&[u8; 32]>,
+    generation: Option<u64>,
 ) -> Result<Principal, ApiError> {
-    let found = match token {
-        Some(token) => tokens::authenticate(store, token.expose_secret())?,
+    let found = match digest {
+        Some(digest) => tokens::authenticate_digest(store, digest)?,
         None => None,
     };
-    found.ok_or_else(|| {
+    let (principal, expires_at) = found.ok_or_else(|| {
         api.count_failure(peer);
         ApiError::unauthorized()
-    })
+    })?;
+    if let (Some(generation), Some(digest)) = (generation, digest) {
+        api.kept
+            .keep(*digest, principal.clone(), expires_at, generation);
+    }
+    Ok(principal)
 }
 
 /// The principal behind the request's bearer token, as kept since the
@@ -747,22 +754,13 @@ fn principal_in(
 /// counted per peer address and refused with 429 past a limit.
 async fn principal(parts: &mut Parts, api: &Arc<Api>) -> Result<Principal, ApiError> {
     let (peer, token) = bearer(parts, api).await?;
-    let refused = || {
-        api.count_failure(peer);
-        ApiError::unauthorized()
+    let digest = token.map(|t| tokens::digest(t.expose_secret()));
+    let generation = match digest.as_ref().map(|d| api.kept.get(d)) {
+        Some(kept::Lookup::Kept(principal)) => return Ok(principal),
+        Some(kept::Lookup::Read(generation)) => generation,
+        None => None,
     };
-    let digest = tokens::digest(token.as_ref().ok_or_else(refused)?.expose_secret());
-    let generation = match api.kept.get(&digest) {
-        kept::Lookup::Kept(principal) => return Ok(principal),
-        kept::Lookup::Read(generation) => generation,
-    };
-    let (principal, expires_at) =
-        tokens::authenticate_digest(&*api.reader()?, &digest)?.ok_or_else(refused)?;
-    if let Some(generation) = generation {
-        api.kept
-            .keep(digest, principal.clone(), expires_at, generation);
-    }
-    Ok(principal)
+    principal_in(api, &*api.reader()?, peer, digest.as_ref(), generation)
 }
 
 /// Refuses anyone but the owner.
@@ -836,19 +834,13 @@ impl OwnerView {
             None => None,
         };
         let snapshot = Snapshot::begin(&api)?;
-        let found = match &digest {
-            Some(digest) => tokens::authenticate_digest(&snapshot, digest)?,
-            None => None,
-        };
-        let (principal, expires_at) = found.ok_or_else(|| {
-            api.count_failure(peer);
-            ApiError::unauthorized()
-        })?;
-        if let (Some(generation), Some(digest)) = (generation, digest) {
-            api.kept
-                .keep(digest, principal.clone(), expires_at, generation);
-        }
-        owner_only(principal)?;
+        owner_only(principal_in(
+            &api,
+            &snapshot,
+            peer,
+            digest.as_ref(),
+            generation,
+        )?)?;
         let view = view_body(&setup::source_view(&snapshot, name)?)?;
         if let Some(generation) = generation {
             api.kept.keep_view(name, view.clone(), generation);
@@ -877,7 +869,8 @@ impl FromRequestParts<Arc<Api>> for ClientReads {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let (peer, token) = bearer(parts, api).await?;
         let snapshot = Snapshot::begin(api)?;
-        let grant = client_only(principal_in(api, &snapshot, peer, token.as_ref())?)?;
+        let digest = token.map(|t| tokens::digest(t.expose_secret()));
+        let grant = client_only(principal_in(api, &snapshot, peer, digest.as_ref(), None)?)?;
         Ok(Self(grant, snapshot))
     }
 }

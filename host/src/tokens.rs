@@ -189,15 +189,9 @@ pub fn revoke_client(store: &Store, id: &str) -> Result<Grant, StoreError> {
     Ok(grant)
 }
 
-/// Who `token` belongs to, if it is a live token. One statement: it runs
-/// on every API request the server has no kept decision for
-/// (`api::kept`).
-pub fn authenticate(store: &Store, token: &[u8]) -> Result<Option<Principal>, StoreError> {
-    Ok(authenticate_digest(store, &digest(token))?.map(|(principal, _)| principal))
-}
-
-/// [`authenticate`], by the token's [`digest`]; also when the principal's
-/// token expires, if it does.
+/// Who the token whose [`digest`] is `digest` belongs to, if it is a live
+/// token, and when it expires, if it does. One statement: it runs on every
+/// API request the server has no kept decision for (`api::kept`).
 pub(crate) fn authenticate_digest(
     store: &Store,
     digest: &[u8; 32],
