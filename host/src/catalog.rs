@@ -276,10 +276,18 @@ const MIN_MEMORY: u64 = 1 << 20;
 impl LimitOverrides {
     /// `base` with these limits in place of its own.
     pub fn apply(&self, base: &Limits) -> Limits {
+        let time = self
+            .time_secs
+            .map_or(base.time, std::time::Duration::from_secs);
         Limits {
-            time: self
-                .time_secs
-                .map_or(base.time, std::time::Duration::from_secs),
+            time,
+            // A longer time limit set for a connector takes the wall clock
+            // with it.
+            wall: match self.time_secs {
+                Some(_) => base.wall.max(time),
+                None => base.wall,
+            },
+            questions: base.questions,
             memory: self
                 .memory_bytes
                 .map_or(base.memory, |m| usize::try_from(m).unwrap_or(usize::MAX)),
@@ -287,6 +295,7 @@ impl LimitOverrides {
             record_bytes: self.record_bytes.unwrap_or(base.record_bytes),
             http_requests: self.http_requests.unwrap_or(base.http_requests),
             http_response_bytes: self.http_response_bytes.unwrap_or(base.http_response_bytes),
+            ..base.clone()
         }
     }
 

@@ -36,7 +36,9 @@ use crate::vault::Actor;
 /// cookies of a captured session.
 pub const BEARER_HEADER: &str = "x-sourcebox-bearer";
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an exchange the host makes itself (an OAuth token exchange)
+/// may take in all.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one run may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -209,6 +211,8 @@ pub struct EgressHooks {
     /// Response body bytes received so far, and how many the run may read.
     response_bytes: Arc<AtomicU64>,
     max_response_bytes: u64,
+    /// The run's limits (its HTTP timeouts).
+    limits: Limits,
 }
 
 impl std::fmt::Debug for EgressHooks {
@@ -231,6 +235,7 @@ impl EgressHooks {
             max_requests: 0,
             response_bytes: Arc::default(),
             max_response_bytes: 0,
+            limits: Limits::default(),
         }
     }
 
@@ -260,6 +265,7 @@ impl EgressHooks {
             max_requests: limits.http_requests,
             response_bytes: Arc::default(),
             max_response_bytes: limits.http_response_bytes,
+            limits: limits.clone(),
         }
     }
 
@@ -294,7 +300,7 @@ impl WasiHttpHooks for EgressHooks {
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
+        options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let policy = Arc::clone(&self.policy);
@@ -312,6 +318,15 @@ impl WasiHttpHooks for EgressHooks {
         let Some(host) = uri.host().map(str::to_owned) else {
             return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
         };
+        // `user@host` reads as one host and goes to another; refused, so a
+        // policy check and a log line never disagree with the destination.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            let err = deny(format!(
+                "{} carries user information before its host; a request names its host alone",
+                crate::inert::Inert(&uri.to_string())
+            ));
+            return Box::new(async move { Err(err) });
+        }
         if !policy.host_allowed(&host) {
             let err = deny(format!("{host} is not a host this connector declared"));
             return Box::new(async move { Err(err) });
@@ -394,11 +409,12 @@ impl WasiHttpHooks for EgressHooks {
             used: Arc::clone(&self.response_bytes),
             max: self.max_response_bytes,
         };
+        let timeouts = Timeouts::at_most(&self.limits, options.as_ref());
         Box::new(async move {
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let addr = policy.resolve(&host, port).await.map_err(deny)?;
-            send_pinned(request, addr, &host, tls, budget).await
+            send_pinned(request, addr, &host, tls, budget, timeouts).await
         })
     }
 }
@@ -458,8 +474,13 @@ pub async fn post_form(
         used: Arc::default(),
         max: max_body,
     };
+    let timeouts = Timeouts {
+        connect: EXCHANGE_TIMEOUT,
+        first_byte: EXCHANGE_TIMEOUT,
+        between_bytes: EXCHANGE_TIMEOUT,
+    };
     let exchange = async {
-        let (response, io) = send_pinned(request, addr, &host, tls, budget)
+        let (response, io) = send_pinned(request, addr, &host, tls, budget, timeouts)
             .await
             .map_err(|e| format!("{host} could not be reached: {e}"))?;
         let io = Box::into_pin(io);
@@ -469,20 +490,69 @@ pub async fn post_form(
             body.map_err(|e| format!("the response from {host} was cut off or too large: {e}"))?;
         Ok::<_, String>((status, body.to_bytes().to_vec()))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, exchange)
+    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
         .map_err(|_| {
             format!(
                 "{host} did not answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
+                EXCHANGE_TIMEOUT.as_secs()
             )
         })?
 }
 
-/// The run's response-body byte budget, shared by its responses.
+/// The run's response-body byte budget: one counter for all its
+/// responses, debited as each part of a body arrives.
+#[derive(Clone)]
 struct Budget {
     used: Arc<AtomicU64>,
     max: u64,
+}
+
+impl Budget {
+    /// Debits `len` bytes; `false` once the run has read more than it may.
+    fn debit(&self, len: usize) -> bool {
+        let len = len as u64;
+        self.used
+            .fetch_add(len, Ordering::Relaxed)
+            .saturating_add(len)
+            <= self.max
+    }
+}
+
+/// How long an exchange may wait, at most, for each of its steps. A
+/// connector's request options may shorten these, never lengthen them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting: TCP, TLS and the HTTP handshake.
+    pub connect: Duration,
+    /// From the request sent to the response's head.
+    pub first_byte: Duration,
+    /// Between two parts of the response's body.
+    pub between_bytes: Duration,
+}
+
+impl Timeouts {
+    /// The host's `limits`, each lowered where `options` ask for less.
+    fn at_most(limits: &Limits, options: Option<&RequestOptions>) -> Self {
+        let lower = |host: Duration, asked: Option<Duration>| match asked {
+            Some(asked) => host.min(asked),
+            None => host,
+        };
+        Self {
+            connect: lower(
+                limits.http_connect_timeout,
+                options.and_then(|o| o.connect_timeout),
+            ),
+            first_byte: lower(
+                limits.http_first_byte_timeout,
+                options.and_then(|o| o.first_byte_timeout),
+            ),
+            between_bytes: lower(
+                limits.http_between_bytes_timeout,
+                options.and_then(|o| o.between_bytes_timeout),
+            ),
+        }
+    }
 }
 
 /// Sends `request` over a connection to exactly `addr`, verifying TLS
@@ -493,11 +563,8 @@ async fn send_pinned(
     host: &str,
     tls: bool,
     budget: Budget,
+    timeouts: Timeouts,
 ) -> Sent {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)?
-        .map_err(HttpError::Connect)?;
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(
             request
@@ -508,7 +575,13 @@ async fn send_pinned(
         )
         .build()
         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    if tls {
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(HttpError::Connect)?;
+        if !tls {
+            return handshake(TokioIo::new(tcp)).await;
+        }
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
         };
@@ -522,45 +595,115 @@ async fn send_pinned(
             .connect(name, tcp)
             .await
             .map_err(HttpError::Tls)?;
-        exchange(TokioIo::new(stream), request, budget).await
-    } else {
-        exchange(TokioIo::new(tcp), request, budget).await
-    }
+        handshake(TokioIo::new(stream)).await
+    };
+    let (mut sender, driver) = tokio::time::timeout(timeouts.connect, connect)
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let response = tokio::time::timeout(timeouts.first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let response = response.map(|body| {
+        Paced {
+            body,
+            budget,
+            between_bytes: timeouts.between_bytes,
+            next_by: Box::pin(tokio::time::sleep(timeouts.between_bytes)),
+        }
+        .boxed_unsync()
+    });
+    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+        Box::new(async move { driver.finished().await });
+    Ok((response, io))
 }
 
-async fn exchange<S>(io: TokioIo<S>, request: http::Request<WasiBody>, budget: Budget) -> Sent
+/// The HTTP/1 handshake over `io`, its connection driven by a task that
+/// ends when the [`Driver`] is dropped.
+async fn handshake<S>(
+    io: TokioIo<S>,
+) -> Result<(hyper::client::conn::http1::SendRequest<WasiBody>, Driver), HttpError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let driver = tokio::spawn(conn);
-    let response = sender.send_request(request).await?;
-    // Count every body byte against the run; stop at what is left of it.
-    let remaining = budget
-        .max
-        .saturating_sub(budget.used.load(Ordering::Relaxed));
-    let used = budget.used;
-    let response = response.map(|body| {
-        let counted = body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                used.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            frame
-        });
-        http_body_util::Limited::new(counted, usize::try_from(remaining).unwrap_or(usize::MAX))
-            .map_err(|e| match e.downcast::<hyper::Error>() {
-                Ok(e) => HttpError::from(*e),
-                Err(_) => HttpError::HttpResponseBodySize(None),
-            })
-            .boxed_unsync()
-    });
-    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async move {
-        match driver.await {
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        // A response head the host keeps for the guest is bounded (hyper's
+        // smallest read buffer), as are its fields.
+        .max_buf_size(RESPONSE_HEAD_LIMIT)
+        .max_headers(RESPONSE_HEADERS_LIMIT)
+        .handshake(io)
+        .await?;
+    Ok((sender, Driver(tokio::spawn(conn))))
+}
+
+/// Largest response head the host reads, bytes; and most header fields.
+const RESPONSE_HEAD_LIMIT: usize = 16 * 1024;
+const RESPONSE_HEADERS_LIMIT: usize = 100;
+
+/// The task driving one connection; aborted when dropped, so an exchange
+/// the guest gives up on (or that the host abandons with its run) closes
+/// its connection instead of leaving it open.
+struct Driver(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Driver {
+    async fn finished(mut self) -> Result<(), HttpError> {
+        match (&mut self.0).await {
             Ok(result) => result.map_err(HttpError::from),
             Err(_) => Err(HttpError::ConnectionTerminated),
         }
-    });
-    Ok((response, io))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A response body, its bytes debited from the run's budget as they
+/// arrive, that fails when the next part is slower than `between_bytes`.
+struct Paced {
+    body: hyper::body::Incoming,
+    budget: Budget,
+    between_bytes: Duration,
+    next_by: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Paced {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && !self.budget.debit(data.len())
+                {
+                    return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(None))));
+                }
+                let next_by = tokio::time::Instant::now() + self.between_bytes;
+                self.next_by.as_mut().reset(next_by);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.next_by.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

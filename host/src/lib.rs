@@ -16,6 +16,7 @@
 //!   sessions they (or an owner's cookie export) leave;
 //! - [`oauth`]: provider authorization and the refresh of its grants;
 //! - [`events`]: run events for live streams;
+//! - [`inert`]: connector-supplied text, escaped before anyone reads it;
 //! - [`api`] and [`tokens`]: the owner and client HTTP surfaces;
 //! - [`cli`]: the operator's command line over all of them.
 #![deny(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod cookies;
 pub mod egress;
 pub mod events;
+pub mod inert;
 pub mod interactions;
 pub mod oauth;
 pub mod runs;

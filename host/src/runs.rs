@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +32,8 @@ use crate::events::{EventKind, Events};
 use crate::oauth::{self, OauthError};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use crate::runtime::{
-    Binding, Call, Limits, LoadedConnector, Outcome, RunControl, RunFailure, Runtime, RuntimeError,
+    Binding, Call, CancellationToken, Limits, LoadedConnector, Outcome, RunControl, RunFailure,
+    Runtime, RuntimeError,
 };
 use crate::setup;
 use crate::store::{Store, StoreError, new_id, now_ms};
@@ -404,7 +404,7 @@ pub struct Launcher {
     config: LaunchConfig,
     events: Events,
     loaded: Mutex<HashMap<String, Arc<LoadedConnector>>>,
-    cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    cancels: Mutex<HashMap<String, CancellationToken>>,
     logins: Logins,
     runner: Runner,
 }
@@ -566,8 +566,8 @@ impl Launcher {
             let vault = self.vault.lock().expect("vault lock");
             cancel(vault.store(), run_id)?
         };
-        if let Some(flag) = self.cancels.lock().expect("cancels lock").get(run_id) {
-            flag.store(true, Ordering::Relaxed);
+        if let Some(cancel) = self.cancels.lock().expect("cancels lock").get(run_id) {
+            cancel.cancel();
         }
         if record.state == "cancelled" {
             self.events.send(
@@ -670,16 +670,16 @@ impl Launcher {
                 failure: None,
             },
         );
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = CancellationToken::new();
         self.cancels
             .lock()
             .expect("cancels lock")
-            .insert(run_id.to_owned(), Arc::clone(&cancel));
+            .insert(run_id.to_owned(), cancel.clone());
         let watcher = tokio::spawn(watch_cancel(
             Arc::clone(&self.vault),
             run_id.to_owned(),
-            Arc::clone(&cancel),
-            self.config.poll,
+            cancel.clone(),
+            self.config.poll.min(CANCEL_POLL),
         ));
         let mut connector = resolved.as_ref().map(|(setup, ..)| connector_name(setup));
         let ending = self
@@ -826,7 +826,7 @@ impl Launcher {
         run_id: &str,
         source: &str,
         trigger: Trigger,
-        cancel: Arc<AtomicBool>,
+        cancel: CancellationToken,
         resolved: Option<Resolved>,
         connector: &mut Option<String>,
     ) -> Result<Ending, LaunchError> {
@@ -894,7 +894,9 @@ impl Launcher {
         // calls before it left of it.
         let remaining = |binding: &Binding| {
             let mut binding = binding.clone();
-            binding.limits.time = binding.limits.time.saturating_sub(started.elapsed());
+            let limits = &mut binding.limits;
+            limits.time = limits.time.saturating_sub(started.elapsed());
+            limits.wall = limits.wall.saturating_sub(started.elapsed());
             binding
         };
         // A connector that logs in with a stored password or OTP seed does
@@ -1140,11 +1142,15 @@ fn busy(store: &Store, source_id: i64, source: &str) -> Result<LaunchError, Stor
     })
 }
 
-/// Sets `cancel` once the run's row asks for it (from any process).
+/// How often a run looks for a cancellation asked by another process (the
+/// CLI): a cancelled run ends within this and the time to unwind it.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// Cancels `cancel` once the run's row asks for it (from any process).
 async fn watch_cancel(
     vault: Arc<Mutex<Vault>>,
     run_id: String,
-    cancel: Arc<AtomicBool>,
+    cancel: CancellationToken,
     poll: Duration,
 ) {
     loop {
@@ -1162,7 +1168,7 @@ async fn watch_cancel(
                 .unwrap_or(false)
         };
         if requested {
-            cancel.store(true, Ordering::Relaxed);
+            cancel.cancel();
             return;
         }
     }

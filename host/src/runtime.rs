@@ -8,13 +8,15 @@
 //! through the run's [`crate::egress`] policy.
 
 pub mod api_version;
+mod clock;
 mod compiled;
 mod state;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+pub use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
@@ -81,16 +83,26 @@ pub fn session_credential(manifest: &Manifest) -> Option<&str> {
 
 /// How often the epoch advances; the time limit is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// How often a running guest is checked for cancellation and its time
-/// limit, and yields to other runs.
-pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often running guest code yields, so that its call can be abandoned
+/// at the run's deadline or cancellation, and other runs go on.
+pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long `describe()` (and instantiating for it) may take, waits
+/// included.
+pub const DESCRIBE_TIME: Duration = Duration::from_secs(10);
 
 /// Per-run limits. Exceeding one ends the run with
 /// [`RunFailure::ResourceExhausted`].
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Wall-clock time the guest may run.
+    /// Wall-clock time the run may take, its waits for the owner left
+    /// out: guest code, and everything the host waits for on its behalf
+    /// (sleeps, HTTP).
     pub time: Duration,
+    /// Wall-clock time the run may take in all, waits for the owner
+    /// included.
+    pub wall: Duration,
+    /// Questions the run may ask the owner.
+    pub questions: u32,
     /// Linear memory, bytes.
     pub memory: usize,
     /// Records emitted per run.
@@ -101,12 +113,25 @@ pub struct Limits {
     pub http_requests: u64,
     /// Bytes of HTTP response bodies per run.
     pub http_response_bytes: u64,
+    /// Longest wait for an outbound connection (TCP, TLS and the HTTP
+    /// handshake). A connector's request options may only shorten this,
+    /// and the two below.
+    pub http_connect_timeout: Duration,
+    /// Longest wait for a response's head once its request is sent.
+    pub http_first_byte_timeout: Duration,
+    /// Longest wait between two parts of a response's body.
+    pub http_between_bytes_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             time: Duration::from_secs(600),
+            wall: Duration::from_secs(2 * 3600),
+            questions: 8,
+            http_connect_timeout: Duration::from_secs(10),
+            http_first_byte_timeout: Duration::from_secs(60),
+            http_between_bytes_timeout: Duration::from_secs(30),
             memory: 256 << 20,
             records: 1_000_000,
             record_bytes: 1 << 30,
@@ -119,8 +144,10 @@ impl Default for Limits {
 /// Which limit a run hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exhausted {
-    /// The time limit.
+    /// The time limit or the wall clock.
     Time,
+    /// The number of questions to the owner.
+    Questions,
     /// The memory limit.
     Memory,
     /// The record-count limit.
@@ -272,8 +299,9 @@ pub struct Binding {
 /// How the launch seam steers a run from outside.
 #[derive(Debug, Clone)]
 pub struct RunControl {
-    /// Set to end the run at its next check (within [`CHECK_EVERY`]).
-    pub cancel: Arc<AtomicBool>,
+    /// Cancelled to end the run: whatever its guest is doing, the call is
+    /// abandoned at once (within [`CHECK_EVERY`] while guest code runs).
+    pub cancel: CancellationToken,
     /// Where the run's events go.
     pub events: Events,
     /// Whether the run may ask its owner; `interaction.ask` answers
@@ -290,7 +318,7 @@ pub struct RunControl {
 impl Default for RunControl {
     fn default() -> Self {
         Self {
-            cancel: Arc::default(),
+            cancel: CancellationToken::new(),
             events: Events::default(),
             interactive: false,
             interaction_wait: Duration::from_secs(15 * 60),
@@ -523,17 +551,28 @@ impl Runtime {
         })?;
         let mut store = Store::new(&self.engine, RunState::describing(Limits::default()));
         store.limiter(|s| s);
-        store.set_epoch_deadline(ticks(Duration::from_secs(10)));
-        store.epoch_deadline_trap();
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
-        let manifest = instance
-            .sourcebox_connector_connector()
-            .call_describe(&mut store)
-            .await
-            .map_err(|e| RuntimeError::Invalid(format!("describe() failed: {e:#}")))?;
+        // Guest code yields now and then, so the timeout below stops a
+        // `describe()` that spins as surely as one that sleeps.
+        store.set_epoch_deadline(ticks(CHECK_EVERY));
+        store.epoch_deadline_async_yield_and_update(ticks(CHECK_EVERY));
+        let described = tokio::time::timeout(DESCRIBE_TIME, async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+            instance
+                .sourcebox_connector_connector()
+                .call_describe(&mut store)
+                .await
+                .map_err(|e| RuntimeError::Invalid(format!("describe() failed: {e:#}")))
+        })
+        .await;
+        let manifest = described.map_err(|_| {
+            RuntimeError::Invalid(format!(
+                "describe() did not return within {} s; a connector describes itself without waiting for anything",
+                DESCRIBE_TIME.as_secs()
+            ))
+        })??;
         Ok(LoadedConnector {
             pre,
             manifest: Arc::new(manifest),
@@ -587,75 +626,97 @@ impl Runtime {
     }
 
     /// Runs `call` in a fresh instance bound to `binding.source`.
+    ///
+    /// The call races the run's clock and its cancellation: whichever
+    /// comes first, guest code running or the host waiting on its behalf
+    /// (a sleep, an HTTP response, the owner), the call is abandoned and
+    /// the instance dropped.
     pub async fn run(
         &self,
         connector: &LoadedConnector,
         binding: Binding,
         call: Call,
     ) -> Result<Outcome, RunFailure> {
-        let time = binding.limits.time;
+        let limits = binding.limits.clone();
         let authenticating = matches!(call, Call::Authenticate);
         let setup = binding.setup.clone();
-        let cancel = Arc::clone(&binding.control.cancel);
+        let cancel = binding.control.cancel.clone();
+        let clock = clock::RunClock::start();
         let mut store = Store::new(
             &self.engine,
-            RunState::bound(binding, Arc::clone(&connector.manifest), authenticating),
+            RunState::bound(
+                binding,
+                Arc::clone(&connector.manifest),
+                authenticating,
+                clock.clone(),
+            ),
         );
         store.limiter(|s| s);
-        // The time limit counts the guest's time, not the owner's: time spent
-        // waiting for an interaction answer is left out.
-        let started = Instant::now();
-        store.set_epoch_deadline(ticks(CHECK_EVERY.min(time)));
-        let cancelled = Arc::clone(&cancel);
-        store.epoch_deadline_callback(move |ctx| {
-            if cancelled.load(Ordering::Relaxed) {
-                return Err(wasmtime::Error::new(Cancelled));
-            }
-            let active = started.elapsed().saturating_sub(ctx.data().waited());
-            match time.checked_sub(active) {
-                Some(left) if !left.is_zero() => {
-                    Ok(UpdateDeadline::Yield(ticks(CHECK_EVERY.min(left))))
+        // While guest code runs it yields every CHECK_EVERY (or at the
+        // deadline, if sooner), and traps once the time is spent.
+        let deadline = {
+            let (clock, cancel, limits) = (clock.clone(), cancel.clone(), limits.clone());
+            move || {
+                if cancel.is_cancelled() {
+                    return Err(wasmtime::Error::new(Cancelled));
                 }
-                _ => Err(wasmtime::Error::new(Trap::Interrupt)),
+                match clock.left(&limits) {
+                    Some(left) => Ok(ticks(CHECK_EVERY.min(left))),
+                    None => Err(wasmtime::Error::new(Trap::Interrupt)),
+                }
             }
-        });
-        if cancel.load(Ordering::Relaxed) {
+        };
+        store.set_epoch_deadline(ticks(CHECK_EVERY.min(limits.time)));
+        store.epoch_deadline_callback(move |_| deadline().map(UpdateDeadline::Yield));
+        if cancel.is_cancelled() {
             return Err(RunFailure::Cancelled);
         }
 
-        let result = async {
-            let instance = connector
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Failure::Instantiate)?;
-            let (source, run) = store.data().log_context();
-            tracing::trace!(source, run, "instance ready");
-            let guest = instance.sourcebox_connector_connector();
-            Ok::<_, Failure>(match call {
-                Call::Verify => guest
-                    .call_verify(&mut store, &setup)
+        let result = {
+            let guest = async {
+                let instance = connector
+                    .pre
+                    .instantiate_async(&mut store)
                     .await
-                    .map_err(Failure::Trap)?
-                    .map(Outcome::Verified),
-                Call::Authenticate => guest
-                    .call_authenticate(&mut store, &setup)
-                    .await
-                    .map_err(Failure::Trap)?
-                    .map(|()| Outcome::Authenticated),
-                Call::Collect(streams) => guest
-                    .call_collect(&mut store, &CollectRequest { streams, setup })
-                    .await
-                    .map_err(Failure::Trap)?
-                    .map(Outcome::Collected),
-            })
-        }
-        .await;
+                    .map_err(Failure::Instantiate)?;
+                let guest = instance.sourcebox_connector_connector();
+                Ok::<_, Failure>(match call {
+                    Call::Verify => guest
+                        .call_verify(&mut store, &setup)
+                        .await
+                        .map_err(Failure::Trap)?
+                        .map(Outcome::Verified),
+                    Call::Authenticate => guest
+                        .call_authenticate(&mut store, &setup)
+                        .await
+                        .map_err(Failure::Trap)?
+                        .map(|()| Outcome::Authenticated),
+                    Call::Collect(streams) => guest
+                        .call_collect(&mut store, &CollectRequest { streams, setup })
+                        .await
+                        .map_err(Failure::Trap)?
+                        .map(Outcome::Collected),
+                })
+            };
+            // Losing the race drops the call: wasmtime unwinds the guest's
+            // stack, and whatever the host awaited for it is dropped.
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(Failure::Stopped(RunFailure::Cancelled)),
+                () = clock.spent(&limits) => {
+                    Err(Failure::Stopped(RunFailure::ResourceExhausted(Exhausted::Time)))
+                }
+                result = guest => result,
+            }
+        };
 
         let state = store.data_mut();
         state.log_guest_output();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
+        if let Err(Failure::Stopped(failure)) = &result {
+            return Err(failure.clone());
+        }
         if let Some(why) = state.egress_denied() {
             return Err(RunFailure::EgressDenied(why));
         }
@@ -664,7 +725,11 @@ impl Runtime {
         {
             return Err(RunFailure::Cancelled);
         }
-        if let (Err(_) | Ok(Err(_)), Some(failure)) = (&result, state.host_failure()) {
+        // A limit that was hit is why the run ended, whatever the guest
+        // went through before it.
+        if let (Err(_) | Ok(Err(_)), None, Some(failure)) =
+            (&result, exhausted, state.host_failure())
+        {
             return Err(failure);
         }
         match (result, exhausted) {
@@ -678,6 +743,7 @@ impl Runtime {
             (Err(Failure::Instantiate(e)), None) => {
                 Err(RunFailure::Instantiation(format!("{e:#}")))
             }
+            (Err(Failure::Stopped(failure)), None) => Err(failure),
             (Ok(Err(e)), None) => Err(RunFailure::Connector(e)),
             (Ok(Ok(outcome)), None) => match flushed {
                 Ok(()) => Ok(outcome),
@@ -692,6 +758,8 @@ impl Runtime {
 enum Failure {
     Instantiate(wasmtime::Error),
     Trap(wasmtime::Error),
+    /// The call was abandoned: cancelled, or its time spent.
+    Stopped(RunFailure),
 }
 
 fn ticks(time: Duration) -> u64 {

@@ -4,8 +4,6 @@
 //! name another source.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use rusqlite::params;
 use wasmtime::ResourceLimiter;
@@ -45,8 +43,6 @@ pub struct RunState {
     table: ResourceTable,
     limits: Limits,
     exhausted: Option<Exhausted>,
-    /// Time spent waiting for the owner; not counted against the time limit.
-    waited: Duration,
     bound: Option<Bound>,
 }
 
@@ -54,6 +50,10 @@ struct Bound {
     binding: Binding,
     manifest: std::sync::Arc<Manifest>,
     authenticating: bool,
+    /// The run's clock, told when the run waits for the owner.
+    clock: super::clock::RunClock,
+    /// Questions asked of the owner so far.
+    asked: u32,
     pending: Vec<(String, String, String)>,
     emitted: u64,
     emitted_bytes: u64,
@@ -91,6 +91,7 @@ impl RunState {
         binding: Binding,
         manifest: std::sync::Arc<Manifest>,
         authenticating: bool,
+        clock: super::clock::RunClock,
     ) -> Self {
         let limits = binding.limits.clone();
         let policy = EgressPolicy::for_source(&manifest, &binding.setup, &binding.egress_allow);
@@ -107,6 +108,8 @@ impl RunState {
                 binding,
                 manifest,
                 authenticating,
+                clock,
+                asked: 0,
                 pending: Vec::new(),
                 emitted: 0,
                 emitted_bytes: 0,
@@ -135,14 +138,8 @@ impl RunState {
             table: ResourceTable::new(),
             limits,
             exhausted: None,
-            waited: Duration::ZERO,
             bound,
         }
-    }
-
-    /// Time spent waiting for the owner so far.
-    pub(super) fn waited(&self) -> Duration {
-        self.waited
     }
 
     /// The limit the run hit, if any.
@@ -578,6 +575,16 @@ impl interaction::Host for RunState {
         if !control.interactive {
             return Ok(Err(InteractionError::Unsupported));
         }
+        // A connector that asks again and again is stopped, not answered.
+        bound.asked += 1;
+        if bound.asked > self.limits.questions {
+            self.exhausted = Some(Exhausted::Questions);
+            return Err(wasmtime::Error::msg(format!(
+                "the run asked the owner more than {} questions",
+                self.limits.questions
+            )));
+        }
+        let clock = bound.clock.clone();
         let kind = match kind {
             Kind::Otp => "otp",
             Kind::Login => "login",
@@ -614,6 +621,13 @@ impl interaction::Host for RunState {
             )
             .map_err(|e| host_fault(&e))?
         };
+        // Closed however the wait ends, the call abandoned included.
+        let question = OpenQuestion {
+            vault: std::sync::Arc::clone(&vault),
+            id: id.clone(),
+            run_id: run_id.clone(),
+            open: true,
+        };
         // Taken out of the registry however the wait ends, which closes it.
         let _open = login.map(|(browser, credential)| {
             control.logins.insert(&id, browser);
@@ -647,13 +661,13 @@ impl interaction::Host for RunState {
                 failure: None,
             },
         );
-        let started = Instant::now();
+        let waiting = clock.waiting();
         let actor = Actor {
             name: "connector",
             run_id: Some(&run_id),
         };
         let outcome = loop {
-            if control.cancel.load(Ordering::Relaxed) {
+            if control.cancel.is_cancelled() {
                 break Err(None);
             }
             let (answer, state) = {
@@ -675,11 +689,8 @@ impl interaction::Host for RunState {
             }
             tokio::time::sleep(control.poll).await;
         };
-        self.waited += started.elapsed();
-        {
-            let vault = vault.lock().expect("vault lock");
-            interactions::close(vault.store(), &id, &run_id).map_err(|e| host_fault(&e))?;
-        }
+        drop(waiting);
+        question.close().map_err(|e| host_fault(&e))?;
         control.events.send(
             &run_id,
             &source.source,
@@ -713,6 +724,40 @@ impl interaction::Host for RunState {
                 Ok(Err(InteractionError::Timeout))
             }
             Err(Some(other)) => Ok(Err(other)),
+        }
+    }
+}
+
+/// A question waiting for the owner: closed (expired if still pending, the
+/// run running again) when the wait ends, or when it is dropped because
+/// the call waiting was abandoned.
+struct OpenQuestion {
+    vault: std::sync::Arc<std::sync::Mutex<crate::vault::Vault>>,
+    id: String,
+    run_id: String,
+    /// Until closed by [`OpenQuestion::close`].
+    open: bool,
+}
+
+impl OpenQuestion {
+    fn close(mut self) -> Result<(), crate::store::StoreError> {
+        self.open = false;
+        self.close_now()
+    }
+
+    fn close_now(&self) -> Result<(), crate::store::StoreError> {
+        let vault = self.vault.lock().unwrap_or_else(|e| e.into_inner());
+        interactions::close(vault.store(), &self.id, &self.run_id)
+    }
+}
+
+impl Drop for OpenQuestion {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Err(e) = self.close_now() {
+            tracing::warn!(run = self.run_id, interaction = self.id, error = %e, "an abandoned question could not be closed");
         }
     }
 }

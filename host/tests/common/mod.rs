@@ -185,6 +185,50 @@ pub async fn fixture_server() -> (
     (addr, seen)
 }
 
+/// A server that reads each request and never answers it, or, when
+/// `trickle`, answers a head promising a megabyte and then sends one byte
+/// of it every 50 ms. Connections stay open until the client closes them.
+/// Returns its address and how many connections are open now.
+pub async fn stalling_server(
+    trickle: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&open);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let open = std::sync::Arc::clone(&counter);
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if read_request_head(&mut socket).await.is_some() {
+                    if trickle {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+                        if socket.write_all(head.as_bytes()).await.is_ok() {
+                            while socket.write_all(b"x").await.is_ok() {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        }
+                    } else {
+                        // Until the client hangs up.
+                        let mut buf = [0u8; 64];
+                        while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
 /// Reads an HTTP/1.1 request head (request line and headers) off `socket`.
 pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
     use tokio::io::AsyncReadExt;

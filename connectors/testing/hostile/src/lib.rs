@@ -235,6 +235,29 @@ impl Connector for Hostile {
                 let target = setup_value(&request.setup, "target").unwrap_or("");
                 Ok(fetch(target, true)?)
             }
+            // Waits inside the host, where no guest code runs to interrupt.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Err(observed("woke after an hour".into()))
+            }
+            // A request to a server that never answers, or trickles.
+            "http-wait" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                Ok(fetch(target, false)?)
+            }
+            // The same, asking for hour-long timeouts: the host's shorter
+            // ones still apply. Reports the error the request ended with.
+            "http-options" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                Err(observed(raw::get_with_hour_timeouts(target)))
+            }
+            // Asks the owner again and again, whatever the answer.
+            "ask-loop" => loop {
+                let _ = sourcebox_sdk::interaction::ask(
+                    sourcebox_sdk::interaction::Kind::Otp,
+                    "one more code, please",
+                );
+            },
             other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
         }
     }
@@ -250,6 +273,38 @@ fn fetch(url: &str, with_token: bool) -> Result<RunSummary, ConnectorError> {
         "reached {url}: status {}",
         response.status
     )))
+}
+
+/// What the SDK does not offer, straight through the contract's imports.
+mod raw {
+    use sourcebox_sdk::__private::wit::wasi::http::outgoing_handler;
+    use sourcebox_sdk::__private::wit::wasi::http::types as wasi;
+
+    /// A GET of `url` (`http://authority/path`) with every timeout of its
+    /// request options set to an hour; what it ended with, in words.
+    pub fn get_with_hour_timeouts(url: &str) -> String {
+        const HOUR_NS: u64 = 3_600_000_000_000;
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let request = wasi::OutgoingRequest::new(wasi::Fields::new());
+        let _ = request.set_scheme(Some(&wasi::Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
+        let options = wasi::RequestOptions::new();
+        let _ = options.set_connect_timeout(Some(HOUR_NS));
+        let _ = options.set_first_byte_timeout(Some(HOUR_NS));
+        let _ = options.set_between_bytes_timeout(Some(HOUR_NS));
+        let pending = match outgoing_handler::handle(request, Some(options)) {
+            Ok(pending) => pending,
+            Err(code) => return format!("refused: {code:?}"),
+        };
+        pending.subscribe().block();
+        match pending.get() {
+            Some(Ok(Ok(response))) => format!("answered {}", response.status()),
+            Some(Ok(Err(code))) => format!("ended: {code:?}"),
+            other => format!("no response: {other:?}"),
+        }
+    }
 }
 
 export_connector!(Hostile);
