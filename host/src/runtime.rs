@@ -744,9 +744,9 @@ impl Runtime {
                 Err(RunFailure::Instantiation(format!("{e:#}")))
             }
             (Err(Failure::Stopped(failure)), None) => Err(failure),
-            (Ok(Err(e)), None) => Err(RunFailure::Connector(e)),
+            (Ok(Err(e)), None) => Err(RunFailure::Connector(inert_error(e))),
             (Ok(Ok(outcome)), None) => match flushed {
-                Ok(()) => Ok(outcome),
+                Ok(()) => Ok(inert_outcome(outcome)),
                 Err(e) => Err(RunFailure::ConnectorTrap(format!(
                     "records could not be stored: {e}"
                 ))),
@@ -768,8 +768,38 @@ fn ticks(time: Duration) -> u64 {
 
 /// The trap's kind and the guest frames, without host internals.
 fn trap_message(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<Trap>() {
+    let message = match e.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         None => e.root_cause().to_string(),
+    };
+    crate::inert::text(&message, MAX_DETAIL)
+}
+
+/// Longest text a connector's error may put in a run's detail.
+const MAX_DETAIL: usize = 2000;
+/// Longest account id or name a connector may report.
+const MAX_IDENTITY: usize = 256;
+
+/// A connector's error with its text made inert (see [`crate::inert`]).
+fn inert_error(e: ConnectorError) -> ConnectorError {
+    let text = |m: String| crate::inert::text(&m, MAX_DETAIL);
+    match e {
+        ConnectorError::AuthRejected(m) => ConnectorError::AuthRejected(text(m)),
+        ConnectorError::AuthInsufficient(m) => ConnectorError::AuthInsufficient(text(m)),
+        ConnectorError::UpstreamTransient(m) => ConnectorError::UpstreamTransient(text(m)),
+        ConnectorError::Fatal(m) => ConnectorError::Fatal(text(m)),
+        e @ ConnectorError::RateLimited(_) => e,
+    }
+}
+
+/// What a connector returned, its text made inert: the account it says
+/// the credentials belong to is shown to the owner.
+fn inert_outcome(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Verified(identity) => Outcome::Verified(AccountIdentity {
+            id: crate::inert::text(&identity.id, MAX_IDENTITY),
+            display: crate::inert::text(&identity.display, MAX_IDENTITY),
+        }),
+        outcome => outcome,
     }
 }

