@@ -25,11 +25,9 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::runtime::bindings::sourcebox::connector::types::{
-    CredentialClass, EgressHost, Manifest,
-};
-use crate::runtime::{Binding, Exhausted, Limits};
-use crate::vault::Actor;
+use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::runtime::credentials::{Destination, NotInjected, Shared as RunCredentials};
+use crate::runtime::{Exhausted, Limits};
 
 /// The header a guest sets to have a credential injected in the form its
 /// class takes: a bearer token (token, OAuth access token), or the
@@ -48,6 +46,9 @@ pub struct EgressPolicy {
     /// Exact socket addresses the operator allowed despite their class
     /// (`--egress-allow`), e.g. a loopback fixture.
     allowed_addrs: Vec<SocketAddr>,
+    /// The port a setup field's URL names for its host, where it names
+    /// one; every other host's https port is 443.
+    ports: Vec<(String, u16)>,
 }
 
 impl EgressPolicy {
@@ -59,19 +60,25 @@ impl EgressPolicy {
         allowed_addrs: &[SocketAddr],
     ) -> Self {
         let mut hosts = Vec::new();
+        let mut ports = Vec::new();
         for host in &manifest.setup.egress {
             match host {
                 EgressHost::Fixed(h) => hosts.push(h.to_ascii_lowercase()),
                 EgressHost::FromSetupField(field) => {
-                    if let Some(host) = setup
+                    let Some(uri) = setup
                         .iter()
                         .find(|(k, _)| k == field)
                         .and_then(|(_, v)| v.parse::<http::Uri>().ok())
-                        .and_then(|u| {
-                            u.host()
-                                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
-                        })
+                    else {
+                        continue;
+                    };
+                    if let Some(host) = uri
+                        .host()
+                        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
                     {
+                        if let Some(port) = uri.port_u16() {
+                            ports.push((host.clone(), port));
+                        }
                         hosts.push(host);
                     }
                 }
@@ -80,12 +87,22 @@ impl EgressPolicy {
         Self {
             hosts,
             allowed_addrs: allowed_addrs.to_vec(),
+            ports,
         }
     }
 
     /// The host names and addresses a run may address.
     pub fn hosts(&self) -> &[String] {
         &self.hosts
+    }
+
+    /// The port a credential may be sent to `host` on, over https.
+    pub fn https_port(&self, host: &str) -> u16 {
+        let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+        self.ports
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map_or(443, |(_, port)| *port)
     }
 
     /// Whether `host` is on the list.
@@ -198,11 +215,9 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
 /// The `wasi:http` hooks of one run.
 pub struct EgressHooks {
     policy: Arc<EgressPolicy>,
-    binding: Option<Binding>,
-    /// Hosts each injectable credential may go to, and its class (an
-    /// OAuth grant's access token is what is injected, a session's
-    /// cookies).
-    credential_hosts: Vec<(String, Vec<String>, CredentialClass)>,
+    /// The run's credentials, which decide what may be injected where;
+    /// `None` for `describe()`, which may send nothing.
+    credentials: Option<RunCredentials>,
     /// The first refusal, reported as the run's `egress_denied` failure.
     denied: Arc<Mutex<Option<String>>>,
     /// Requests sent so far, and how many the run may send.
@@ -228,8 +243,7 @@ impl EgressHooks {
     pub fn deny_all() -> Self {
         Self {
             policy: Arc::new(EgressPolicy::default()),
-            binding: None,
-            credential_hosts: Vec::new(),
+            credentials: None,
             denied: Arc::default(),
             requests: 0,
             max_requests: 0,
@@ -239,27 +253,15 @@ impl EgressHooks {
         }
     }
 
-    /// Hooks for a run of `binding` under `policy`.
-    pub fn for_run(
+    /// Hooks for a run under `policy`, injecting from `credentials`.
+    pub(crate) fn for_run(
         policy: Arc<EgressPolicy>,
-        binding: Binding,
-        manifest: &Manifest,
+        credentials: RunCredentials,
         limits: &Limits,
     ) -> Self {
         Self {
             policy,
-            binding: Some(binding),
-            credential_hosts: manifest
-                .credentials
-                .iter()
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                        c.class,
-                    )
-                })
-                .collect(),
+            credentials: Some(credentials),
             denied: Arc::default(),
             requests: 0,
             max_requests: limits.http_requests,
@@ -271,7 +273,7 @@ impl EgressHooks {
 
     /// The HTTP limit the run went past, if any.
     pub fn exhausted(&self) -> Option<Exhausted> {
-        if self.binding.is_none() {
+        if self.credentials.is_none() {
             None
         } else if self.requests > self.max_requests {
             Some(Exhausted::HttpRequests)
@@ -331,80 +333,13 @@ impl WasiHttpHooks for EgressHooks {
             let err = deny(format!("{host} is not a host this connector declared"));
             return Box::new(async move { Err(err) });
         }
-        // Credential injection, decided here where the destination is known.
-        let bearer = request.headers_mut().remove(BEARER_HEADER);
-        let injected = match bearer {
-            None => None,
-            Some(name) => {
-                let name = name.to_str().unwrap_or_default().to_owned();
-                // A credential that lists no hosts may go to any host of the
-                // run (already checked above); otherwise only to its own.
-                let declared = self.credential_hosts.iter().find(|(n, hosts, _)| {
-                    *n == name && (hosts.is_empty() || hosts.contains(&host.to_ascii_lowercase()))
-                });
-                let value = match (&self.binding, declared) {
-                    (Some(binding), Some((_, _, class))) => {
-                        let actor = Actor {
-                            name: "egress",
-                            run_id: Some(&binding.run_id),
-                        };
-                        binding
-                            .vault
-                            .lock()
-                            .expect("vault lock")
-                            .get(actor, &binding.source, &name)
-                            .ok()
-                            .map(|v| (v, *class))
-                    }
-                    _ => None,
-                };
-                let tls = uri.scheme() == Some(&Scheme::HTTPS);
-                let refused = || format!("credential '{name}' may not be sent to {host}");
-                let bearer = |v: &crate::vault::Secret| {
-                    let line = zeroize::Zeroizing::new(
-                        [b"Bearer ".as_slice(), v.expose_secret()].concat(),
-                    );
-                    http::HeaderValue::from_bytes(&line)
-                        .ok()
-                        .map(|h| (http::header::AUTHORIZATION, h))
-                        .ok_or_else(refused)
-                };
-                let header = match value {
-                    None => Err(refused()),
-                    Some((v, CredentialClass::Oauth)) => crate::oauth::bearer(&v)
-                        .map(|h| (http::header::AUTHORIZATION, h))
-                        .ok_or_else(refused),
-                    // A captured session goes as the cookies of this
-                    // host; a value the connector stored itself as before.
-                    Some((v, CredentialClass::Session)) => {
-                        match crate::cookies::header(&v, &host, tls) {
-                            Ok(Some(line)) => http::HeaderValue::from_bytes(&line)
-                                .ok()
-                                .map(|h| (http::header::COOKIE, h))
-                                .ok_or_else(refused),
-                            Ok(None) => Err(format!(
-                                "session '{name}' holds no cookie for {host}; log in again"
-                            )),
-                            Err(()) => bearer(&v),
-                        }
-                    }
-                    Some((v, _)) => bearer(&v),
-                };
-                match header {
-                    Ok((name, mut header)) => {
-                        header.set_sensitive(true);
-                        Some((name, header))
-                    }
-                    Err(why) => {
-                        let err = deny(why);
-                        return Box::new(async move { Err(err) });
-                    }
-                }
-            }
-        };
-        if let Some((name, header)) = injected {
-            request.headers_mut().insert(name, header);
-        }
+        // A credential to inject is named now, and decided once the
+        // address the request goes to is known.
+        let inject = request
+            .headers_mut()
+            .remove(BEARER_HEADER)
+            .map(|name| name.to_str().unwrap_or_default().to_owned());
+        let credentials = self.credentials.clone();
         let budget = Budget {
             used: Arc::clone(&self.response_bytes),
             max: self.max_response_bytes,
@@ -413,7 +348,32 @@ impl WasiHttpHooks for EgressHooks {
         Box::new(async move {
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let addr = policy.resolve(&host, port).await.map_err(deny)?;
+            let addr = policy.resolve(&host, port).await.map_err(&deny)?;
+            if let Some(name) = inject {
+                let Some(credentials) = credentials else {
+                    return Err(deny(format!(
+                        "credential '{name}' may not be sent to {host}"
+                    )));
+                };
+                let to = Destination {
+                    host: &host,
+                    tls,
+                    port,
+                    https_port: policy.https_port(&host),
+                    allowed: policy.allowed_addrs.contains(&addr),
+                };
+                let injected = credentials
+                    .lock()
+                    .expect("credentials lock")
+                    .inject(&name, &to);
+                match injected {
+                    Ok((name, value)) => {
+                        request.headers_mut().insert(name, value);
+                    }
+                    Err(NotInjected::Denied(why)) => return Err(deny(why)),
+                    Err(NotInjected::Unavailable) => return Err(HttpError::HttpRequestDenied),
+                }
+            }
             send_pinned(request, addr, &host, tls, budget, timeouts).await
         })
     }
@@ -441,6 +401,7 @@ pub async fn post_form(
     let policy = EgressPolicy {
         hosts: vec![host.to_ascii_lowercase()],
         allowed_addrs: allowed_addrs.to_vec(),
+        ports: Vec::new(),
     };
     let addr = policy.resolve(&host, port).await?;
     if !tls && !allowed_addrs.contains(&addr) {
@@ -749,6 +710,7 @@ mod tests {
         let policy = EgressPolicy {
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
             allowed_addrs: vec!["127.0.0.1:8080".parse().expect("addr")],
+            ports: Vec::new(),
         };
         assert!(policy.resolve("localhost", 9).await.is_err());
         assert!(policy.resolve("169.254.169.254", 80).await.is_err());
@@ -772,6 +734,7 @@ mod tests {
                 "93.184.215.14".into(),
             ],
             allowed_addrs: vec!["127.0.0.1:8080".parse().expect("addr")],
+            ports: Vec::new(),
         };
         assert_eq!(
             policy.browser_reach().await,

@@ -10,6 +10,7 @@
 pub mod api_version;
 mod clock;
 mod compiled;
+pub(crate) mod credentials;
 mod state;
 
 use std::path::Path;
@@ -154,6 +155,8 @@ pub enum Exhausted {
     Records,
     /// The record-bytes limit.
     RecordBytes,
+    /// A credential the connector put was larger than its class allows.
+    CredentialBytes,
     /// The outbound request limit.
     HttpRequests,
     /// The response-body byte limit.
@@ -712,6 +715,7 @@ impl Runtime {
 
         let state = store.data_mut();
         state.log_guest_output();
+        state.log_repeated_reads();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
         if let Err(Failure::Stopped(failure)) = &result {

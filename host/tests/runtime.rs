@@ -329,6 +329,95 @@ async fn hostile_components_are_stopped_with_typed_failures() {
     assert!(stored.len() <= 4 + 2_000, "{}", stored.len());
 }
 
+/// The class rules hold at every exit a credential has: a password is not
+/// injected while collecting, a connector cannot overwrite what the owner
+/// entered nor keep an oversized session, and reading one credential
+/// again and again writes one audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_classes_hold_at_every_exit() {
+    let mut w = world().await;
+    let (addr, seen) = common::fixture_server().await;
+    w.egress_allow = vec![addr];
+    let a = w.source("a");
+    set(
+        &w.vault.lock().expect("lock"),
+        &a,
+        "login_password",
+        b"hunter2-of-a",
+    );
+    let target = format!("http://{addr}/echo");
+    match w
+        .collect(
+            &w.hostile,
+            "a",
+            &[("attack", "inject-password"), ("target", &target)],
+            Limits::default(),
+        )
+        .await
+    {
+        Err(RunFailure::EgressDenied(why)) => assert!(
+            why.contains("'login_password' is sent only while the connector authenticates"),
+            "{why}"
+        ),
+        other => panic!("expected egress_denied, got {other:?}"),
+    }
+    assert!(seen.lock().expect("seen").is_empty(), "nothing was sent");
+
+    assert_eq!(
+        w.collect(
+            &w.hostile,
+            "a",
+            &[("attack", "put-owned")],
+            Limits::default()
+        )
+        .await,
+        Err(RunFailure::Connector(ConnectorError::Fatal(
+            r#"put=["token:not-now", "login_password:not-now", "session:stored"]"#.into()
+        )))
+    );
+    {
+        let vault = w.vault.lock().expect("lock");
+        assert_eq!(common::get(&vault, &a, "token"), b"token-of-a");
+        assert_eq!(common::get(&vault, &a, "login_password"), b"hunter2-of-a");
+    }
+    assert_eq!(
+        w.collect(
+            &w.hostile,
+            "a",
+            &[("attack", "put-huge")],
+            Limits::default()
+        )
+        .await,
+        Err(RunFailure::ResourceExhausted(Exhausted::CredentialBytes))
+    );
+
+    let binding = w.binding("b", &[("attack", "read-loop")], Limits::default());
+    let run_id = binding.run_id.clone();
+    let ended = w
+        .runtime
+        .run(&w.hostile, binding, Call::Collect(vec![]))
+        .await;
+    assert_eq!(
+        ended,
+        Err(RunFailure::Connector(ConnectorError::Fatal(
+            "read 20000 times".into()
+        )))
+    );
+    let audited: i64 = w
+        .vault
+        .lock()
+        .expect("lock")
+        .store()
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE action = 'credential.read' AND run_id = ?1",
+            [&run_id],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(audited, 1);
+}
+
 /// What a connector says is inert: a newline cannot forge a log line, an
 /// escape sequence reaches no terminal, and a secret across the cut of a
 /// long line is redacted whole, never shown less its last characters.

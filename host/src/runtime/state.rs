@@ -16,15 +16,14 @@ use super::bindings::sourcebox::connector::credentials::{self, CredentialError};
 use super::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
 use super::bindings::sourcebox::connector::log::{self, Level};
 use super::bindings::sourcebox::connector::records::{self, BatchError, RecordError};
-use super::bindings::sourcebox::connector::types::{self, CredentialClass, Manifest};
+use super::bindings::sourcebox::connector::types::{self, Manifest};
+use super::credentials::{RunCredentials, Shared};
 use super::{Binding, Exhausted, Limits};
 use crate::egress::{EgressHooks, EgressPolicy};
 use crate::events::EventKind;
 use crate::interactions;
 use crate::store::now_ms;
-use crate::vault::{
-    Actor, CredentialClass as VaultClass, NewCredential, Provenance, Secret, VaultError,
-};
+use crate::vault::{Actor, CredentialClass as VaultClass, NewCredential, Provenance, VaultError};
 
 /// Records buffered before they are written in one transaction.
 const FLUSH_EVERY: usize = 500;
@@ -49,7 +48,6 @@ pub struct RunState {
 struct Bound {
     binding: Binding,
     manifest: std::sync::Arc<Manifest>,
-    authenticating: bool,
     /// The run's clock, told when the run waits for the owner.
     clock: super::clock::RunClock,
     /// Questions asked of the owner so far.
@@ -57,10 +55,10 @@ struct Bound {
     pending: Vec<(String, String, String)>,
     emitted: u64,
     emitted_bytes: u64,
-    /// Values handed out this run, redacted from its log lines.
-    resolved: Vec<Secret>,
-    /// What the host saw go wrong that explains a failed run: a revoked or
-    /// undecryptable credential, an unanswered interaction.
+    /// The run's credentials: the only way it reaches any.
+    credentials: Shared,
+    /// What the host saw go wrong that explains a failed run: an
+    /// unanswered interaction, a login browser that failed.
     host_failure: Option<super::RunFailure>,
 }
 
@@ -95,10 +93,16 @@ impl RunState {
     ) -> Self {
         let limits = binding.limits.clone();
         let policy = EgressPolicy::for_source(&manifest, &binding.setup, &binding.egress_allow);
+        let credentials: Shared = std::sync::Arc::new(std::sync::Mutex::new(RunCredentials::new(
+            std::sync::Arc::clone(&binding.vault),
+            binding.source.clone(),
+            binding.run_id.clone(),
+            authenticating,
+            std::sync::Arc::clone(&manifest),
+        )));
         let hooks = EgressHooks::for_run(
             std::sync::Arc::new(policy),
-            binding.clone(),
-            &manifest,
+            std::sync::Arc::clone(&credentials),
             &limits,
         );
         Self::new(
@@ -107,13 +111,12 @@ impl RunState {
             Some(Bound {
                 binding,
                 manifest,
-                authenticating,
                 clock,
                 asked: 0,
                 pending: Vec::new(),
                 emitted: 0,
                 emitted_bytes: 0,
-                resolved: Vec::new(),
+                credentials,
                 host_failure: None,
             }),
         )
@@ -144,7 +147,14 @@ impl RunState {
 
     /// The limit the run hit, if any.
     pub(super) fn exhausted(&self) -> Option<Exhausted> {
-        self.exhausted.or(self.hooks.exhausted())
+        self.exhausted.or(self.hooks.exhausted()).or_else(|| {
+            let bound = self.bound.as_ref()?;
+            bound
+                .credentials
+                .lock()
+                .expect("credentials lock")
+                .exhausted()
+        })
     }
 
     /// Writes what the guest printed to the host log, line by line, cut to
@@ -159,6 +169,28 @@ impl RunState {
                 let (source, run) = self.log_context();
                 tracing::info!(source, run, stream, "{}", self.redact(line));
             }
+        }
+    }
+
+    /// Says how many credential reads the run's first read of each
+    /// answered (they wrote no audit row).
+    pub(super) fn log_repeated_reads(&self) {
+        let Some(bound) = &self.bound else {
+            return;
+        };
+        let repeated = bound
+            .credentials
+            .lock()
+            .expect("credentials lock")
+            .repeated();
+        if repeated > 0 {
+            let (source, run) = self.log_context();
+            tracing::debug!(
+                source,
+                run,
+                repeated,
+                "credential reads answered from the run's first read of each"
+            );
         }
     }
 
@@ -177,15 +209,16 @@ impl RunState {
     /// inert and cut to length — in that order, so a secret straddling the
     /// cut is replaced whole rather than left less its last characters.
     fn redact(&self, line: &str) -> String {
-        let secrets: Vec<&str> = match &self.bound {
-            Some(bound) => bound
-                .resolved
-                .iter()
-                .filter_map(|s| std::str::from_utf8(s.expose_secret()).ok())
-                .filter(|v| !v.is_empty())
-                .collect(),
-            None => Vec::new(),
-        };
+        let credentials = self
+            .bound
+            .as_ref()
+            .map(|b| b.credentials.lock().expect("credentials lock"));
+        let secrets: Vec<&str> = credentials
+            .iter()
+            .flat_map(|c| c.shown())
+            .filter_map(|s| std::str::from_utf8(s.expose_secret()).ok())
+            .filter(|v| !v.is_empty())
+            .collect();
         // What lies past the cut by more than the longest secret cannot
         // hold any part of a secret that starts before it.
         let longest = secrets.iter().map(|v| v.len()).max().unwrap_or(0);
@@ -203,7 +236,9 @@ impl RunState {
     /// A revoked or undecryptable credential the run asked for, or an
     /// interaction the owner did not answer in time.
     pub(super) fn host_failure(&self) -> Option<super::RunFailure> {
-        self.bound.as_ref().and_then(|b| b.host_failure.clone())
+        let bound = self.bound.as_ref()?;
+        let credentials = bound.credentials.lock().expect("credentials lock");
+        bound.host_failure.clone().or_else(|| credentials.failure())
     }
 
     /// Why an outbound request was refused, if one was.
@@ -326,59 +361,17 @@ impl credentials::Host for RunState {
         let Some(bound) = self.bound.as_mut() else {
             return Ok(Err(CredentialError::Undeclared));
         };
-        let Some(field) = bound.manifest.credentials.iter().find(|f| f.name == name) else {
-            return Ok(Err(CredentialError::Undeclared));
-        };
-        if matches!(
-            field.class,
-            CredentialClass::Password | CredentialClass::OtpSeed
-        ) && !bound.authenticating
-        {
-            return Ok(Err(CredentialError::NotNow));
-        }
-        let actor = Actor {
-            name: "connector",
-            run_id: Some(&bound.binding.run_id),
-        };
-        let resolved = bound.binding.vault.lock().expect("vault lock").get(
-            actor,
-            &bound.binding.source,
-            &name,
-        );
-        match resolved {
-            Ok(secret) => match std::str::from_utf8(secret.expose_secret()) {
-                Ok(text) => {
-                    tracing::trace!(
-                        source = bound.binding.source.source,
-                        run = bound.binding.run_id,
-                        credential = name,
-                        "credential resolved"
-                    );
-                    let text = text.to_owned();
-                    if field.class == CredentialClass::Session {
-                        // A captured session is redacted cookie by cookie:
-                        // a line may show one value without the rest.
-                        bound.resolved.extend(crate::cookies::values(&secret));
-                    }
-                    bound.resolved.push(secret);
-                    Ok(Ok(text))
-                }
-                Err(_) => Ok(Err(CredentialError::Unrecoverable)),
-            },
-            Err(VaultError::Missing { .. }) => Ok(Err(CredentialError::Missing)),
-            Err(VaultError::Revoked { .. }) => {
-                bound.host_failure = Some(super::RunFailure::CredentialRevoked(name));
-                Ok(Err(CredentialError::Revoked))
-            }
-            Err(VaultError::Unrecoverable { .. }) => {
-                bound.host_failure = Some(super::RunFailure::CredentialUnrecoverable(name));
-                Ok(Err(CredentialError::Unrecoverable))
-            }
-            // A host fault (audit log, database): stop the run.
-            Err(e) => Err(wasmtime::Error::msg(format!(
-                "credential resolution failed: {e}"
-            ))),
-        }
+        let mut credentials = bound.credentials.lock().expect("credentials lock");
+        // A host fault (audit log, database) stops the run.
+        let value = credentials
+            .get(&name)
+            .map_err(|e| wasmtime::Error::msg(format!("credential resolution failed: {e}")))?;
+        Ok(
+            value.and_then(|secret| match std::str::from_utf8(secret.expose_secret()) {
+                Ok(text) => Ok(text.to_owned()),
+                Err(_) => Err(CredentialError::Unrecoverable),
+            }),
+        )
     }
 
     async fn put(
@@ -389,34 +382,8 @@ impl credentials::Host for RunState {
         let Some(bound) = self.bound.as_mut() else {
             return Ok(Err(CredentialError::Undeclared));
         };
-        let Some(field) = bound.manifest.credentials.iter().find(|f| f.name == name) else {
-            return Ok(Err(CredentialError::Undeclared));
-        };
-        let class = VaultClass::from(field.class);
-        let actor = Actor {
-            name: "connector",
-            run_id: Some(&bound.binding.run_id),
-        };
-        let new = NewCredential {
-            name: &name,
-            class,
-            provenance: Provenance::ConnectorRefresh,
-            value: Secret::new(value.into_bytes()),
-            expires_at: None,
-        };
-        match bound
-            .binding
-            .vault
-            .lock()
-            .expect("vault lock")
-            .set(actor, &bound.binding.source, new)
-        {
-            Ok(_) => Ok(Ok(())),
-            Err(VaultError::Invalid(_)) => Ok(Err(CredentialError::Unrecoverable)),
-            Err(e) => Err(wasmtime::Error::msg(format!(
-                "credential store failed: {e}"
-            ))),
-        }
+        let mut credentials = bound.credentials.lock().expect("credentials lock");
+        credentials.put(&name, value).map_err(wasmtime::Error::msg)
     }
 }
 
@@ -717,7 +684,11 @@ impl interaction::Host for RunState {
                 // The owner says the login is done: what the browser holds
                 // becomes the source's session, and the connector hears
                 // which credential it is.
-                bound.resolved.push(answer);
+                bound
+                    .credentials
+                    .lock()
+                    .expect("credentials lock")
+                    .answered(&answer);
                 let login = _open.as_ref().expect("a login");
                 store_session(bound, login).await
             }
@@ -725,7 +696,11 @@ impl interaction::Host for RunState {
                 Ok(text) => {
                     let text = text.to_owned();
                     // An answer may be a secret: keep it out of the log.
-                    bound.resolved.push(answer);
+                    bound
+                        .credentials
+                        .lock()
+                        .expect("credentials lock")
+                        .answered(&answer);
                     Ok(Ok(text))
                 }
                 Err(_) => Ok(Err(InteractionError::Declined)),

@@ -7,8 +7,8 @@ use sourcebox_sdk::SetupValues;
 use sourcebox_sdk::http::Request;
 use sourcebox_sdk::setup_value;
 use sourcebox_sdk::{
-    AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialField, Manifest,
-    RunSummary, SetupField, Stream, credentials, export_connector, records,
+    AccountIdentity, CollectRequest, Connector, ConnectorError, CredentialClass, CredentialField,
+    Manifest, RunSummary, SetupField, Stream, credentials, export_connector, records,
 };
 
 struct Hostile;
@@ -22,6 +22,15 @@ impl Connector for Hostile {
         Manifest::new("hostile", "0.1.0", "Hostile (test fixture)")
             .stream(Stream::new("loot", &["id"]))
             .credential(CredentialField::token("token", "Token").hosts(&["api.example.com"]))
+            // A login's password, for a host the run may reach.
+            .credential(
+                CredentialField::new("login_password", "Password", CredentialClass::Password)
+                    .hosts(&["127.0.0.1"])
+                    .optional(),
+            )
+            .credential(
+                CredentialField::new("session", "Session", CredentialClass::Session).optional(),
+            )
             .setup_field(SetupField::new("attack", "Attack to try"))
             .setup_field(SetupField::new("target", "URL for the HTTP attacks").default_value(""))
             // Declared, so only the address checks stand in the way.
@@ -230,6 +239,40 @@ impl Connector for Hostile {
                 loop {
                     Request::get(target).send()?;
                 }
+            }
+            // The password, injected while collecting, to a server that
+            // would echo it back.
+            "inject-password" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                let response = Request::get(target)
+                    .bearer_credential("login_password")
+                    .send()?;
+                Err(observed(format!("status {}", response.status)))
+            }
+            // Overwrites what the owner entered.
+            "put-owned" => {
+                let results: Vec<String> = ["token", "login_password", "session"]
+                    .iter()
+                    .map(|name| {
+                        let put = credentials::put(name, "overwritten by the connector");
+                        format!(
+                            "{name}:{}",
+                            put.map(|()| "stored").unwrap_or_else(|e| e.name())
+                        )
+                    })
+                    .collect();
+                Err(observed(format!("put={results:?}")))
+            }
+            "put-huge" => {
+                credentials::put("session", &"s".repeat(300 * 1024))?;
+                Err(observed("a 300 KiB session was kept".into()))
+            }
+            // Reads one credential again and again.
+            "read-loop" => {
+                for _ in 0..20_000 {
+                    credentials::get("token")?;
+                }
+                Err(observed("read 20000 times".into()))
             }
             // Reads as api.example.com, goes to the target.
             "http-userinfo" => {
