@@ -13,6 +13,8 @@ const COMPONENTS: &[&str] = &[
     "sourcebox-fixture-echo",
     "sourcebox-fixture-echo-next",
     "sourcebox-fixture-hostile",
+    "sourcebox-fixture-bad-manifest",
+    "sourcebox-fixture-slow-describe",
     "sourcebox-fixture-oauth",
     "sourcebox-fixture-browser",
     "sourcebox-fixture-login",

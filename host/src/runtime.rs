@@ -11,6 +11,7 @@ pub mod api_version;
 mod clock;
 mod compiled;
 pub(crate) mod credentials;
+pub mod manifest_check;
 mod state;
 
 use std::path::Path;
@@ -576,6 +577,13 @@ impl Runtime {
                 DESCRIBE_TIME.as_secs()
             ))
         })??;
+        let problems = manifest_check::problems(&manifest);
+        if !problems.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "its manifest does not hold: {}",
+                problems.join("; ")
+            )));
+        }
         Ok(LoadedConnector {
             pre,
             manifest: Arc::new(manifest),

@@ -18,6 +18,8 @@ use sourcebox::vault::{Actor, CredentialClass, NewCredential, Provenance, Secret
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
 const HOSTILE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_HOSTILE");
 const LEGACY: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_LEGACY");
+const BAD_MANIFEST: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_BAD_MANIFEST");
+const SLOW_DESCRIBE: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_SLOW_DESCRIBE");
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -416,6 +418,49 @@ async fn credential_classes_hold_at_every_exit() {
         )
         .expect("count");
     assert_eq!(audited, 1);
+}
+
+/// A component is refused at install, before anything is stored, when its
+/// manifest breaks the rules (every problem named in one refusal), or when
+/// describing itself waits past the describe time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_refuses_a_bad_manifest_and_a_describe_that_waits() {
+    let runtime =
+        Runtime::new(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"))
+            .expect("runtime");
+    let bad = std::fs::read(BAD_MANIFEST).expect("component");
+    match runtime.load(&bad).await {
+        Err(RuntimeError::Invalid(why)) => {
+            for expected in [
+                "id '../../x' is not",
+                "version 'banana' is not",
+                "the name holds control or reordering characters: 'Safe\\u{1b}[2K\\rgithub.com'",
+                "egress host '*' is not",
+                "egress host '' is not",
+                "20000 streams; at most 64",
+            ] {
+                assert!(why.contains(expected), "{expected}: {why}");
+            }
+            assert!(!why.chars().any(char::is_control), "{why}");
+        }
+        other => panic!("expected the manifest refused, got {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    match runtime
+        .load(&std::fs::read(SLOW_DESCRIBE).expect("component"))
+        .await
+    {
+        Err(RuntimeError::Invalid(why)) => assert!(
+            why.contains("describe() did not return within 10 s"),
+            "{why}"
+        ),
+        other => panic!("expected describe() given up on, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took < sourcebox::runtime::DESCRIBE_TIME + Duration::from_millis(500),
+        "{took:?}"
+    );
 }
 
 /// What a connector says is inert: a newline cannot forge a log line, an
