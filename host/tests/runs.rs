@@ -416,8 +416,9 @@ async fn host_with_wall(wall: Duration) -> Host {
 }
 
 /// With two slots and two hostile sources that sleep on every run, another
-/// source's scheduled runs still complete: each sleeping run ends at its
-/// time limit and frees its slot.
+/// source's scheduled runs still complete on schedule: each sleeping run
+/// ends at its time limit and frees its slot, and the other connector
+/// takes its share of the slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleeping_runs_do_not_starve_the_scheduler() {
     let host = host(config(&[])).await;
@@ -451,7 +452,8 @@ async fn sleeping_runs_do_not_starve_the_scheduler() {
         .iter()
         .filter(|r| r.state == "succeeded")
         .count();
-    assert!(succeeded >= 3, "{:#?}", host.runs("neighbour"));
+    // Due at 1, 2, 3, 4 and 5 s: one may be late.
+    assert!(succeeded >= 4, "{:#?}", host.runs("neighbour"));
     for source in ["sleeper1", "sleeper2"] {
         let runs = host.runs(source);
         assert!(!runs.is_empty());

@@ -4,8 +4,10 @@
 //! downtime, and global and per-connector concurrency limits.
 //!
 //! Queued runs, scheduled and retries alike, are started in the order they
-//! came due; a run whose connector is at its limit waits without holding up
-//! the runs of other connectors behind it.
+//! came due, connectors taking fair shares of the slots: a run whose
+//! connector has fewer runs in flight goes before one whose connector has
+//! more, and a run whose connector is at its limit waits without holding
+//! up the runs of other connectors behind it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -315,14 +317,25 @@ pub async fn run(
             let candidates = startable(vault.store())?;
             drop(vault);
             let mut busy: HashSet<String> = in_flight.values().map(|(s, _)| s.clone()).collect();
-            for (run, source, connector) in candidates {
-                if in_flight.len() >= config.max_concurrent {
+            let mut candidates = candidates;
+            while in_flight.len() < config.max_concurrent {
+                // Fair shares: the oldest due run of a connector with the
+                // fewest runs in flight goes first, so one connector's slow
+                // runs cannot hold every slot while others' come due.
+                let running =
+                    |connector: &str| in_flight.values().filter(|(_, c)| c == connector).count();
+                let Some(next) = candidates
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, source, connector))| {
+                        !busy.contains(source) && running(connector) < config.per_connector
+                    })
+                    .min_by_key(|(i, (_, _, connector))| (running(connector), *i))
+                    .map(|(i, _)| i)
+                else {
                     break;
-                }
-                let per = in_flight.values().filter(|(_, c)| *c == connector).count();
-                if per >= config.per_connector || busy.contains(&source) {
-                    continue;
-                }
+                };
+                let (run, source, connector) = candidates.remove(next);
                 busy.insert(source.clone());
                 in_flight.insert(run.clone(), (source, connector));
                 let launcher = Arc::clone(&launcher);
