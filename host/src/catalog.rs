@@ -248,9 +248,15 @@ pub struct SourceSetup {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
-    /// Wall-clock seconds the guest may run.
+    /// Seconds a run may take, its waits for the owner left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_secs: Option<u64>,
+    /// Seconds a run may take in all, waits for the owner included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_secs: Option<u64>,
+    /// Questions a run may ask the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questions: Option<u32>,
     /// Linear memory, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
@@ -266,6 +272,18 @@ pub struct LimitOverrides {
     /// Bytes of HTTP response bodies per run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_response_bytes: Option<u64>,
+    /// Log lines per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_lines: Option<u64>,
+    /// Bytes of log lines per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
+    /// Largest checkpoint, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_bytes: Option<u64>,
+    /// Largest record, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_size: Option<u64>,
 }
 
 /// The most a connector may be given: a day of run time, 4 GiB of memory.
@@ -283,11 +301,16 @@ impl LimitOverrides {
             time,
             // A longer time limit set for a connector takes the wall clock
             // with it.
-            wall: match self.time_secs {
-                Some(_) => base.wall.max(time),
-                None => base.wall,
+            wall: match (self.wall_secs, self.time_secs) {
+                (Some(wall), _) => std::time::Duration::from_secs(wall),
+                (None, Some(_)) => base.wall.max(time),
+                (None, None) => base.wall,
             },
-            questions: base.questions,
+            questions: self.questions.unwrap_or(base.questions),
+            log_lines: self.log_lines.unwrap_or(base.log_lines),
+            log_bytes: self.log_bytes.unwrap_or(base.log_bytes),
+            checkpoint_bytes: self.checkpoint_bytes.unwrap_or(base.checkpoint_bytes),
+            record_size: self.record_size.unwrap_or(base.record_size),
             memory: self
                 .memory_bytes
                 .map_or(base.memory, |m| usize::try_from(m).unwrap_or(usize::MAX)),
@@ -303,6 +326,12 @@ impl LimitOverrides {
     pub fn updated(&self, newer: &Self) -> Self {
         Self {
             time_secs: newer.time_secs.or(self.time_secs),
+            wall_secs: newer.wall_secs.or(self.wall_secs),
+            questions: newer.questions.or(self.questions),
+            log_lines: newer.log_lines.or(self.log_lines),
+            log_bytes: newer.log_bytes.or(self.log_bytes),
+            checkpoint_bytes: newer.checkpoint_bytes.or(self.checkpoint_bytes),
+            record_size: newer.record_size.or(self.record_size),
             memory_bytes: newer.memory_bytes.or(self.memory_bytes),
             records: newer.records.or(self.records),
             record_bytes: newer.record_bytes.or(self.record_bytes),
@@ -315,6 +344,12 @@ impl LimitOverrides {
     pub fn all(limits: &Limits) -> Self {
         Self {
             time_secs: Some(limits.time.as_secs()),
+            wall_secs: Some(limits.wall.as_secs()),
+            questions: Some(limits.questions),
+            log_lines: Some(limits.log_lines),
+            log_bytes: Some(limits.log_bytes),
+            checkpoint_bytes: Some(limits.checkpoint_bytes),
+            record_size: Some(limits.record_size),
             memory_bytes: Some(limits.memory as u64),
             records: Some(limits.records),
             record_bytes: Some(limits.record_bytes),
@@ -328,6 +363,9 @@ impl LimitOverrides {
         if self.time_secs.is_some_and(|t| t == 0 || t > MAX_TIME_SECS) {
             return refuse("the time limit must be between 1 s and 24 h");
         }
+        if self.wall_secs.is_some_and(|t| t == 0 || t > MAX_TIME_SECS) {
+            return refuse("the wall-clock limit must be between 1 s and 24 h");
+        }
         if self
             .memory_bytes
             .is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m))
@@ -339,6 +377,10 @@ impl LimitOverrides {
             ("record bytes", self.record_bytes),
             ("HTTP requests", self.http_requests),
             ("HTTP response bytes", self.http_response_bytes),
+            ("log lines", self.log_lines),
+            ("log bytes", self.log_bytes),
+            ("checkpoint bytes", self.checkpoint_bytes),
+            ("record size", self.record_size),
         ] {
             if value == Some(0) {
                 return refuse(&format!("the {name} limit must be at least 1"));

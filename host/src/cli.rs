@@ -353,9 +353,15 @@ pub enum ConnectorCommand {
     Limits {
         /// Connector id.
         id: String,
-        /// Wall-clock time a run may take (e.g. 90s, 10m).
+        /// Time a run may take, its waits for the owner left out (e.g. 90s, 10m).
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         time: Option<Duration>,
+        /// Time a run may take in all, waits for the owner included (e.g. 2h).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wall: Option<Duration>,
+        /// Questions a run may ask the owner.
+        #[arg(long, value_name = "N")]
+        questions: Option<u32>,
         /// Linear memory (e.g. 64MiB, 1GiB).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         memory: Option<u64>,
@@ -371,8 +377,20 @@ pub enum ConnectorCommand {
         /// Bytes of HTTP response bodies a run may read (e.g. 1GiB).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         http_response_bytes: Option<u64>,
+        /// Log lines a run may write.
+        #[arg(long, value_name = "N")]
+        log_lines: Option<u64>,
+        /// Bytes of log lines a run may write (e.g. 4MiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        log_bytes: Option<u64>,
+        /// Largest checkpoint (e.g. 1MiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        checkpoint_bytes: Option<u64>,
+        /// Largest record (e.g. 1MiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        record_size: Option<u64>,
         /// Return every limit to its default.
-        #[arg(long, conflicts_with_all = ["time", "memory", "records", "record_bytes", "http_requests", "http_response_bytes"])]
+        #[arg(long, conflicts_with_all = ["time", "wall", "questions", "memory", "records", "record_bytes", "http_requests", "http_response_bytes", "log_lines", "log_bytes", "checkpoint_bytes", "record_size"])]
         reset: bool,
         /// JSON output.
         #[arg(long)]
@@ -1010,22 +1028,34 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
         ConnectorCommand::Limits {
             id,
             time,
+            wall,
+            questions,
             memory,
             records,
             record_bytes,
             http_requests,
             http_response_bytes,
+            log_lines,
+            log_bytes,
+            checkpoint_bytes,
+            record_size,
             reset,
             json,
         } => {
             let stored = catalog::connector_limits(&store, &id)?;
             let given = catalog::LimitOverrides {
                 time_secs: time.map(|t| t.as_secs()),
+                wall_secs: wall.map(|t| t.as_secs()),
+                questions,
                 memory_bytes: memory,
                 records,
                 record_bytes,
                 http_requests,
                 http_response_bytes,
+                log_lines,
+                log_bytes,
+                checkpoint_bytes,
+                record_size,
             };
             let limits = if reset {
                 catalog::LimitOverrides::default()
@@ -1047,24 +1077,73 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 return writeln_out(out, format_args!("{doc}"));
             }
             let mark = |set: bool| if set { "" } else { " (default)" };
-            writeln_out(
-                out,
-                format_args!(
-                    "limits of {id}:\n  time {}{}\n  memory {} bytes{}\n  records {}{}\n  record bytes {}{}\n  HTTP requests {}{}\n  HTTP response bytes {}{}",
-                    humantime::format_duration(effective.time),
-                    mark(limits.time_secs.is_some()),
-                    effective.memory,
-                    mark(limits.memory_bytes.is_some()),
-                    effective.records,
-                    mark(limits.records.is_some()),
-                    effective.record_bytes,
-                    mark(limits.record_bytes.is_some()),
-                    effective.http_requests,
-                    mark(limits.http_requests.is_some()),
-                    effective.http_response_bytes,
-                    mark(limits.http_response_bytes.is_some()),
+            let rows: [(&str, String, bool); 12] = [
+                (
+                    "time",
+                    humantime::format_duration(effective.time).to_string(),
+                    limits.time_secs.is_some(),
                 ),
-            )
+                (
+                    "wall clock",
+                    humantime::format_duration(effective.wall).to_string(),
+                    limits.wall_secs.is_some(),
+                ),
+                (
+                    "questions",
+                    effective.questions.to_string(),
+                    limits.questions.is_some(),
+                ),
+                (
+                    "memory",
+                    format!("{} bytes", effective.memory),
+                    limits.memory_bytes.is_some(),
+                ),
+                (
+                    "records",
+                    effective.records.to_string(),
+                    limits.records.is_some(),
+                ),
+                (
+                    "record bytes",
+                    effective.record_bytes.to_string(),
+                    limits.record_bytes.is_some(),
+                ),
+                (
+                    "record size",
+                    format!("{} bytes", effective.record_size),
+                    limits.record_size.is_some(),
+                ),
+                (
+                    "HTTP requests",
+                    effective.http_requests.to_string(),
+                    limits.http_requests.is_some(),
+                ),
+                (
+                    "HTTP response bytes",
+                    effective.http_response_bytes.to_string(),
+                    limits.http_response_bytes.is_some(),
+                ),
+                (
+                    "log lines",
+                    effective.log_lines.to_string(),
+                    limits.log_lines.is_some(),
+                ),
+                (
+                    "log bytes",
+                    effective.log_bytes.to_string(),
+                    limits.log_bytes.is_some(),
+                ),
+                (
+                    "checkpoint bytes",
+                    effective.checkpoint_bytes.to_string(),
+                    limits.checkpoint_bytes.is_some(),
+                ),
+            ];
+            writeln_out(out, format_args!("limits of {id}:"))?;
+            for (name, value, set) in rows {
+                writeln_out(out, format_args!("  {name} {value}{}", mark(set)))?;
+            }
+            Ok(())
         }
         ConnectorCommand::Install {
             path,

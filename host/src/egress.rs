@@ -228,7 +228,15 @@ pub struct EgressHooks {
     max_response_bytes: u64,
     /// The run's limits (its HTTP timeouts).
     limits: Limits,
+    /// Exchanges in flight: a request waits for a permit before it
+    /// connects, and its connection holds it until it closes.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Outbound exchanges one run may have in flight at once.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Largest chunk of a request body the host buffers for the guest.
+const OUTGOING_CHUNK: usize = 16 * 1024;
 
 impl std::fmt::Debug for EgressHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +258,7 @@ impl EgressHooks {
             response_bytes: Arc::default(),
             max_response_bytes: 0,
             limits: Limits::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -268,6 +277,7 @@ impl EgressHooks {
             response_bytes: Arc::default(),
             max_response_bytes: limits.http_response_bytes,
             limits: limits.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -299,6 +309,10 @@ type Sent = Result<
 >;
 
 impl WasiHttpHooks for EgressHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_CHUNK
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -345,7 +359,12 @@ impl WasiHttpHooks for EgressHooks {
             max: self.max_response_bytes,
         };
         let timeouts = Timeouts::at_most(&self.limits, options.as_ref());
+        let in_flight = Arc::clone(&self.in_flight);
         Box::new(async move {
+            let permit = in_flight
+                .acquire_owned()
+                .await
+                .map_err(|_| HttpError::ConnectionLimitReached)?;
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let addr = policy.resolve(&host, port).await.map_err(&deny)?;
@@ -374,7 +393,7 @@ impl WasiHttpHooks for EgressHooks {
                     Err(NotInjected::Unavailable) => return Err(HttpError::HttpRequestDenied),
                 }
             }
-            send_pinned(request, addr, &host, tls, budget, timeouts).await
+            send_pinned(request, addr, &host, tls, budget, timeouts, Some(permit)).await
         })
     }
 }
@@ -441,7 +460,7 @@ pub async fn post_form(
         between_bytes: EXCHANGE_TIMEOUT,
     };
     let exchange = async {
-        let (response, io) = send_pinned(request, addr, &host, tls, budget, timeouts)
+        let (response, io) = send_pinned(request, addr, &host, tls, budget, timeouts, None)
             .await
             .map_err(|e| format!("{host} could not be reached: {e}"))?;
         let io = Box::into_pin(io);
@@ -525,6 +544,7 @@ async fn send_pinned(
     tls: bool,
     budget: Budget,
     timeouts: Timeouts,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Sent {
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(
@@ -541,7 +561,7 @@ async fn send_pinned(
             .await
             .map_err(HttpError::Connect)?;
         if !tls {
-            return handshake(TokioIo::new(tcp)).await;
+            return handshake(TokioIo::new(tcp), permit).await;
         }
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
@@ -556,7 +576,7 @@ async fn send_pinned(
             .connect(name, tcp)
             .await
             .map_err(HttpError::Tls)?;
-        handshake(TokioIo::new(stream)).await
+        handshake(TokioIo::new(stream), permit).await
     };
     let (mut sender, driver) = tokio::time::timeout(timeouts.connect, connect)
         .await
@@ -579,9 +599,11 @@ async fn send_pinned(
 }
 
 /// The HTTP/1 handshake over `io`, its connection driven by a task that
-/// ends when the [`Driver`] is dropped.
+/// ends when the [`Driver`] is dropped; the driver holds the run's
+/// `permit` for an exchange in flight.
 async fn handshake<S>(
     io: TokioIo<S>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(hyper::client::conn::http1::SendRequest<WasiBody>, Driver), HttpError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -593,7 +615,13 @@ where
         .max_headers(RESPONSE_HEADERS_LIMIT)
         .handshake(io)
         .await?;
-    Ok((sender, Driver(tokio::spawn(conn))))
+    Ok((
+        sender,
+        Driver {
+            task: tokio::spawn(conn),
+            _permit: permit,
+        },
+    ))
 }
 
 /// Largest response head the host reads, bytes; and most header fields.
@@ -603,11 +631,14 @@ const RESPONSE_HEADERS_LIMIT: usize = 100;
 /// The task driving one connection; aborted when dropped, so an exchange
 /// the guest gives up on (or that the host abandons with its run) closes
 /// its connection instead of leaving it open.
-struct Driver(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+struct Driver {
+    task: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl Driver {
     async fn finished(mut self) -> Result<(), HttpError> {
-        match (&mut self.0).await {
+        match (&mut self.task).await {
             Ok(result) => result.map_err(HttpError::from),
             Err(_) => Err(HttpError::ConnectionTerminated),
         }
@@ -616,7 +647,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 

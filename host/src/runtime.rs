@@ -25,8 +25,8 @@ use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 #[cfg(test)]
 pub(crate) use state::LAST_UPDATE;
-pub use state::RunState;
 pub use state::UPSERT_RECORD;
+pub use state::{HOST_ALLOWANCE, MAX_RESOURCES, RunState};
 
 use crate::events::Events;
 use crate::store::SourceRef;
@@ -105,6 +105,14 @@ pub struct Limits {
     pub wall: Duration,
     /// Questions the run may ask the owner.
     pub questions: u32,
+    /// Log lines the run may write.
+    pub log_lines: u64,
+    /// Bytes of log lines the run may write.
+    pub log_bytes: u64,
+    /// Largest checkpoint, bytes.
+    pub checkpoint_bytes: u64,
+    /// Largest record, bytes.
+    pub record_size: u64,
     /// Linear memory, bytes.
     pub memory: usize,
     /// Records emitted per run.
@@ -131,6 +139,10 @@ impl Default for Limits {
             time: Duration::from_secs(600),
             wall: Duration::from_secs(2 * 3600),
             questions: 8,
+            log_lines: 10_000,
+            log_bytes: 4 << 20,
+            checkpoint_bytes: 1 << 20,
+            record_size: 1 << 20,
             http_connect_timeout: Duration::from_secs(10),
             http_first_byte_timeout: Duration::from_secs(60),
             http_between_bytes_timeout: Duration::from_secs(30),
@@ -158,6 +170,17 @@ pub enum Exhausted {
     RecordBytes,
     /// A credential the connector put was larger than its class allows.
     CredentialBytes,
+    /// The log-line limit.
+    LogLines,
+    /// The log-bytes limit.
+    LogBytes,
+    /// A checkpoint larger than the checkpoint limit.
+    CheckpointBytes,
+    /// A record larger than the record-size limit.
+    RecordSize,
+    /// What the host keeps for the run (HTTP fields, requests, streams):
+    /// its resource table is full.
+    HostResources,
     /// The outbound request limit.
     HttpRequests,
     /// The response-body byte limit.
@@ -690,6 +713,8 @@ impl Runtime {
                     .instantiate_async(&mut store)
                     .await
                     .map_err(Failure::Instantiate)?;
+                let (source, run) = store.data().log_context();
+                tracing::trace!(source, run, "instance ready");
                 let guest = instance.sourcebox_connector_connector();
                 Ok::<_, Failure>(match call {
                     Call::Verify => guest
@@ -751,6 +776,9 @@ impl Runtime {
             {
                 Err(RunFailure::ResourceExhausted(Exhausted::Time))
             }
+            (Err(Failure::Trap(e)), None) if host_resources_full(&e) => {
+                Err(RunFailure::ResourceExhausted(Exhausted::HostResources))
+            }
             (Err(Failure::Trap(e)), None) => Err(RunFailure::ConnectorTrap(trap_message(&e))),
             (Err(Failure::Instantiate(e)), None) => {
                 Err(RunFailure::Instantiation(format!("{e:#}")))
@@ -785,6 +813,22 @@ fn trap_message(e: &wasmtime::Error) -> String {
         None => e.root_cause().to_string(),
     };
     crate::inert::text(&message, MAX_DETAIL)
+}
+
+/// Whether the guest was stopped for asking the host to keep more than a
+/// run may: its resource table full, or a header map past its size.
+fn host_resources_full(e: &wasmtime::Error) -> bool {
+    use wasmtime::component::ResourceTableError;
+    use wasmtime_wasi_http::FieldMapError;
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        ) || matches!(
+            cause.downcast_ref::<FieldMapError>(),
+            Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields)
+        )
+    })
 }
 
 /// Longest text a connector's error may put in a run's detail.

@@ -263,7 +263,7 @@ async fn runs_that_wait_inside_the_host_end_at_their_time_limit() {
     }
     for (what, open) in [("hung", hung_open), ("trickled", trickling_open)] {
         until(5, "the abandoned connection to close", || {
-            (open.load(std::sync::atomic::Ordering::SeqCst) == 0).then_some(())
+            (open.now() == 0).then_some(())
         })
         .await;
         let _ = what;
@@ -467,6 +467,87 @@ async fn sleeping_runs_do_not_starve_the_scheduler() {
             assert!(took < 1_000 + STOP_WITHIN.as_millis() as i64, "{run:?}");
         }
     }
+}
+
+/// The resident memory of `pid` now, in bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `sourcebox run SOURCE` in its own process, for a run that waits out its
+/// time limit of 2 s; the most resident memory it had in its second
+/// second, when the run holds all it will hold and starting up is over.
+async fn run_measured(host: &Host, source: &str) -> u64 {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sourcebox"));
+    cmd.arg("--data-dir")
+        .arg(&host.dir)
+        .args(["run", source])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("spawn");
+    let mut most = 0;
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(1)
+            && let Some(rss) = rss(child.id())
+        {
+            most = most.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most > 0, "no reading of {source}'s run");
+    most
+}
+
+/// What a run can make the host keep is bounded: a run that keeps every
+/// header map it can while it waits takes the host's memory up by less
+/// than its guest memory limit and the host's allowance for it, measured
+/// against a run that only waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pinning_host_memory_stays_within_its_allowance() {
+    let host = host(config(&[])).await;
+    let guest_memory = 64u64 << 20;
+    catalog::set_connector_limits(
+        host.vault().store(),
+        "hostile",
+        &catalog::LimitOverrides {
+            time_secs: Some(2),
+            memory_bytes: Some(guest_memory),
+            ..Default::default()
+        },
+    )
+    .expect("limits");
+    host.add_hostile("calm", "sleep", "");
+    // As many header maps as the run's resource table holds, less a few
+    // for what else the run keeps there.
+    let maps = sourcebox::runtime::MAX_RESOURCES - 16;
+    host.add_hostile("hog", "fields-hold", &maps.to_string());
+    // The first run in a process of its own compiles the connector into
+    // the data directory; the measured ones load that compiled copy.
+    run_measured(&host, "calm").await;
+    let calm = run_measured(&host, "calm").await;
+    let hog = run_measured(&host, "hog").await;
+    let grown = hog.saturating_sub(calm);
+    println!(
+        "RSS: waiting {} MiB, keeping {maps} header maps {} MiB, grown {:.1} MiB; allowance {} MiB",
+        calm >> 20,
+        hog >> 20,
+        grown as f64 / f64::from(1 << 20),
+        sourcebox::runtime::HOST_ALLOWANCE >> 20
+    );
+    let hog_run = host.runs("hog").pop().expect("run");
+    assert_eq!(
+        hog_run.failure.as_deref(),
+        Some("resource_exhausted"),
+        "{hog_run:?}"
+    );
+    assert!(
+        grown < guest_memory + sourcebox::runtime::HOST_ALLOWANCE as u64,
+        "grown by {grown} bytes"
+    );
 }
 
 /// The pending interaction of `source`, once its run asked.

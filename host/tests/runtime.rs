@@ -246,6 +246,7 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         memory: 32 << 20,
         records: 1_000,
         record_bytes: 1 << 20,
+        log_lines: 100,
         ..Limits::default()
     };
     let observed = |attack: &str, expected: &str| {
@@ -291,6 +292,28 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         (
             "raw-batch-flood".into(),
             Err(RunFailure::ResourceExhausted(Exhausted::Records)),
+        ),
+        (
+            "log-flood".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::LogLines)),
+        ),
+        (
+            "checkpoint-huge".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::CheckpointBytes)),
+        ),
+        (
+            "record-huge".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::RecordSize)),
+        ),
+        // One header map past its size.
+        (
+            "fields-big".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::HostResources)),
+        ),
+        // Header maps kept until the run's resource table is full.
+        (
+            "fields-hold".into(),
+            Err(RunFailure::ResourceExhausted(Exhausted::HostResources)),
         ),
     ];
     for (attack, expected) in cases {
@@ -418,6 +441,66 @@ async fn credential_classes_hold_at_every_exit() {
         )
         .expect("count");
     assert_eq!(audited, 1);
+}
+
+/// What one run makes the host hold for its requests is bounded: at most
+/// eight exchanges in flight however many it starts, and one response
+/// budget for all its responses read side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_requests_in_flight_and_response_bytes_are_bounded() {
+    let mut w = world().await;
+    let (hung, connections) = common::stalling_server(false).await;
+    let (bulk, _) = common::bulk_server(64 * 1024).await;
+    w.egress_allow = vec![hung, bulk];
+    let brief = Limits {
+        time: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let target = format!("http://{hung}/");
+    assert_eq!(
+        w.collect(
+            &w.hostile,
+            "a",
+            &[("attack", "http-parallel"), ("target", &target)],
+            brief
+        )
+        .await,
+        Err(RunFailure::ResourceExhausted(Exhausted::Time))
+    );
+    assert_eq!(connections.most(), sourcebox::egress::MAX_IN_FLIGHT);
+
+    // Eight bodies of 64 KiB, read side by side, against 64 KiB for the run.
+    let binding = w.binding(
+        "a",
+        &[
+            ("attack", "http-parallel-read"),
+            ("target", &format!("http://{bulk}/")),
+        ],
+        Limits {
+            http_response_bytes: 64 * 1024,
+            ..Limits::default()
+        },
+    );
+    let mut events = binding.control.events.subscribe();
+    let ended = w
+        .runtime
+        .run(&w.hostile, binding, Call::Collect(vec![]))
+        .await;
+    assert_eq!(
+        ended,
+        Err(RunFailure::ResourceExhausted(Exhausted::HttpResponseBytes))
+    );
+    let mut read = None;
+    while let Ok(event) = events.try_recv() {
+        if let sourcebox::events::EventKind::Log { line, .. } = event.kind {
+            read = line
+                .strip_prefix("read ")
+                .and_then(|l| l.strip_suffix(" bytes"))
+                .and_then(|n| n.parse::<u64>().ok());
+        }
+    }
+    let read = read.expect("the connector said how much it read");
+    assert!(read <= 64 * 1024, "read {read} bytes of a 64 KiB budget");
 }
 
 /// A component is refused at install, before anything is stored, when its

@@ -31,6 +31,20 @@ const FLUSH_EVERY: usize = 500;
 const MAX_LOG_LINE: usize = 2000;
 /// Bytes of stdout and of stderr kept per run; writes beyond fail.
 const MAX_GUEST_OUTPUT: usize = 64 * 1024;
+/// Entries in a run's resource table: HTTP fields, requests, responses,
+/// bodies, streams and pollables. A connector with its eight requests in
+/// flight holds well under a hundred.
+pub const MAX_RESOURCES: usize = 1024;
+/// Largest header map a guest may build, as wasi:http counts it (the
+/// names and values, plus its own overhead per entry).
+const MAX_FIELDS_SIZE: usize = 16 * 1024;
+/// Host memory one run may pin beyond its guest memory, by construction:
+/// every resource table entry a header map at its size limit (16 MiB of
+/// counted header bytes), twice over for what the maps and allocator keep
+/// beside them. Measured: see BENCHMARKS.md.
+pub const HOST_ALLOWANCE: usize = 2 * MAX_RESOURCES * MAX_FIELDS_SIZE;
+/// Most random bytes one call may ask for.
+const MAX_RANDOM: u64 = 64 * 1024;
 
 /// Store data of one run.
 pub struct RunState {
@@ -52,6 +66,9 @@ struct Bound {
     clock: super::clock::RunClock,
     /// Questions asked of the owner so far.
     asked: u32,
+    /// Log lines and their bytes written so far.
+    logged_lines: u64,
+    logged_bytes: u64,
     pending: Vec<(String, String, String)>,
     emitted: u64,
     emitted_bytes: u64,
@@ -113,6 +130,8 @@ impl RunState {
                 manifest,
                 clock,
                 asked: 0,
+                logged_lines: 0,
+                logged_bytes: 0,
                 pending: Vec::new(),
                 emitted: 0,
                 emitted_bytes: 0,
@@ -131,14 +150,22 @@ impl RunState {
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .max_random_size(MAX_RANDOM)
             .build();
+        // What the host keeps for the guest lives in the resource table:
+        // bounding its entries and each entry's size bounds the host
+        // memory one run can pin (see HOST_ALLOWANCE).
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_SIZE);
         Self {
             wasi,
             stdout,
             stderr,
-            http: WasiHttpCtx::new(),
+            http,
             hooks,
-            table: ResourceTable::new(),
+            table,
             limits,
             exhausted: None,
             bound,
@@ -410,6 +437,10 @@ impl RunState {
             self.exhausted = Some(Exhausted::Records);
             return Ok(Err(RecordError::LimitReached));
         }
+        if record.len() as u64 > self.limits.record_size {
+            self.exhausted = Some(Exhausted::RecordSize);
+            return Ok(Err(RecordError::LimitReached));
+        }
         if bound.emitted_bytes + record.len() as u64 > self.limits.record_bytes {
             self.exhausted = Some(Exhausted::RecordBytes);
             return Ok(Err(RecordError::LimitReached));
@@ -477,6 +508,10 @@ impl records::Host for RunState {
         if !bound.manifest.streams.iter().any(|s| s.name == stream) {
             return Ok(Err(RecordError::UnknownStream));
         }
+        if state.len() as u64 > self.limits.checkpoint_bytes {
+            self.exhausted = Some(Exhausted::CheckpointBytes);
+            return Ok(Err(RecordError::LimitReached));
+        }
         // Records emitted before the checkpoint are stored before it.
         self.flush_records()
             .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
@@ -515,6 +550,21 @@ impl records::Host for RunState {
 
 impl log::Host for RunState {
     async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if let Some(bound) = self.bound.as_mut() {
+            bound.logged_lines += 1;
+            bound.logged_bytes = bound.logged_bytes.saturating_add(message.len() as u64);
+            let over = if bound.logged_lines > self.limits.log_lines {
+                Some(Exhausted::LogLines)
+            } else if bound.logged_bytes > self.limits.log_bytes {
+                Some(Exhausted::LogBytes)
+            } else {
+                None
+            };
+            if let Some(limit) = over {
+                self.exhausted = Some(limit);
+                return Err(wasmtime::Error::msg("log limit exceeded"));
+            }
+        }
         let line = self.redact(&message);
         let (source, run) = self.log_context();
         if let Some(bound) = &self.bound {

@@ -185,28 +185,80 @@ pub async fn fixture_server() -> (
     (addr, seen)
 }
 
+/// Connections a test server has open now, and the most it had at once.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[allow(dead_code)] // Each test binary uses some of these.
+impl Connections {
+    fn opened(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections open now.
+    pub fn now(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most open at once.
+    pub fn most(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A server that answers every request with `size` bytes of body, then
+/// closes the connection.
+pub async fn bulk_server(size: usize) -> (std::net::SocketAddr, Connections) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Connections::default();
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let connections = counter.clone();
+            connections.opened();
+            tokio::spawn(async move {
+                if read_request_head(&mut socket).await.is_some() {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&vec![b'b'; size]).await;
+                }
+                connections.closed();
+            });
+        }
+    });
+    (addr, connections)
+}
+
 /// A server that reads each request and never answers it, or, when
 /// `trickle`, answers a head promising a megabyte and then sends one byte
 /// of it every 50 ms. Connections stay open until the client closes them.
-/// Returns its address and how many connections are open now.
-pub async fn stalling_server(
-    trickle: bool,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
+pub async fn stalling_server(trickle: bool) -> (std::net::SocketAddr, Connections) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = std::sync::Arc::clone(&open);
+    let connections = Connections::default();
+    let counter = connections.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let open = std::sync::Arc::clone(&counter);
-            open.fetch_add(1, Ordering::SeqCst);
+            let open = counter.clone();
+            open.opened();
             tokio::spawn(async move {
                 if read_request_head(&mut socket).await.is_some() {
                     if trickle {
@@ -222,11 +274,11 @@ pub async fn stalling_server(
                         while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
                     }
                 }
-                open.fetch_sub(1, Ordering::SeqCst);
+                open.closed();
             });
         }
     });
-    (addr, open)
+    (addr, connections)
 }
 
 /// Reads an HTTP/1.1 request head (request line and headers) off `socket`.

@@ -274,6 +274,61 @@ impl Connector for Hostile {
                 }
                 Err(observed("read 20000 times".into()))
             }
+            // Header maps the host keeps, up to `target` of them (or until
+            // refused), each filled as far as it takes; then waits.
+            "fields-hold" => {
+                let most: usize = setup_value(&request.setup, "target")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(usize::MAX);
+                let kept = raw::hold_fields(most);
+                sourcebox_sdk::log::info(&format!("keeping {kept} header maps"));
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Err(observed(format!("kept {kept} header maps")))
+            }
+            // One header map, filled until the host stops it.
+            "fields-big" => {
+                let fields = raw::wasi::Fields::new();
+                let value = vec![b'v'; 1024];
+                let mut i = 0;
+                while fields.append(&format!("x-pad-{i}"), &value).is_ok() {
+                    i += 1;
+                }
+                Err(observed(format!("{i} fields kept")))
+            }
+            // Twenty requests at once to a server that never answers.
+            "http-parallel" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                let pending: Vec<_> = (0..20).filter_map(|_| raw::send(target).ok()).collect();
+                for response in &pending {
+                    response.subscribe().block();
+                }
+                Err(observed(format!("{} requests sent", pending.len())))
+            }
+            // Eight responses read side by side: the response budget is
+            // one counter for all of them.
+            "http-parallel-read" => {
+                let target = setup_value(&request.setup, "target").unwrap_or("");
+                let total = raw::read_side_by_side(target, 8);
+                sourcebox_sdk::log::info(&format!("read {total} bytes"));
+                Err(observed(format!("read {total} bytes")))
+            }
+            "log-flood" => {
+                for i in 0..1_000_000 {
+                    sourcebox_sdk::log::info(&format!("line {i}"));
+                }
+                Err(observed("logged a million lines".into()))
+            }
+            "checkpoint-huge" => {
+                records::checkpoint("loot", &"c".repeat(2 << 20))?;
+                Err(observed("a 2 MiB checkpoint was kept".into()))
+            }
+            "record-huge" => {
+                records::emit(
+                    "loot",
+                    &serde_json::json!({"id": 1, "pad": "r".repeat(2 << 20)}),
+                )?;
+                Err(observed("a 2 MiB record was kept".into()))
+            }
             // Reads as api.example.com, goes to the target.
             "http-userinfo" => {
                 let target = setup_value(&request.setup, "target").unwrap_or("");
@@ -341,7 +396,76 @@ fn fetch(url: &str, with_token: bool) -> Result<RunSummary, ConnectorError> {
 /// What the SDK does not offer, straight through the contract's imports.
 mod raw {
     use sourcebox_sdk::__private::wit::wasi::http::outgoing_handler;
-    use sourcebox_sdk::__private::wit::wasi::http::types as wasi;
+    pub use sourcebox_sdk::__private::wit::wasi::http::types as wasi;
+    use sourcebox_sdk::__private::wit::wasi::io::streams::StreamError;
+
+    /// Creates header maps, each with fourteen 1 KiB fields (what the
+    /// host's size per map allows), and keeps them all: at most `most`, or
+    /// until the host stops it.
+    pub fn hold_fields(most: usize) -> usize {
+        let value = vec![b'v'; 1024];
+        let mut kept = Vec::new();
+        let mut appended = 0;
+        while kept.len() < most {
+            let fields = wasi::Fields::new();
+            for i in 0..14 {
+                if fields.append(&format!("x-pad-{i}"), &value).is_ok() {
+                    appended += 1;
+                }
+            }
+            kept.push(fields);
+        }
+        sourcebox_sdk::log::info(&format!("{appended} fields appended"));
+        let n = kept.len();
+        std::mem::forget(kept);
+        n
+    }
+
+    /// A GET of `url` (`http://authority/path`), sent; its response to
+    /// come.
+    pub fn send(url: &str) -> Result<wasi::FutureIncomingResponse, String> {
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let request = wasi::OutgoingRequest::new(wasi::Fields::new());
+        let _ = request.set_scheme(Some(&wasi::Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
+        outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))
+    }
+
+    /// Sends `n` GETs of `url` at once, then reads their bodies a chunk of
+    /// each in turn, until each ends or one fails. Returns the bytes read.
+    pub fn read_side_by_side(url: &str, n: usize) -> u64 {
+        let pending: Vec<_> = (0..n).filter_map(|_| send(url).ok()).collect();
+        let mut bodies = Vec::new();
+        for response in pending {
+            response.subscribe().block();
+            if let Some(Ok(Ok(response))) = response.get()
+                && let Ok(body) = response.consume()
+                && let Ok(stream) = body.stream()
+            {
+                // Dropped stream first, then its body, then its response.
+                bodies.push((stream, body, response));
+            }
+        }
+        let mut total = 0u64;
+        while !bodies.is_empty() {
+            let mut i = 0;
+            while i < bodies.len() {
+                match bodies[i].0.blocking_read(16 * 1024) {
+                    Ok(chunk) => {
+                        total += chunk.len() as u64;
+                        i += 1;
+                    }
+                    Err(StreamError::Closed) => {
+                        bodies.remove(i);
+                    }
+                    Err(StreamError::LastOperationFailed(_)) => return total,
+                }
+            }
+        }
+        total
+    }
 
     /// A GET of `url` (`http://authority/path`) with every timeout of its
     /// request options set to an hour; what it ended with, in words.
