@@ -249,6 +249,9 @@ async fn hostile_components_are_stopped_with_typed_failures() {
         log_lines: 100,
         ..Limits::default()
     };
+    let stopped = |attack: &str, limit: Exhausted| {
+        (attack.to_owned(), Err(RunFailure::ResourceExhausted(limit)))
+    };
     let observed = |attack: &str, expected: &str| {
         (
             attack.to_owned(),
@@ -267,54 +270,20 @@ async fn hostile_components_are_stopped_with_typed_failures() {
             "undeclared-credential",
             r#"credentials=["password:undeclared", "github_token:undeclared", "GITHUB_TOKEN:undeclared", "AMAZON_PASSWORD:undeclared", "../token:undeclared", "token@other:undeclared"]"#,
         ),
-        (
-            "spin".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::Time)),
-        ),
-        (
-            "memory".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::Memory)),
-        ),
+        stopped("spin", Exhausted::Time),
+        stopped("memory", Exhausted::Memory),
         observed(
             "bad-records",
             r#"records=["invalid-record", "invalid-record", "invalid-record", "invalid-record", "unknown-stream", "stored"] batches=["stored", "invalid-record@1", "invalid-record@2"]"#,
         ),
-        (
-            "record-flood".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
-        ),
+        stopped("record-flood", Exhausted::Records),
         // Prebuilt JSON text, emitted as fast as the boundary allows.
-        (
-            "raw-flood".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
-        ),
+        stopped("raw-flood", Exhausted::Records),
         // A hundred to a call, going on after the host said stop.
-        (
-            "raw-batch-flood".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::Records)),
-        ),
-        (
-            "log-flood".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::LogLines)),
-        ),
-        (
-            "checkpoint-huge".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::CheckpointBytes)),
-        ),
-        (
-            "record-huge".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::RecordSize)),
-        ),
-        // One header map past its size.
-        (
-            "fields-big".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::HostResources)),
-        ),
-        // Header maps kept until the run's resource table is full.
-        (
-            "fields-hold".into(),
-            Err(RunFailure::ResourceExhausted(Exhausted::HostResources)),
-        ),
+        stopped("raw-batch-flood", Exhausted::Records),
+        stopped("log-flood", Exhausted::LogLines),
+        stopped("checkpoint-huge", Exhausted::CheckpointBytes),
+        stopped("record-huge", Exhausted::RecordSize),
     ];
     for (attack, expected) in cases {
         // A well-behaved run of another source goes on alongside each one.
@@ -443,12 +412,23 @@ async fn credential_classes_hold_at_every_exit() {
     assert_eq!(audited, 1);
 }
 
-/// What one run makes the host hold for its requests is bounded: at most
-/// eight exchanges in flight however many it starts, and one response
-/// budget for all its responses read side by side.
+/// What one run makes the host hold for it is bounded: header maps by
+/// size and by the run's resource table, at most eight exchanges in flight
+/// however many it starts, and one response budget for all its responses
+/// read side by side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runs_requests_in_flight_and_response_bytes_are_bounded() {
+async fn what_a_run_makes_the_host_hold_is_bounded() {
     let mut w = world().await;
+    // One header map past its size; header maps kept until the run's
+    // resource table is full.
+    for attack in ["fields-big", "fields-hold"] {
+        assert_eq!(
+            w.collect(&w.hostile, "a", &[("attack", attack)], Limits::default())
+                .await,
+            Err(RunFailure::ResourceExhausted(Exhausted::HostResources)),
+            "{attack}"
+        );
+    }
     let (hung, connections) = common::stalling_server(false).await;
     let (bulk, _) = common::bulk_server(64 * 1024).await;
     w.egress_allow = vec![hung, bulk];

@@ -109,24 +109,13 @@ pub fn problems(manifest: &Manifest) -> Vec<String> {
     let mut names = HashSet::new();
     for field in manifest.credentials.iter().take(MAX_CREDENTIALS) {
         let what = format!("credential '{}'", shown(&field.name));
-        name(&what, &field.name, &mut names, &mut problem);
-        text(
-            &format!("{what}'s label"),
-            &field.label,
-            1,
-            MAX_LABEL,
-            &mut problem,
-        );
-        text(
-            &format!("{what}'s help"),
-            &field.help,
-            0,
-            MAX_HELP,
-            &mut problem,
-        );
-        if let Some(p) = &field.pattern {
-            pattern(&what, p, &mut problem);
-        }
+        let described = Described {
+            name: &field.name,
+            label: &field.label,
+            help: &field.help,
+            pattern: field.pattern.as_deref(),
+        };
+        described.check(&what, &mut names, &mut problem);
         count(
             &format!("{what}'s hosts"),
             field.hosts.len(),
@@ -153,21 +142,13 @@ pub fn problems(manifest: &Manifest) -> Vec<String> {
     let mut names = HashSet::new();
     for field in setup.fields.iter().take(MAX_SETUP_FIELDS) {
         let what = format!("setup field '{}'", shown(&field.name));
-        name(&what, &field.name, &mut names, &mut problem);
-        text(
-            &format!("{what}'s label"),
-            &field.label,
-            1,
-            MAX_LABEL,
-            &mut problem,
-        );
-        text(
-            &format!("{what}'s help"),
-            &field.help,
-            0,
-            MAX_HELP,
-            &mut problem,
-        );
+        let described = Described {
+            name: &field.name,
+            label: &field.label,
+            help: &field.help,
+            pattern: field.pattern.as_deref(),
+        };
+        described.check(&what, &mut names, &mut problem);
         if let Some(value) = &field.default_value {
             text(
                 &format!("{what}'s default"),
@@ -176,9 +157,6 @@ pub fn problems(manifest: &Manifest) -> Vec<String> {
                 MAX_HELP,
                 &mut problem,
             );
-        }
-        if let Some(p) = &field.pattern {
-            pattern(&what, p, &mut problem);
         }
     }
     count("egress hosts", setup.egress.len(), MAX_HOSTS, &mut problem);
@@ -198,6 +176,31 @@ pub fn problems(manifest: &Manifest) -> Vec<String> {
         }
     }
     found
+}
+
+/// What a credential and a setup field both declare for the owner.
+struct Described<'a> {
+    name: &'a str,
+    label: &'a str,
+    help: &'a str,
+    pattern: Option<&'a str>,
+}
+
+impl Described<'_> {
+    fn check(&self, what: &str, names: &mut HashSet<String>, problem: &mut impl FnMut(String)) {
+        name(what, self.name, names, problem);
+        text(
+            &format!("{what}'s label"),
+            self.label,
+            1,
+            MAX_LABEL,
+            problem,
+        );
+        text(&format!("{what}'s help"), self.help, 0, MAX_HELP, problem);
+        if let Some(p) = self.pattern {
+            pattern(what, p, problem);
+        }
+    }
 }
 
 /// `s` as a problem quotes it: escaped, and cut.

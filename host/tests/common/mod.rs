@@ -215,10 +215,13 @@ impl Connections {
     }
 }
 
-/// A server that answers every request with `size` bytes of body, then
-/// closes the connection.
-pub async fn bulk_server(size: usize) -> (std::net::SocketAddr, Connections) {
-    use tokio::io::AsyncWriteExt;
+/// A server on loopback that hands each connection to `handle`, counting
+/// the connections open.
+async fn serve_each<F, Fut>(handle: F) -> (std::net::SocketAddr, Connections)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -226,22 +229,32 @@ pub async fn bulk_server(size: usize) -> (std::net::SocketAddr, Connections) {
     let connections = Connections::default();
     let counter = connections.clone();
     tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let connections = counter.clone();
-            connections.opened();
+        while let Ok((socket, _)) = listener.accept().await {
+            let open = counter.clone();
+            open.opened();
+            let handled = handle(socket);
             tokio::spawn(async move {
-                if read_request_head(&mut socket).await.is_some() {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
-                    );
-                    let _ = socket.write_all(head.as_bytes()).await;
-                    let _ = socket.write_all(&vec![b'b'; size]).await;
-                }
-                connections.closed();
+                handled.await;
+                open.closed();
             });
         }
     });
     (addr, connections)
+}
+
+/// A server that answers every request with `size` bytes of body, then
+/// closes the connection.
+pub async fn bulk_server(size: usize) -> (std::net::SocketAddr, Connections) {
+    use tokio::io::AsyncWriteExt;
+    serve_each(move |mut socket| async move {
+        if read_request_head(&mut socket).await.is_some() {
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&vec![b'b'; size]).await;
+        }
+    })
+    .await
 }
 
 /// A server that reads each request and never answers it, or, when
@@ -249,36 +262,24 @@ pub async fn bulk_server(size: usize) -> (std::net::SocketAddr, Connections) {
 /// of it every 50 ms. Connections stay open until the client closes them.
 pub async fn stalling_server(trickle: bool) -> (std::net::SocketAddr, Connections) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let connections = Connections::default();
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let open = counter.clone();
-            open.opened();
-            tokio::spawn(async move {
-                if read_request_head(&mut socket).await.is_some() {
-                    if trickle {
-                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
-                        if socket.write_all(head.as_bytes()).await.is_ok() {
-                            while socket.write_all(b"x").await.is_ok() {
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        }
-                    } else {
-                        // Until the client hangs up.
-                        let mut buf = [0u8; 64];
-                        while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
-                    }
-                }
-                open.closed();
-            });
+    serve_each(move |mut socket| async move {
+        if read_request_head(&mut socket).await.is_none() {
+            return;
         }
-    });
-    (addr, connections)
+        if trickle {
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+            if socket.write_all(head.as_bytes()).await.is_ok() {
+                while socket.write_all(b"x").await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        } else {
+            // Until the client hangs up.
+            let mut buf = [0u8; 64];
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await
 }
 
 /// Reads an HTTP/1.1 request head (request line and headers) off `socket`.

@@ -421,16 +421,24 @@ mod raw {
         n
     }
 
-    /// A GET of `url` (`http://authority/path`), sent; its response to
-    /// come.
-    pub fn send(url: &str) -> Result<wasi::FutureIncomingResponse, String> {
+    /// A GET of `url` (`http://authority/path`), sent with `options`; its
+    /// response to come.
+    pub fn send_with(
+        url: &str,
+        options: Option<wasi::RequestOptions>,
+    ) -> Result<wasi::FutureIncomingResponse, String> {
         let rest = url.strip_prefix("http://").unwrap_or(url);
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let request = wasi::OutgoingRequest::new(wasi::Fields::new());
         let _ = request.set_scheme(Some(&wasi::Scheme::Http));
         let _ = request.set_authority(Some(authority));
         let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
-        outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))
+        outgoing_handler::handle(request, options).map_err(|code| format!("{code:?}"))
+    }
+
+    /// [`send_with`] no options.
+    pub fn send(url: &str) -> Result<wasi::FutureIncomingResponse, String> {
+        send_with(url, None)
     }
 
     /// Sends `n` GETs of `url` at once, then reads their bodies a chunk of
@@ -471,19 +479,13 @@ mod raw {
     /// request options set to an hour; what it ended with, in words.
     pub fn get_with_hour_timeouts(url: &str) -> String {
         const HOUR_NS: u64 = 3_600_000_000_000;
-        let rest = url.strip_prefix("http://").unwrap_or(url);
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let request = wasi::OutgoingRequest::new(wasi::Fields::new());
-        let _ = request.set_scheme(Some(&wasi::Scheme::Http));
-        let _ = request.set_authority(Some(authority));
-        let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
         let options = wasi::RequestOptions::new();
         let _ = options.set_connect_timeout(Some(HOUR_NS));
         let _ = options.set_first_byte_timeout(Some(HOUR_NS));
         let _ = options.set_between_bytes_timeout(Some(HOUR_NS));
-        let pending = match outgoing_handler::handle(request, Some(options)) {
+        let pending = match send_with(url, Some(options)) {
             Ok(pending) => pending,
-            Err(code) => return format!("refused: {code:?}"),
+            Err(code) => return format!("refused: {code}"),
         };
         pending.subscribe().block();
         match pending.get() {
