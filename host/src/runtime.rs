@@ -735,14 +735,16 @@ impl Runtime {
                 })
             };
             // Losing the race drops the call: wasmtime unwinds the guest's
-            // stack, and whatever the host awaited for it is dropped.
+            // stack, and whatever the host awaited for it is dropped. The
+            // call is polled first: one that ends without waiting never
+            // registers the cancellation's waiter or the clock's timer.
             tokio::select! {
                 biased;
+                result = guest => result,
                 () = cancel.cancelled() => Err(Failure::Stopped(RunFailure::Cancelled)),
                 () = clock.spent(&limits) => {
                     Err(Failure::Stopped(RunFailure::ResourceExhausted(Exhausted::Time)))
                 }
-                result = guest => result,
             }
         };
 
