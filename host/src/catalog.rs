@@ -284,6 +284,12 @@ pub struct LimitOverrides {
     /// Largest record, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_size: Option<u64>,
+    /// Largest session a connector may store, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_bytes: Option<u64>,
+    /// Largest OAuth grant a connector may store, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_bytes: Option<u64>,
 }
 
 /// The most a connector may be given: a day of run time, 4 GiB of memory.
@@ -311,6 +317,8 @@ impl LimitOverrides {
             log_bytes: self.log_bytes.unwrap_or(base.log_bytes),
             checkpoint_bytes: self.checkpoint_bytes.unwrap_or(base.checkpoint_bytes),
             record_size: self.record_size.unwrap_or(base.record_size),
+            session_bytes: self.session_bytes.unwrap_or(base.session_bytes),
+            oauth_bytes: self.oauth_bytes.unwrap_or(base.oauth_bytes),
             memory: self
                 .memory_bytes
                 .map_or(base.memory, |m| usize::try_from(m).unwrap_or(usize::MAX)),
@@ -332,6 +340,8 @@ impl LimitOverrides {
             log_bytes: newer.log_bytes.or(self.log_bytes),
             checkpoint_bytes: newer.checkpoint_bytes.or(self.checkpoint_bytes),
             record_size: newer.record_size.or(self.record_size),
+            session_bytes: newer.session_bytes.or(self.session_bytes),
+            oauth_bytes: newer.oauth_bytes.or(self.oauth_bytes),
             memory_bytes: newer.memory_bytes.or(self.memory_bytes),
             records: newer.records.or(self.records),
             record_bytes: newer.record_bytes.or(self.record_bytes),
@@ -350,6 +360,8 @@ impl LimitOverrides {
             log_bytes: Some(limits.log_bytes),
             checkpoint_bytes: Some(limits.checkpoint_bytes),
             record_size: Some(limits.record_size),
+            session_bytes: Some(limits.session_bytes),
+            oauth_bytes: Some(limits.oauth_bytes),
             memory_bytes: Some(limits.memory as u64),
             records: Some(limits.records),
             record_bytes: Some(limits.record_bytes),
@@ -381,6 +393,8 @@ impl LimitOverrides {
             ("log bytes", self.log_bytes),
             ("checkpoint bytes", self.checkpoint_bytes),
             ("record size", self.record_size),
+            ("session bytes", self.session_bytes),
+            ("OAuth bytes", self.oauth_bytes),
         ] {
             if value == Some(0) {
                 return refuse(&format!("the {name} limit must be at least 1"));

@@ -389,8 +389,14 @@ pub enum ConnectorCommand {
         /// Largest record (e.g. 1MiB).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         record_size: Option<u64>,
+        /// Largest session a connector may store (e.g. 256KiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        session_bytes: Option<u64>,
+        /// Largest OAuth grant a connector may store (e.g. 64KiB).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        oauth_bytes: Option<u64>,
         /// Return every limit to its default.
-        #[arg(long, conflicts_with_all = ["time", "wall", "questions", "memory", "records", "record_bytes", "http_requests", "http_response_bytes", "log_lines", "log_bytes", "checkpoint_bytes", "record_size"])]
+        #[arg(long, conflicts_with_all = ["time", "wall", "questions", "memory", "records", "record_bytes", "http_requests", "http_response_bytes", "log_lines", "log_bytes", "checkpoint_bytes", "record_size", "session_bytes", "oauth_bytes"])]
         reset: bool,
         /// JSON output.
         #[arg(long)]
@@ -1039,6 +1045,8 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
             log_bytes,
             checkpoint_bytes,
             record_size,
+            session_bytes,
+            oauth_bytes,
             reset,
             json,
         } => {
@@ -1056,6 +1064,8 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 log_bytes,
                 checkpoint_bytes,
                 record_size,
+                session_bytes,
+                oauth_bytes,
             };
             let limits = if reset {
                 catalog::LimitOverrides::default()
@@ -1077,7 +1087,7 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                 return writeln_out(out, format_args!("{doc}"));
             }
             let mark = |set: bool| if set { "" } else { " (default)" };
-            let rows: [(&str, String, bool); 12] = [
+            let rows: [(&str, String, bool); 14] = [
                 (
                     "time",
                     humantime::format_duration(effective.time).to_string(),
@@ -1137,6 +1147,16 @@ fn connector(dir: &Path, cmd: ConnectorCommand, out: &mut dyn Write) -> Result<(
                     "checkpoint bytes",
                     effective.checkpoint_bytes.to_string(),
                     limits.checkpoint_bytes.is_some(),
+                ),
+                (
+                    "session bytes",
+                    effective.session_bytes.to_string(),
+                    limits.session_bytes.is_some(),
+                ),
+                (
+                    "OAuth bytes",
+                    effective.oauth_bytes.to_string(),
+                    limits.oauth_bytes.is_some(),
                 ),
             ];
             writeln_out(out, format_args!("limits of {id}:"))?;

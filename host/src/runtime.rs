@@ -113,6 +113,10 @@ pub struct Limits {
     pub checkpoint_bytes: u64,
     /// Largest record, bytes.
     pub record_size: u64,
+    /// Largest session a connector may store (`credentials.put`), bytes.
+    pub session_bytes: u64,
+    /// Largest OAuth grant a connector may store, bytes.
+    pub oauth_bytes: u64,
     /// Linear memory, bytes.
     pub memory: usize,
     /// Records emitted per run.
@@ -143,6 +147,8 @@ impl Default for Limits {
             log_bytes: 4 << 20,
             checkpoint_bytes: 1 << 20,
             record_size: 1 << 20,
+            session_bytes: 256 << 10,
+            oauth_bytes: 64 << 10,
             http_connect_timeout: Duration::from_secs(10),
             http_first_byte_timeout: Duration::from_secs(60),
             http_between_bytes_timeout: Duration::from_secs(30),
@@ -750,7 +756,7 @@ impl Runtime {
 
         let state = store.data_mut();
         state.log_guest_output();
-        state.log_repeated_reads();
+        state.audit_reads_again();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
         if let Err(Failure::Stopped(failure)) = &result {

@@ -524,6 +524,29 @@ impl Vault {
         })?
     }
 
+    /// Records that a run read credential `name` `times` more times after
+    /// its first read, which was audited itself: a run resolves each
+    /// credential from the vault once and answers the rest from that.
+    pub fn audit_reads_again(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        name: &str,
+        times: u64,
+    ) -> Result<(), VaultError> {
+        let mut count = itoa::Buffer::new();
+        immediate(self.store.conn(), |conn| {
+            audit(
+                conn,
+                actor,
+                "credential.read-again",
+                Some(source),
+                Some(name),
+                count.format(times),
+            )
+        })
+    }
+
     fn open_value(
         &self,
         conn: &Connection,

@@ -29,11 +29,6 @@ use crate::vault::{
 /// A run's credentials, shared by its store and its egress hooks.
 pub(crate) type Shared = Arc<Mutex<RunCredentials>>;
 
-/// Largest value a connector may `put`, by class: a browser session's
-/// cookies, or an OAuth grant's JSON.
-const MAX_SESSION: usize = 256 * 1024;
-const MAX_OAUTH: usize = 64 * 1024;
-
 /// See the module documentation.
 pub(crate) struct RunCredentials {
     vault: Arc<Mutex<Vault>>,
@@ -41,10 +36,14 @@ pub(crate) struct RunCredentials {
     run_id: String,
     authenticating: bool,
     manifest: Arc<Manifest>,
-    /// Values read this run, by name.
-    read: HashMap<String, Secret>,
-    /// Reads answered from `read`, which wrote no audit row.
-    repeated: u64,
+    /// Largest value a connector may `put`, by class: a browser session's
+    /// cookies, an OAuth grant's JSON.
+    max_session: u64,
+    max_oauth: u64,
+    /// Values read this run, by name, and how many reads each answered
+    /// after the first (which was audited): these are audited as one row
+    /// per credential when the run ends.
+    read: HashMap<String, (Secret, u64)>,
     /// Values that may come back in what the guest prints or logs: those
     /// handed to it, injected for it, or answered by the owner.
     shown: Vec<Secret>,
@@ -100,6 +99,7 @@ impl RunCredentials {
         run_id: String,
         authenticating: bool,
         manifest: Arc<Manifest>,
+        limits: &super::Limits,
     ) -> Self {
         Self {
             vault,
@@ -107,8 +107,9 @@ impl RunCredentials {
             run_id,
             authenticating,
             manifest,
+            max_session: limits.session_bytes,
+            max_oauth: limits.oauth_bytes,
             read: HashMap::new(),
-            repeated: 0,
             shown: Vec::new(),
             failure: None,
             exhausted: None,
@@ -137,8 +138,8 @@ impl RunCredentials {
         name: &str,
         exit: &'static str,
     ) -> Result<Result<Secret, CredentialError>, VaultError> {
-        if let Some(value) = self.read.get(name) {
-            self.repeated += 1;
+        if let Some((value, again)) = self.read.get_mut(name) {
+            *again += 1;
             return Ok(Ok(value.clone()));
         }
         let read = self
@@ -148,7 +149,7 @@ impl RunCredentials {
             .get(self.actor(exit), &self.source, name);
         match read {
             Ok(value) => {
-                self.read.insert(name.to_owned(), value.clone());
+                self.read.insert(name.to_owned(), (value.clone(), 0));
                 Ok(Ok(value))
             }
             Err(VaultError::Missing { .. }) => Ok(Err(CredentialError::Missing)),
@@ -205,11 +206,11 @@ impl RunCredentials {
             return Ok(Err(CredentialError::Undeclared));
         };
         let max = match class {
-            CredentialClass::Session => MAX_SESSION,
-            CredentialClass::Oauth => MAX_OAUTH,
+            CredentialClass::Session => self.max_session,
+            CredentialClass::Oauth => self.max_oauth,
             _ => return Ok(Err(CredentialError::NotNow)),
         };
-        if value.len() > max {
+        if value.len() as u64 > max {
             self.exhausted = Some(Exhausted::CredentialBytes);
             return Err(format!(
                 "credential '{name}' put with {} bytes; at most {max} are kept",
@@ -232,7 +233,8 @@ impl RunCredentials {
         match stored {
             Ok(_) => {
                 self.show(class, &value);
-                self.read.insert(name.to_owned(), value);
+                let again = self.read.get(name).map_or(0, |(_, again)| *again);
+                self.read.insert(name.to_owned(), (value, again));
                 Ok(Ok(()))
             }
             Err(VaultError::Invalid(_)) => Ok(Err(CredentialError::Unrecoverable)),
@@ -322,9 +324,16 @@ impl RunCredentials {
         self.exhausted
     }
 
-    /// Reads this run answered without reading the vault again.
-    pub(crate) fn repeated(&self) -> u64 {
-        self.repeated
+    /// Audits, one row per credential, the reads this run answered
+    /// without reading the vault again.
+    pub(crate) fn audit_reads_again(&self) -> Result<(), VaultError> {
+        let vault = self.vault.lock().expect("vault lock");
+        for (name, (_, again)) in &self.read {
+            if *again > 0 {
+                vault.audit_reads_again(self.actor("connector"), &self.source, name, *again)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -116,6 +116,7 @@ impl RunState {
             binding.run_id.clone(),
             authenticating,
             std::sync::Arc::clone(&manifest),
+            &limits,
         )));
         let hooks = EgressHooks::for_run(
             std::sync::Arc::new(policy),
@@ -199,25 +200,19 @@ impl RunState {
         }
     }
 
-    /// Says how many credential reads the run's first read of each
-    /// answered (they wrote no audit row).
-    pub(super) fn log_repeated_reads(&self) {
+    /// Audits the credential reads the run's first read of each answered.
+    pub(super) fn audit_reads_again(&self) {
         let Some(bound) = &self.bound else {
             return;
         };
-        let repeated = bound
+        let audited = bound
             .credentials
             .lock()
             .expect("credentials lock")
-            .repeated();
-        if repeated > 0 {
+            .audit_reads_again();
+        if let Err(e) = audited {
             let (source, run) = self.log_context();
-            tracing::debug!(
-                source,
-                run,
-                repeated,
-                "credential reads answered from the run's first read of each"
-            );
+            tracing::error!(source, run, error = %e, "the run's repeated credential reads could not be audited");
         }
     }
 
