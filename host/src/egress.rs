@@ -337,9 +337,9 @@ impl WasiHttpHooks for EgressHooks {
         // `user@host` reads as one host and goes to another; refused, so a
         // policy check and a log line never disagree with the destination.
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // Quoted by its host alone: what precedes it may be a secret.
             let err = deny(format!(
-                "{} carries user information before its host; a request names its host alone",
-                crate::inert::Inert(&uri.to_string())
+                "a request to {host} carries user information before its host; a request names its host alone"
             ));
             return Box::new(async move { Err(err) });
         }
@@ -367,7 +367,11 @@ impl WasiHttpHooks for EgressHooks {
                 .map_err(|_| HttpError::ConnectionLimitReached)?;
             let tls = uri.scheme() == Some(&Scheme::HTTPS);
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let addr = policy.resolve(&host, port).await.map_err(&deny)?;
+            // Resolving counts toward connecting.
+            let addr = tokio::time::timeout(timeouts.connect, policy.resolve(&host, port))
+                .await
+                .map_err(|_| HttpError::DnsTimeout)?
+                .map_err(&deny)?;
             if let Some(name) = inject {
                 let Some(credentials) = credentials else {
                     return Err(deny(format!(

@@ -680,6 +680,18 @@ pub(crate) fn bearer(grant: &Secret) -> Option<http::HeaderValue> {
     http::HeaderValue::from_bytes(&line).ok()
 }
 
+/// The tokens of a stored grant, each a value to redact on its own.
+pub(crate) fn token_values(grant: &Secret) -> Vec<Secret> {
+    let Ok(bundle) = serde_json::from_slice::<Bundle>(grant.expose_secret()) else {
+        return Vec::new();
+    };
+    let mut tokens = vec![Secret::from_slice(bundle.access_token.as_bytes())];
+    if let Some(refresh) = &bundle.refresh_token {
+        tokens.push(Secret::from_slice(refresh.as_bytes()));
+    }
+    tokens
+}
+
 /// The credential a connector's grant is stored as: its first
 /// `oauth`-class field.
 pub(crate) fn grant_field(

@@ -878,6 +878,7 @@ impl Launcher {
             egress_allow: self.config.egress_allow.clone(),
             control: RunControl {
                 cancel,
+                clock: crate::runtime::RunClock::start(),
                 events: self.events.clone(),
                 interactive: true,
                 interaction_wait: self.config.interaction_wait,
@@ -889,16 +890,8 @@ impl Launcher {
             Trigger::SetupVerification => Call::Verify,
             _ => Call::Collect(Vec::new()),
         };
-        let started = std::time::Instant::now();
-        // One run, one time limit: each call after the first gets what the
-        // calls before it left of it.
-        let remaining = |binding: &Binding| {
-            let mut binding = binding.clone();
-            let limits = &mut binding.limits;
-            limits.time = limits.time.saturating_sub(started.elapsed());
-            limits.wall = limits.wall.saturating_sub(started.elapsed());
-            binding
-        };
+        // One run, one clock: every call of it counts against the same
+        // limits, as the binding's control carries the run's clock.
         // A connector that logs in with a stored password or OTP seed does
         // so first when the source holds no session.
         let login = {
@@ -915,7 +908,7 @@ impl Launcher {
         }
         let ended = self
             .runtime
-            .run(&loaded, remaining(&binding), call.clone())
+            .run(&loaded, binding.clone(), call.clone())
             .await;
         // The provider rejected an access token the host did not just
         // refresh (it ended before the expiry the host knew of, or the
@@ -932,7 +925,7 @@ impl Launcher {
                             "access token rejected; grant refreshed, calling again"
                         );
                         self.runtime
-                            .run(&loaded, remaining(&binding), call.clone())
+                            .run(&loaded, binding.clone(), call.clone())
                             .await
                     }
                     Ok(false) => ended,
@@ -954,10 +947,10 @@ impl Launcher {
                 );
                 match self
                     .runtime
-                    .run(&loaded, remaining(&binding), Call::Authenticate)
+                    .run(&loaded, binding.clone(), Call::Authenticate)
                     .await
                 {
-                    Ok(_) => self.runtime.run(&loaded, remaining(&binding), call).await,
+                    Ok(_) => self.runtime.run(&loaded, binding.clone(), call).await,
                     Err(failure) => Err(failure),
                 }
             }

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+pub use clock::RunClock;
 pub use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -176,6 +177,8 @@ pub enum Exhausted {
     RecordBytes,
     /// A credential the connector put was larger than its class allows.
     CredentialBytes,
+    /// The connector put credentials more often than a run may.
+    CredentialWrites,
     /// The log-line limit.
     LogLines,
     /// The log-bytes limit.
@@ -198,11 +201,12 @@ pub enum Exhausted {
 #[non_exhaustive]
 pub enum RuntimeError {
     /// Not a usable component.
-    #[error("invalid connector component: {0}")]
+    #[error("invalid connector component: {}", crate::inert::Inert(.0))]
     Invalid(String),
     /// Built for a contract version this host does not serve.
     #[error(
-        "the component was built for sourcebox:connector API {component}; this host serves API {host}; rebuild it with a matching sourcebox-sdk"
+        "the component was built for sourcebox:connector API {}; this host serves API {host}; rebuild it with a matching sourcebox-sdk",
+        crate::inert::Inert(component)
     )]
     IncompatibleApi {
         /// Version stamped in the component.
@@ -223,13 +227,13 @@ pub enum RunFailure {
     #[error("resource exhausted: {0:?}")]
     ResourceExhausted(Exhausted),
     /// The guest trapped (panic, unreachable, bad memory access).
-    #[error("connector trapped: {0}")]
+    #[error("connector trapped: {}", crate::inert::Inert(.0))]
     ConnectorTrap(String),
     /// The connector returned an error.
     #[error("{}", connector_message(.0))]
     Connector(ConnectorError),
     /// A request to a host or address the run may not reach.
-    #[error("egress denied: {0}")]
+    #[error("egress denied: {}", crate::inert::Inert(.0))]
     EgressDenied(String),
     /// The run failed after a credential it asked for turned out revoked.
     #[error("credential '{0}' is revoked")]
@@ -239,7 +243,7 @@ pub enum RunFailure {
     CredentialUnrecoverable(String),
     /// The instance could not be created (e.g. it imports something this
     /// host does not grant).
-    #[error("connector could not be instantiated: {0}")]
+    #[error("connector could not be instantiated: {}", crate::inert::Inert(.0))]
     Instantiation(String),
     /// The owner did not answer an interaction before its deadline.
     #[error("the owner did not answer interaction {0} before its deadline")]
@@ -335,6 +339,10 @@ pub struct RunControl {
     /// Cancelled to end the run: whatever its guest is doing, the call is
     /// abandoned at once (within [`CHECK_EVERY`] while guest code runs).
     pub cancel: CancellationToken,
+    /// The run's clock and its count of questions, shared by every call
+    /// of the run (an `authenticate` that waited for an OTP, then the
+    /// `collect`), started when the control is made.
+    pub clock: RunClock,
     /// Where the run's events go.
     pub events: Events,
     /// Whether the run may ask its owner; `interaction.ask` answers
@@ -352,6 +360,7 @@ impl Default for RunControl {
     fn default() -> Self {
         Self {
             cancel: CancellationToken::new(),
+            clock: RunClock::start(),
             events: Events::default(),
             interactive: false,
             interaction_wait: Duration::from_secs(15 * 60),
@@ -681,7 +690,7 @@ impl Runtime {
         let authenticating = matches!(call, Call::Authenticate);
         let setup = binding.setup.clone();
         let cancel = binding.control.cancel.clone();
-        let clock = clock::RunClock::start();
+        let clock = binding.control.clock.clone();
         let mut store = Store::new(
             &self.engine,
             RunState::bound(
@@ -759,42 +768,47 @@ impl Runtime {
         state.audit_reads_again();
         let flushed = state.flush_records();
         let exhausted = state.exhausted();
+        // The host stopping guest code (a trap at the deadline or at a
+        // cancellation) is the same ending as the host abandoning a wait.
+        let result = match result {
+            Err(Failure::Trap(e)) if e.downcast_ref::<Cancelled>().is_some() => {
+                Err(Failure::Stopped(RunFailure::Cancelled))
+            }
+            Err(Failure::Trap(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+                Err(Failure::Stopped(RunFailure::ResourceExhausted(
+                    Exhausted::Time,
+                )))
+            }
+            result => result,
+        };
+        // Why the run ended, first to last: the owner cancelled it; it hit
+        // a limit (the first it hit, else its time); a request it may not
+        // make; a credential or question that failed it; its own ending.
+        if let Err(Failure::Stopped(RunFailure::Cancelled)) = &result {
+            return Err(RunFailure::Cancelled);
+        }
+        if let Some(limit) = exhausted {
+            return Err(RunFailure::ResourceExhausted(limit));
+        }
         if let Err(Failure::Stopped(failure)) = &result {
             return Err(failure.clone());
         }
         if let Some(why) = state.egress_denied() {
             return Err(RunFailure::EgressDenied(why));
         }
-        if let Err(Failure::Trap(e)) = &result
-            && e.downcast_ref::<Cancelled>().is_some()
-        {
-            return Err(RunFailure::Cancelled);
-        }
-        // A limit that was hit is why the run ended, whatever the guest
-        // went through before it.
-        if let (Err(_) | Ok(Err(_)), None, Some(failure)) =
-            (&result, exhausted, state.host_failure())
-        {
+        if let (Err(_) | Ok(Err(_)), Some(failure)) = (&result, state.host_failure()) {
             return Err(failure);
         }
-        match (result, exhausted) {
-            (_, Some(limit)) => Err(RunFailure::ResourceExhausted(limit)),
-            (Err(Failure::Trap(e)), None)
-                if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) =>
-            {
-                Err(RunFailure::ResourceExhausted(Exhausted::Time))
-            }
-            (Err(Failure::Trap(e)), None) if host_resources_full(&e) => {
+        match result {
+            Err(Failure::Trap(e)) if host_resources_full(&e) => {
                 Err(RunFailure::ResourceExhausted(Exhausted::HostResources))
             }
-            (Err(Failure::Trap(e)), None) => Err(RunFailure::ConnectorTrap(trap_message(&e))),
-            (Err(Failure::Instantiate(e)), None) => {
-                Err(RunFailure::Instantiation(format!("{e:#}")))
-            }
-            (Err(Failure::Stopped(failure)), None) => Err(failure),
-            (Ok(Err(e)), None) => Err(RunFailure::Connector(inert_error(e))),
-            (Ok(Ok(outcome)), None) => match flushed {
-                Ok(()) => Ok(inert_outcome(outcome)),
+            Err(Failure::Trap(e)) => Err(RunFailure::ConnectorTrap(trap_message(&e))),
+            Err(Failure::Instantiate(e)) => Err(RunFailure::Instantiation(format!("{e:#}"))),
+            Err(Failure::Stopped(failure)) => Err(failure),
+            Ok(Err(e)) => Err(RunFailure::Connector(state.redacted_error(e))),
+            Ok(Ok(outcome)) => match flushed {
+                Ok(()) => Ok(state.redacted_outcome(outcome)),
                 Err(e) => Err(RunFailure::ConnectorTrap(format!(
                     "records could not be stored: {e}"
                 ))),
@@ -839,31 +853,6 @@ fn host_resources_full(e: &wasmtime::Error) -> bool {
     })
 }
 
-/// Longest text a connector's error may put in a run's detail.
+/// Longest text a connector's error, or the host's about it, may put in a
+/// run's detail.
 const MAX_DETAIL: usize = 2000;
-/// Longest account id or name a connector may report.
-const MAX_IDENTITY: usize = 256;
-
-/// A connector's error with its text made inert (see [`crate::inert`]).
-fn inert_error(e: ConnectorError) -> ConnectorError {
-    let text = |m: String| crate::inert::text(&m, MAX_DETAIL);
-    match e {
-        ConnectorError::AuthRejected(m) => ConnectorError::AuthRejected(text(m)),
-        ConnectorError::AuthInsufficient(m) => ConnectorError::AuthInsufficient(text(m)),
-        ConnectorError::UpstreamTransient(m) => ConnectorError::UpstreamTransient(text(m)),
-        ConnectorError::Fatal(m) => ConnectorError::Fatal(text(m)),
-        e @ ConnectorError::RateLimited(_) => e,
-    }
-}
-
-/// What a connector returned, its text made inert: the account it says
-/// the credentials belong to is shown to the owner.
-fn inert_outcome(outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Verified(identity) => Outcome::Verified(AccountIdentity {
-            id: crate::inert::text(&identity.id, MAX_IDENTITY),
-            display: crate::inert::text(&identity.display, MAX_IDENTITY),
-        }),
-        outcome => outcome,
-    }
-}

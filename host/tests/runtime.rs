@@ -559,7 +559,7 @@ async fn connector_text_is_escaped_and_redacted_before_it_is_cut() {
     assert_eq!(
         ended,
         Err(RunFailure::Connector(ConnectorError::Fatal(
-            "bad\\nnews\\u{1b}[31m red\\u{202e}txet".into()
+            "bad\\nnews\\u{1b}[31m red\\u{202e}txet [redacted]".into()
         )))
     );
     let mut lines = Vec::new();

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::Limits;
 
-/// Shared by a run's store (its interaction waits) and the watchdog that
-/// races its calls.
+/// Shared by every call of a run: its stores (their waits for the owner,
+/// their questions) and the watchdog that races each call.
 #[derive(Debug, Clone)]
-pub(crate) struct RunClock(Arc<Mutex<Times>>);
+pub struct RunClock(Arc<Mutex<Times>>);
 
 #[derive(Debug)]
 struct Times {
@@ -21,16 +21,26 @@ struct Times {
     waited: Duration,
     /// The wait for the owner in progress, if one is.
     waiting_since: Option<Instant>,
+    /// Questions asked of the owner.
+    asked: u32,
 }
 
 impl RunClock {
     /// A clock that starts now.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self(Arc::new(Mutex::new(Times {
             started: Instant::now(),
             waited: Duration::ZERO,
             waiting_since: None,
+            asked: 0,
         })))
+    }
+
+    /// Counts a question to the owner; how many the run has asked.
+    pub(crate) fn ask(&self) -> u32 {
+        let mut times = self.0.lock().expect("run clock lock");
+        times.asked = times.asked.saturating_add(1);
+        times.asked
     }
 
     /// What is left of `limits`' time (waits for the owner left out) and

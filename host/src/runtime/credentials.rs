@@ -49,9 +49,15 @@ pub(crate) struct RunCredentials {
     shown: Vec<Secret>,
     /// A revoked or undecryptable credential the run needed.
     failure: Option<RunFailure>,
-    /// A `put` past its size.
+    /// A `put` past its size or its count.
     exhausted: Option<Exhausted>,
+    /// `put`s so far.
+    puts: u32,
 }
+
+/// Most `put`s one run may make: each is a write to the vault and a row
+/// in its audit log. A login stores its session once or twice.
+const MAX_PUTS: u32 = 32;
 
 impl std::fmt::Debug for RunCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +119,7 @@ impl RunCredentials {
             shown: Vec::new(),
             failure: None,
             exhausted: None,
+            puts: 0,
         }
     }
 
@@ -165,11 +172,21 @@ impl RunCredentials {
         }
     }
 
-    /// Keeps `value` to redact from the run's output; a session cookie by
-    /// cookie, since a line may show one of them without the rest.
+    /// Keeps `value` to redact from the run's output, once per value it
+    /// takes in the run: a session cookie by cookie and a grant token by
+    /// token as well, since a line may show one of them without the rest.
     fn show(&mut self, class: CredentialClass, value: &Secret) {
-        if class == CredentialClass::Session {
-            self.shown.extend(crate::cookies::values(value));
+        if self
+            .shown
+            .iter()
+            .any(|s| s.expose_secret() == value.expose_secret())
+        {
+            return;
+        }
+        match class {
+            CredentialClass::Session => self.shown.extend(crate::cookies::values(value)),
+            CredentialClass::Oauth => self.shown.extend(crate::oauth::token_values(value)),
+            _ => {}
         }
         self.shown.push(value.clone());
     }
@@ -186,8 +203,9 @@ impl RunCredentials {
         if login_only(class) && !self.authenticating {
             return Ok(Err(CredentialError::NotNow));
         }
+        let fresh = !self.read.contains_key(name);
         let value = self.resolve(name, "connector")?;
-        if let Ok(value) = &value {
+        if let (true, Ok(value)) = (fresh, &value) {
             self.show(class, value);
         }
         Ok(value)
@@ -210,6 +228,13 @@ impl RunCredentials {
             CredentialClass::Oauth => self.max_oauth,
             _ => return Ok(Err(CredentialError::NotNow)),
         };
+        self.puts += 1;
+        if self.puts > MAX_PUTS {
+            self.exhausted = Some(Exhausted::CredentialWrites);
+            return Err(format!(
+                "credential '{name}' put more than {MAX_PUTS} times in one run"
+            ));
+        }
         if value.len() as u64 > max {
             self.exhausted = Some(Exhausted::CredentialBytes);
             return Err(format!(
@@ -218,28 +243,52 @@ impl RunCredentials {
             ));
         }
         let value = Secret::new(value.into_bytes());
-        let new = NewCredential {
-            name,
-            class: VaultClass::from(class),
-            provenance: Provenance::ConnectorRefresh,
-            value: value.clone(),
-            expires_at: None,
-        };
-        let stored =
-            self.vault
-                .lock()
-                .expect("vault lock")
-                .set(self.actor("connector"), &self.source, new);
-        match stored {
-            Ok(_) => {
-                self.show(class, &value);
-                let again = self.read.get(name).map_or(0, |(_, again)| *again);
-                self.read.insert(name.to_owned(), (value, again));
-                Ok(Ok(()))
-            }
+        match self.store(name, class, value, Provenance::ConnectorRefresh) {
+            Ok(()) => Ok(Ok(())),
             Err(VaultError::Invalid(_)) => Ok(Err(CredentialError::Unrecoverable)),
             Err(e) => Err(format!("credential store failed: {e}")),
         }
+    }
+
+    /// Stores `value` as credential `name` of this source, and answers the
+    /// run's later reads with it.
+    fn store(
+        &mut self,
+        name: &str,
+        class: CredentialClass,
+        value: Secret,
+        provenance: Provenance,
+    ) -> Result<(), VaultError> {
+        let new = NewCredential {
+            name,
+            class: VaultClass::from(class),
+            provenance,
+            value: value.clone(),
+            expires_at: None,
+        };
+        let actor = match provenance {
+            Provenance::Interaction => "browser-login",
+            _ => "connector",
+        };
+        self.vault
+            .lock()
+            .expect("vault lock")
+            .set(self.actor(actor), &self.source, new)?;
+        self.show(class, &value);
+        let again = self.read.get(name).map_or(0, |(_, again)| *again);
+        self.read.insert(name.to_owned(), (value, again));
+        Ok(())
+    }
+
+    /// Keeps the session a login browser captured for this run as session
+    /// credential `name`.
+    pub(crate) fn captured(&mut self, name: &str, session: Secret) -> Result<(), VaultError> {
+        self.store(
+            name,
+            CredentialClass::Session,
+            session,
+            Provenance::Interaction,
+        )
     }
 
     /// The header that carries credential `name` on a request to `to`.
@@ -268,6 +317,7 @@ impl RunCredentials {
         if let Err(why) = transport(tls, to.port, to.https_port, to.allowed) {
             return refused(format!("credential '{name}' {why} ({host})"));
         }
+        let fresh = !self.read.contains_key(name);
         let value = match self.resolve(name, "egress") {
             Ok(Ok(value)) => value,
             Ok(Err(CredentialError::Missing)) => {
@@ -278,7 +328,9 @@ impl RunCredentials {
                 return refused(format!("credential '{name}' could not be read: {e}"));
             }
         };
-        self.show(class, &value);
+        if fresh {
+            self.show(class, &value);
+        }
         let unusable =
             || NotInjected::Denied(format!("credential '{name}' may not be sent to {host}"));
         let mut header = match class {

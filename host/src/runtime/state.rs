@@ -23,12 +23,16 @@ use crate::egress::{EgressHooks, EgressPolicy};
 use crate::events::EventKind;
 use crate::interactions;
 use crate::store::now_ms;
-use crate::vault::{Actor, CredentialClass as VaultClass, NewCredential, Provenance, VaultError};
+use crate::vault::{Actor, VaultError};
 
-/// Records buffered before they are written in one transaction.
+/// Records buffered before they are written in one transaction, and the
+/// most bytes of them held before that.
 const FLUSH_EVERY: usize = 500;
-/// Longest log line kept from a guest.
+const FLUSH_BYTES: usize = 4 << 20;
+/// Longest log line kept from a guest, and longest text of its errors.
 const MAX_LOG_LINE: usize = 2000;
+/// Longest account id or name a connector may report.
+const MAX_IDENTITY: usize = 256;
 /// Bytes of stdout and of stderr kept per run; writes beyond fail.
 const MAX_GUEST_OUTPUT: usize = 64 * 1024;
 /// Entries in a run's resource table: HTTP fields, requests, responses,
@@ -43,6 +47,13 @@ const MAX_FIELDS_SIZE: usize = 16 * 1024;
 /// counted header bytes), twice over for what the maps and allocator keep
 /// beside them. Measured: see BENCHMARKS.md.
 pub const HOST_ALLOWANCE: usize = 2 * MAX_RESOURCES * MAX_FIELDS_SIZE;
+/// Table elements of all of an instance's tables together, and the most
+/// core instances, memories and tables a component may create: a
+/// component built with the SDK has a few of each.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+const MAX_INSTANCES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 64;
 /// Most random bytes one call may ask for.
 const MAX_RANDOM: u64 = 64 * 1024;
 
@@ -56,20 +67,24 @@ pub struct RunState {
     table: ResourceTable,
     limits: Limits,
     exhausted: Option<Exhausted>,
+    /// Bytes of all the instance's memories, and elements of all its
+    /// tables, as grown so far.
+    memory_total: usize,
+    table_total: usize,
     bound: Option<Bound>,
 }
 
 struct Bound {
     binding: Binding,
     manifest: std::sync::Arc<Manifest>,
-    /// The run's clock, told when the run waits for the owner.
+    /// The run's clock, told when the run waits for the owner and asks.
     clock: super::clock::RunClock,
-    /// Questions asked of the owner so far.
-    asked: u32,
     /// Log lines and their bytes written so far.
     logged_lines: u64,
     logged_bytes: u64,
     pending: Vec<(String, String, String)>,
+    /// Bytes of the records in `pending`.
+    pending_bytes: usize,
     emitted: u64,
     emitted_bytes: u64,
     /// The run's credentials: the only way it reaches any.
@@ -130,10 +145,10 @@ impl RunState {
                 binding,
                 manifest,
                 clock,
-                asked: 0,
                 logged_lines: 0,
                 logged_bytes: 0,
                 pending: Vec::new(),
+                pending_bytes: 0,
                 emitted: 0,
                 emitted_bytes: 0,
                 credentials,
@@ -169,6 +184,8 @@ impl RunState {
             table,
             limits,
             exhausted: None,
+            memory_total: 0,
+            table_total: 0,
             bound,
         }
     }
@@ -190,12 +207,13 @@ impl RunState {
     pub(super) fn log_guest_output(&self) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
-            for line in String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-            {
+            // Redacted whole before it is split, so a secret printed across
+            // lines (a key in PEM, say) is found too.
+            let text = self.without_secrets(&String::from_utf8_lossy(&bytes), usize::MAX);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let (source, run) = self.log_context();
-                tracing::info!(source, run, stream, "{}", self.redact(line));
+                let line = crate::inert::text(line, MAX_LOG_LINE);
+                tracing::info!(source, run, stream, "{line}");
             }
         }
     }
@@ -230,7 +248,18 @@ impl RunState {
     /// `line` with every value handed out this run replaced, then made
     /// inert and cut to length — in that order, so a secret straddling the
     /// cut is replaced whole rather than left less its last characters.
-    fn redact(&self, line: &str) -> String {
+    pub(super) fn redact(&self, line: &str) -> String {
+        self.redact_to(line, MAX_LOG_LINE)
+    }
+
+    /// [`RunState::redact`], cut to `max` characters.
+    pub(super) fn redact_to(&self, text: &str, max: usize) -> String {
+        crate::inert::text(&self.without_secrets(text, max), max)
+    }
+
+    /// `text`, as far as it can matter to a cut at `max` characters, with
+    /// every value this run may show replaced.
+    fn without_secrets(&self, text: &str, max: usize) -> String {
         let credentials = self
             .bound
             .as_ref()
@@ -244,15 +273,43 @@ impl RunState {
         // What lies past the cut by more than the longest secret cannot
         // hold any part of a secret that starts before it.
         let longest = secrets.iter().map(|v| v.len()).max().unwrap_or(0);
-        let window = match line.char_indices().nth(MAX_LOG_LINE + longest) {
-            Some((at, _)) => &line[..at],
-            None => line,
+        let window = match text.char_indices().nth(max.saturating_add(longest)) {
+            Some((at, _)) => &text[..at],
+            None => text,
         };
-        let mut line = window.to_owned();
+        let mut text = window.to_owned();
         for value in secrets {
-            line = line.replace(value, "[redacted]");
+            text = text.replace(value, "[redacted]");
         }
-        crate::inert::text(&line, MAX_LOG_LINE)
+        text
+    }
+
+    /// A connector's error, its text redacted and made inert: it becomes
+    /// the run's detail, and may be kept as why a source needs re-auth.
+    pub(super) fn redacted_error(&self, e: types::ConnectorError) -> types::ConnectorError {
+        use types::ConnectorError as E;
+        let text = |m: String| self.redact_to(&m, MAX_LOG_LINE);
+        match e {
+            E::AuthRejected(m) => E::AuthRejected(text(m)),
+            E::AuthInsufficient(m) => E::AuthInsufficient(text(m)),
+            E::UpstreamTransient(m) => E::UpstreamTransient(text(m)),
+            E::Fatal(m) => E::Fatal(text(m)),
+            e @ E::RateLimited(_) => e,
+        }
+    }
+
+    /// What a connector returned, its text redacted and made inert: the
+    /// account it says the credentials belong to is shown to the owner.
+    pub(super) fn redacted_outcome(&self, outcome: super::Outcome) -> super::Outcome {
+        match outcome {
+            super::Outcome::Verified(identity) => {
+                super::Outcome::Verified(types::AccountIdentity {
+                    id: self.redact_to(&identity.id, MAX_IDENTITY),
+                    display: self.redact_to(&identity.display, MAX_IDENTITY),
+                })
+            }
+            outcome => outcome,
+        }
     }
 
     /// A revoked or undecryptable credential the run asked for, or an
@@ -310,6 +367,7 @@ impl RunState {
             Ok(())
         })?;
         bound.pending.clear();
+        bound.pending_bytes = 0;
         bound.binding.control.events.send(
             &bound.binding.run_id,
             &bound.binding.source.source,
@@ -353,26 +411,53 @@ impl WasiHttpView for RunState {
 }
 
 impl ResourceLimiter for RunState {
+    /// The memory limit holds for all of the instance's memories together.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory {
+        let total = self
+            .memory_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.limits.memory {
             self.exhausted = Some(Exhausted::Memory);
             return Ok(false);
         }
+        self.memory_total = total;
         Ok(true)
     }
 
+    /// So does the table limit, for all of its tables together.
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let total = self
+            .table_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_total = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -455,8 +540,9 @@ impl RunState {
         let key = serde_json::to_string(&key).expect("JSON values serialize");
         bound.emitted += 1;
         bound.emitted_bytes += record.len() as u64;
+        bound.pending_bytes += record.len();
         bound.pending.push((stream.to_owned(), key, record));
-        if bound.pending.len() >= FLUSH_EVERY {
+        if bound.pending.len() >= FLUSH_EVERY || bound.pending_bytes >= FLUSH_BYTES {
             self.flush_records()
                 .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
         }
@@ -592,6 +678,7 @@ impl interaction::Host for RunState {
         kind: Kind,
         prompt: String,
     ) -> wasmtime::Result<Result<String, InteractionError>> {
+        let prompt = self.redact(&prompt);
         let Some(bound) = self.bound.as_mut() else {
             return Ok(Err(InteractionError::Unsupported));
         };
@@ -600,8 +687,7 @@ impl interaction::Host for RunState {
             return Ok(Err(InteractionError::Unsupported));
         }
         // A connector that asks again and again is stopped, not answered.
-        bound.asked += 1;
-        if bound.asked > self.limits.questions {
+        if bound.clock.ask() > self.limits.questions {
             self.exhausted = Some(Exhausted::Questions);
             return Err(wasmtime::Error::msg(format!(
                 "the run asked the owner more than {} questions",
@@ -615,7 +701,6 @@ impl interaction::Host for RunState {
             Kind::IdentityConfirmation => "identity-confirmation",
             Kind::Challenge => "challenge",
         };
-        let prompt = crate::inert::text(&prompt, MAX_LOG_LINE);
         // A login opens the browser the owner will stream before the owner
         // is asked, at the page the connector named.
         let login = if kind == "login" {
@@ -890,24 +975,13 @@ async fn store_session(
         tracing::info!(run, "the login ended without a session");
         return Ok(Err(InteractionError::Declined));
     }
-    let actor = Actor {
-        name: "browser-login",
-        run_id: Some(&run),
-    };
-    let new = NewCredential {
-        name: &login.credential,
-        class: VaultClass::Session,
-        provenance: Provenance::Interaction,
-        value: session,
-        expires_at: None,
-    };
-    let stored =
-        bound
-            .binding
-            .vault
-            .lock()
-            .expect("vault lock")
-            .set(actor, &bound.binding.source, new);
+    // Through the run's credentials, so its later reads and injections
+    // use the new session, and its output is redacted of it.
+    let stored = bound
+        .credentials
+        .lock()
+        .expect("credentials lock")
+        .captured(&login.credential, session);
     match stored {
         Ok(_) => {
             tracing::info!(run, credential = login.credential, "browser login captured");

@@ -372,9 +372,10 @@ impl Connector for Hostile {
                 let pad = "x".repeat(1991);
                 sourcebox_sdk::log::info(&format!("{pad}{}", token.expose_secret()));
                 println!("{pad}{}", token.expose_secret());
-                Err(ConnectorError::Fatal(
-                    "bad\nnews\u{1b}[31m red\u{202e}txet".into(),
-                ))
+                Err(ConnectorError::Fatal(format!(
+                    "bad\nnews\u{1b}[31m red\u{202e}txet {}",
+                    token.expose_secret()
+                )))
             }
             other => Err(ConnectorError::Fatal(format!("unknown attack '{other}'"))),
         }
