@@ -483,6 +483,7 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
     api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     // Only the outgoing handler and its types; requests meet the egress policy.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    state::bound_request_strings(&mut linker)?;
     Ok(linker)
 }
 

@@ -276,6 +276,10 @@ async fn hostile_components_are_stopped_with_typed_failures() {
             "bad-records",
             r#"records=["invalid-record", "invalid-record", "invalid-record", "invalid-record", "unknown-stream", "stored"] batches=["stored", "invalid-record@1", "invalid-record@2"]"#,
         ),
+        observed(
+            "long-request-strings",
+            "method refused, authority refused, PROPFIND kept",
+        ),
         stopped("record-flood", Exhausted::Records),
         // Prebuilt JSON text, emitted as fast as the boundary allows.
         stopped("raw-flood", Exhausted::Records),

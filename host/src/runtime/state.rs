@@ -57,6 +57,55 @@ const MAX_TABLES: usize = 64;
 /// Most random bytes one call may ask for.
 const MAX_RANDOM: u64 = 64 * 1024;
 
+/// Longest method and authority a request may be given. wasi:http keeps
+/// either as the guest gave it, of any length, in the request it holds
+/// for the guest; these bound what each of the run's requests can pin.
+const MAX_METHOD: usize = 64;
+const MAX_AUTHORITY: usize = 512;
+
+/// Replaces wasi:http's `set-method` and `set-authority` of outgoing
+/// requests with ones that refuse a method or an authority past its
+/// length, as they refuse one that does not parse.
+pub(super) fn bound_request_strings(
+    linker: &mut wasmtime::component::Linker<RunState>,
+) -> wasmtime::Result<()> {
+    use std::str::FromStr;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::types::Method;
+    use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store: wasmtime::StoreContextMut<'_, RunState>,
+         (request, method): (Resource<HostOutgoingRequest>, Method)| {
+            if let Method::Other(other) = &method
+                && (other.len() > MAX_METHOD || http::Method::from_str(other).is_err())
+            {
+                return Ok((Err(()),));
+            }
+            store.data_mut().table.get_mut(&request)?.method = method;
+            Ok((Ok(()),))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store: wasmtime::StoreContextMut<'_, RunState>,
+         (request, authority): (Resource<HostOutgoingRequest>, Option<String>)| {
+            if let Some(authority) = &authority
+                && (authority.len() > MAX_AUTHORITY
+                    || http::uri::Authority::from_str(authority).is_err())
+            {
+                return Ok((Err(()),));
+            }
+            store.data_mut().table.get_mut(&request)?.authority = authority;
+            Ok((Ok(()),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Store data of one run.
 pub struct RunState {
     wasi: WasiCtx,

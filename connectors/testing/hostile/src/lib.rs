@@ -295,6 +295,22 @@ impl Connector for Hostile {
                 }
                 Err(observed(format!("{i} fields kept")))
             }
+            // A request given a megabyte of method and of authority.
+            "long-request-strings" => {
+                let request = raw::wasi::OutgoingRequest::new(raw::wasi::Fields::new());
+                let method = request
+                    .set_method(&raw::wasi::Method::Other("X".repeat(1 << 20)))
+                    .map_or("refused", |()| "kept");
+                let authority = request
+                    .set_authority(Some(&format!("{}.example.com", "a".repeat(1 << 20))))
+                    .map_or("refused", |()| "kept");
+                let fair = request
+                    .set_method(&raw::wasi::Method::Other("PROPFIND".into()))
+                    .map_or("refused", |()| "kept");
+                Err(observed(format!(
+                    "method {method}, authority {authority}, PROPFIND {fair}"
+                )))
+            }
             // Twenty requests at once to a server that never answers.
             "http-parallel" => {
                 let target = setup_value(&request.setup, "target").unwrap_or("");
