@@ -229,8 +229,9 @@ pub struct EgressHooks {
     /// The run's limits (its HTTP timeouts).
     limits: Limits,
     /// Exchanges in flight: a request waits for a permit before it
-    /// connects, and its connection holds it until it closes.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// connects, and its connection holds it until it closes. Made at the
+    /// run's first request.
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Outbound exchanges one run may have in flight at once.
@@ -258,7 +259,7 @@ impl EgressHooks {
             response_bytes: Arc::default(),
             max_response_bytes: 0,
             limits: Limits::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight: None,
         }
     }
 
@@ -277,7 +278,7 @@ impl EgressHooks {
             response_bytes: Arc::default(),
             max_response_bytes: limits.http_response_bytes,
             limits: limits.clone(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight: None,
         }
     }
 
@@ -359,7 +360,10 @@ impl WasiHttpHooks for EgressHooks {
             max: self.max_response_bytes,
         };
         let timeouts = Timeouts::at_most(&self.limits, options.as_ref());
-        let in_flight = Arc::clone(&self.in_flight);
+        let in_flight = Arc::clone(
+            self.in_flight
+                .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT))),
+        );
         Box::new(async move {
             let permit = in_flight
                 .acquire_owned()

@@ -258,7 +258,8 @@ impl RunState {
             let bytes = pipe.contents();
             // Redacted whole before it is split, so a secret printed across
             // lines (a key in PEM, say) is found too.
-            let text = self.without_secrets(&String::from_utf8_lossy(&bytes), usize::MAX);
+            let printed = String::from_utf8_lossy(&bytes);
+            let text = self.without_secrets(&printed, usize::MAX);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let (source, run) = self.log_context();
                 let line = crate::inert::text(line, MAX_LOG_LINE);
@@ -308,11 +309,14 @@ impl RunState {
 
     /// `text`, as far as it can matter to a cut at `max` characters, with
     /// every value this run may show replaced.
-    fn without_secrets(&self, text: &str, max: usize) -> String {
+    fn without_secrets<'t>(&self, text: &'t str, max: usize) -> std::borrow::Cow<'t, str> {
         let credentials = self
             .bound
             .as_ref()
             .map(|b| b.credentials.lock().expect("credentials lock"));
+        if credentials.as_ref().is_none_or(|c| c.shown().is_empty()) {
+            return std::borrow::Cow::Borrowed(text);
+        }
         let secrets: Vec<&str> = credentials
             .iter()
             .flat_map(|c| c.shown())
@@ -330,7 +334,7 @@ impl RunState {
         for value in secrets {
             text = text.replace(value, "[redacted]");
         }
-        text
+        std::borrow::Cow::Owned(text)
     }
 
     /// A connector's error, its text redacted and made inert: it becomes
