@@ -102,6 +102,29 @@ impl World {
             .await
     }
 
+    /// [`World::collect`], with the lines the run logged.
+    async fn collect_logged(
+        &self,
+        connector: &LoadedConnector,
+        source: &str,
+        setup: &[(&str, &str)],
+        limits: Limits,
+    ) -> (Result<Outcome, RunFailure>, Vec<String>) {
+        let binding = self.binding(source, setup, limits);
+        let mut events = binding.control.events.subscribe();
+        let ended = self
+            .runtime
+            .run(connector, binding, Call::Collect(vec![]))
+            .await;
+        let mut lines = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let sourcebox::events::EventKind::Log { line, .. } = event.kind {
+                lines.push(line);
+            }
+        }
+        (ended, lines)
+    }
+
     fn records(&self, source: &str) -> Vec<serde_json::Value> {
         let vault = self.vault.lock().expect("lock");
         let mut stmt = vault
@@ -472,35 +495,27 @@ async fn what_a_run_makes_the_host_hold_is_bounded() {
     assert_eq!(connections.most(), sourcebox::egress::MAX_IN_FLIGHT);
 
     // Eight bodies of 64 KiB, read side by side, against 64 KiB for the run.
-    let binding = w.binding(
-        "a",
-        &[
-            ("attack", "http-parallel-read"),
-            ("target", &format!("http://{bulk}/")),
-        ],
-        Limits {
-            http_response_bytes: 64 * 1024,
-            ..Limits::default()
-        },
-    );
-    let mut events = binding.control.events.subscribe();
-    let ended = w
-        .runtime
-        .run(&w.hostile, binding, Call::Collect(vec![]))
+    let target = format!("http://{bulk}/");
+    let (ended, lines) = w
+        .collect_logged(
+            &w.hostile,
+            "a",
+            &[("attack", "http-parallel-read"), ("target", &target)],
+            Limits {
+                http_response_bytes: 64 * 1024,
+                ..Limits::default()
+            },
+        )
         .await;
     assert_eq!(
         ended,
         Err(RunFailure::ResourceExhausted(Exhausted::HttpResponseBytes))
     );
-    let mut read = None;
-    while let Ok(event) = events.try_recv() {
-        if let sourcebox::events::EventKind::Log { line, .. } = event.kind {
-            read = line
-                .strip_prefix("read ")
-                .and_then(|l| l.strip_suffix(" bytes"))
-                .and_then(|n| n.parse::<u64>().ok());
-        }
-    }
+    let read = lines.iter().rev().find_map(|line| {
+        line.strip_prefix("read ")
+            .and_then(|l| l.strip_suffix(" bytes"))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
     let read = read.expect("the connector said how much it read");
     assert!(read <= 64 * 1024, "read {read} bytes of a 64 KiB budget");
 }
@@ -554,11 +569,8 @@ async fn install_refuses_a_bad_manifest_and_a_describe_that_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_text_is_escaped_and_redacted_before_it_is_cut() {
     let w = world().await;
-    let binding = w.binding("a", &[("attack", "forge")], Limits::default());
-    let mut events = binding.control.events.subscribe();
-    let ended = w
-        .runtime
-        .run(&w.hostile, binding, Call::Collect(vec![]))
+    let (ended, lines) = w
+        .collect_logged(&w.hostile, "a", &[("attack", "forge")], Limits::default())
         .await;
     assert_eq!(
         ended,
@@ -566,12 +578,6 @@ async fn connector_text_is_escaped_and_redacted_before_it_is_cut() {
             "bad\\nnews\\u{1b}[31m red\\u{202e}txet [redacted]".into()
         )))
     );
-    let mut lines = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        if let sourcebox::events::EventKind::Log { line, .. } = event.kind {
-            lines.push(line);
-        }
-    }
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         lines[0],

@@ -158,30 +158,25 @@ pub async fn fixture_server() -> (
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = std::sync::Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let log = std::sync::Arc::clone(&log);
-            tokio::spawn(async move {
-                let Some(head) = read_request_head(&mut socket).await else {
-                    return;
-                };
-                log.lock().expect("log").push(head);
-                let body = br#"{"ok":true}"#;
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
-                let _ = socket.write_all(body).await;
-            });
+    let (addr, _) = serve_each(move |mut socket| {
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            let Some(head) = read_request_head(&mut socket).await else {
+                return;
+            };
+            log.lock().expect("log").push(head);
+            let body = br#"{"ok":true}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+            let _ = socket.write_all(body).await;
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
