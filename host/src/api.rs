@@ -261,6 +261,8 @@ fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(owner_capture))
         .routes(routes!(owner_revoke))
         .routes(routes!(owner_verify))
+        .routes(routes!(owner_confirm))
+        .routes(routes!(owner_account))
         .routes(body_limit(EXPORT_LIMIT, routes!(owner_import)))
         .routes(routes!(owner_start_run))
         .routes(routes!(owner_runs))
@@ -977,6 +979,36 @@ fn json_bytes(body: bytes::Bytes) -> Response {
 #[utoipa::path(get, path = "/v1/owner/sources/{name}", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_source(owner: OwnerView, Path(name): Path<String>) -> Result<Response, ApiError> {
     owner.respond(&name)
+}
+
+/// The owner confirms that the source may connect the account another
+/// source of its connector is connected to, or the account its
+/// credentials changed to (the same as choosing `accept`).
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/confirm", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 200, description = "The source's setup view", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_confirm(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    Ok(view_response(&setup::confirm_identity(
+        &vault, OWNER_API, &name,
+    )?))
+}
+
+/// The owner's choice for a source whose credentials now belong to another
+/// account than the one it was connected to: the choices its view offers.
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/account", tag = "owner", security(("owner" = [])), params(SourceName), request_body = setup::AccountChoice, responses((status = 200, description = "The source's setup view after the choice", body = setup::SourceView), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+async fn owner_account(
+    _: Owner,
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Body(choice): Body<setup::AccountChoice>,
+) -> Result<Response, ApiError> {
+    let vault = api.vault();
+    Ok(view_response(&setup::choose_account(
+        &vault, OWNER_API, &name, choice,
+    )?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -532,6 +532,23 @@ pub enum SourceCommand {
         /// Source name.
         name: String,
     },
+    /// Choose what happens to a source whose credentials now belong to
+    /// another account than the one it was connected to.
+    Account {
+        /// Source name.
+        name: String,
+        /// Connect the source to the new account; its records stay.
+        #[arg(long)]
+        accept: bool,
+        /// Move the credentials into a new source of this name, connected
+        /// to the new account; this source asks for its credentials again.
+        #[arg(long, value_name = "NAME")]
+        new_source: Option<String>,
+        /// Delete the new credentials; this source asks for its
+        /// credentials again.
+        #[arg(long)]
+        discard: bool,
+    },
     /// List sources.
     List {
         /// JSON output.
@@ -942,7 +959,34 @@ fn source(
         }
         SourceCommand::Confirm { name } => {
             let vault = open_vault(dir, unlock_fd)?;
-            print_view(&setup::confirm_identity(&vault, &name)?, false, out)
+            print_view(
+                &setup::confirm_identity(&vault, Actor::OWNER_CLI, &name)?,
+                false,
+                out,
+            )
+        }
+        SourceCommand::Account {
+            name,
+            accept,
+            new_source,
+            discard,
+        } => {
+            let choice = match (accept, new_source, discard) {
+                (true, None, false) => setup::AccountChoice::Accept,
+                (false, Some(new), false) => setup::AccountChoice::NewSource { name: Some(new) },
+                (false, None, true) => setup::AccountChoice::Discard,
+                _ => {
+                    return Err(CliError::Usage(format!(
+                        "choose one of --accept, --new-source NAME or --discard; `sourcebox source show {name}` says what each does"
+                    )));
+                }
+            };
+            let vault = open_vault(dir, unlock_fd)?;
+            print_view(
+                &setup::choose_account(&vault, Actor::OWNER_CLI, &name, choice)?,
+                false,
+                out,
+            )
         }
         SourceCommand::List { json } => {
             let sources = scheduler::statuses(&Store::open(dir)?)?;
@@ -1478,10 +1522,28 @@ pub fn render_source(view: &setup::SourceView) -> String {
             previous,
             identity,
             records,
-        } => format!(
-            "next: the credentials now belong to {} (provider id {}), but this source holds {records} records of {previous}; to keep both accounts apart, add {} as a new source; to switch this source: sourcebox source confirm {name}\n",
-            identity.display, identity.id, identity.display
-        ),
+            choices,
+        } => {
+            let account = format!("{} (provider id {})", identity.display, identity.id);
+            let mut step = format!(
+                "next: the credentials now belong to {account}, not to {previous}, whose {records} records this source holds; nothing collects until you choose:\n"
+            );
+            for choice in choices {
+                step += &match choice {
+                    setup::AccountChoice::Accept => format!(
+                        "  connect this source to {account}: sourcebox source account {name} --accept\n"
+                    ),
+                    setup::AccountChoice::NewSource { .. } => format!(
+                        "  keep the accounts apart, {} in a source of its own: sourcebox source account {name} --new-source NAME\n",
+                        identity.display
+                    ),
+                    setup::AccountChoice::Discard => format!(
+                        "  discard the new credentials: sourcebox source account {name} --discard\n"
+                    ),
+                };
+            }
+            step
+        }
         NextStep::Inspect { failure, detail } => {
             format!("next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n")
         }
@@ -1939,10 +2001,14 @@ fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Resu
             None => run.state.clone(),
             Some(kind) => format!("failed: {kind}: {}", run.detail.as_deref().unwrap_or("")),
         };
+        let account = match &run.account {
+            Some(account) => format!(", account {account}"),
+            None => String::new(),
+        };
         writeln_out(
             out,
             format_args!(
-                "run {} of {} ({}, {}): {outcome}",
+                "run {} of {} ({}, {}{account}): {outcome}",
                 run.id,
                 run.source,
                 run.trigger,

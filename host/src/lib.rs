@@ -11,6 +11,8 @@
 //! - [`runs`]: `launch`, the one way a connector runs, the scheduler and
 //!   retries;
 //! - [`interactions`]: questions a run asks its owner;
+//! - [`readiness`]: whether a source may run now, and why not: one
+//!   decision for the launch, the scheduler and the setup view;
 //! - [`setup`]: the setup engine: lifecycle, next steps, views;
 //! - [`browser`] and [`cookies`]: logins in a streamed browser, and the
 //!   sessions they (or an owner's cookie export) leave;
@@ -31,6 +33,7 @@ pub mod events;
 pub mod inert;
 pub mod interactions;
 pub mod oauth;
+pub mod readiness;
 pub mod runs;
 pub mod runtime;
 pub mod setup;

@@ -30,6 +30,7 @@ use crate::browser::Logins;
 use crate::catalog::{self, CatalogError};
 use crate::events::{EventKind, Events};
 use crate::oauth::{self, OauthError};
+use crate::readiness::{self, Blocked, Purpose};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use crate::runtime::{
     Binding, Call, CancellationToken, Limits, LoadedConnector, Outcome, RunControl, RunFailure,
@@ -102,6 +103,12 @@ pub enum FailureKind {
     ConnectorFatal,
     /// The host stopped while the run was in flight.
     Interrupted,
+    /// The credentials belong to another account than the one the source
+    /// is connected to: nothing was collected; the owner chooses.
+    AccountChanged,
+    /// Another source of the connector is connected to the same account,
+    /// and the owner has not confirmed that this one may be too.
+    IdentityUnconfirmed,
 }
 
 impl FailureKind {
@@ -119,6 +126,8 @@ impl FailureKind {
             Self::UpstreamTransient => "upstream_transient",
             Self::ConnectorFatal => "connector_fatal",
             Self::Interrupted => "interrupted",
+            Self::AccountChanged => "account_changed",
+            Self::IdentityUnconfirmed => "identity_unconfirmed",
         }
     }
 
@@ -248,6 +257,9 @@ pub struct RunRecord {
     pub started_at: i64,
     /// End, ms since the Unix epoch.
     pub finished_at: Option<i64>,
+    /// The account the run verified before it did anything else, as
+    /// shown to the owner.
+    pub account: Option<String>,
 }
 
 impl RunRecord {
@@ -510,7 +522,7 @@ impl Launcher {
                 if inserted == 0 {
                     return Err(busy(store, setup.source.source_id, source)?);
                 }
-                let resolved = resolve(&vault, setup)?;
+                let resolved = resolve(&vault, setup, trigger)?;
                 Ok((find(store, &id)?, resolved))
             })?
         };
@@ -746,14 +758,14 @@ impl Launcher {
         let mut detail = detail;
         if trigger == Trigger::SetupVerification {
             match (ending, kind) {
-                (Ending::Done(Outcome::Verified(identity)), _) => setup::record_verification(
-                    store,
-                    source_id,
-                    Ok(&setup::Identity {
+                (Ending::Done(Outcome::Verified(identity)), _) => {
+                    let identity = setup::Identity {
                         id: identity.id.clone(),
                         display: identity.display.clone(),
-                    }),
-                )?,
+                    };
+                    setup::record_verification(store, source_id, Ok(&identity))?;
+                    note_account(store, run_id, &identity)?;
+                }
                 (_, Some(kind)) => setup::record_verification(
                     store,
                     source_id,
@@ -836,7 +848,7 @@ impl Launcher {
                 let vault = self.vault.lock().expect("vault lock");
                 let setup = catalog::source_setup(vault.store(), source)?;
                 *connector = Some(connector_name(&setup));
-                resolve(&vault, setup)?
+                resolve(&vault, setup, trigger)?
             }
         };
         if let Some(refused) = refused {
@@ -907,14 +919,15 @@ impl Launcher {
             return Ok(Ending::Failed(failure));
         }
         let ended = self
-            .runtime
-            .run(&loaded, binding.clone(), call.clone())
+            .attempt(&loaded, &binding, &setup, &call, login.session_held)
             .await;
         // The provider rejected an access token the host did not just
         // refresh (it ended before the expiry the host knew of, or the
         // provider gave none): refresh the grant once and call again.
         let ended = match ended {
-            Err(RunFailure::Connector(ConnectorError::AuthRejected(_))) if !refreshed => {
+            Err(Stop::Failed(RunFailure::Connector(ConnectorError::AuthRejected(_))))
+                if !refreshed =>
+            {
                 match oauth::refresh_rejected(&self.vault, actor, &setup, &self.config.egress_allow)
                     .await
                 {
@@ -924,8 +937,7 @@ impl Launcher {
                             run = run_id,
                             "access token rejected; grant refreshed, calling again"
                         );
-                        self.runtime
-                            .run(&loaded, binding.clone(), call.clone())
+                        self.attempt(&loaded, &binding, &setup, &call, login.session_held)
                             .await
                     }
                     Ok(false) => ended,
@@ -937,7 +949,7 @@ impl Launcher {
         // The site refused a session this run did not just get: log in
         // again with the stored password, and call once more.
         let ended = match ended {
-            Err(RunFailure::Connector(ConnectorError::AuthRejected(_)))
+            Err(Stop::Failed(RunFailure::Connector(ConnectorError::AuthRejected(_))))
                 if login.possible && !login.needed =>
             {
                 tracing::info!(
@@ -950,17 +962,104 @@ impl Launcher {
                     .run(&loaded, binding.clone(), Call::Authenticate)
                     .await
                 {
-                    Ok(_) => self.runtime.run(&loaded, binding.clone(), call).await,
-                    Err(failure) => Err(failure),
+                    Ok(_) => {
+                        self.attempt(&loaded, &binding, &setup, &call, login.session_held)
+                            .await
+                    }
+                    Err(failure) => Err(Stop::Failed(failure)),
                 }
             }
             ended => ended,
         };
         Ok(match ended {
             Ok(outcome) => Ending::Done(outcome),
-            Err(failure) => Ending::Failed(failure),
+            Err(Stop::Failed(failure)) => Ending::Failed(failure),
+            Err(Stop::Refused(kind, detail)) => Ending::Refused(kind, detail),
+            Err(Stop::Launch(e)) => return Err(e),
         })
     }
+
+    /// One attempt at `call`: the account is verified first, and a
+    /// collection goes on only when it is the account the source is
+    /// connected to (or its first, recorded now) and no other source of
+    /// the connector is connected to it unconfirmed. Otherwise nothing is
+    /// collected, and the run ends with the typed failure.
+    ///
+    /// Checking the account asks the owner nothing while the source holds
+    /// a session: a session the site refuses ends the run for re-auth, as
+    /// collecting with it would, rather than opening a login unasked. A
+    /// source with no session (one that keeps none between runs, or not
+    /// yet) logs in while it is checked, as its collection would.
+    async fn attempt(
+        &self,
+        loaded: &LoadedConnector,
+        binding: &Binding,
+        setup: &catalog::SourceSetup,
+        call: &Call,
+        session_held: bool,
+    ) -> Result<Outcome, Stop> {
+        let mut check = binding.clone();
+        if matches!(call, Call::Collect(_)) && session_held {
+            check.control.interactive = false;
+        }
+        let verified = self
+            .runtime
+            .run(loaded, check, Call::Verify)
+            .await
+            .map_err(Stop::Failed)?;
+        let (Call::Collect(_), Outcome::Verified(identity)) = (call, &verified) else {
+            return Ok(verified);
+        };
+        let identity = setup::Identity {
+            id: identity.id.clone(),
+            display: identity.display.clone(),
+        };
+        let decided = {
+            let vault = self.vault.lock().expect("vault lock");
+            let store = vault.store();
+            immediate(store, || {
+                setup::record_verification(store, setup.source.source_id, Ok(&identity))?;
+                note_account(store, &binding.run_id, &identity)?;
+                Ok(readiness::decide(
+                    &readiness::facts(store, setup)?,
+                    Purpose::Collect,
+                ))
+            })
+            .map_err(Stop::Launch)?
+        };
+        if let Err(blocked) = decided {
+            return Err(Stop::Refused(
+                refused_kind(&blocked),
+                blocked.explain(&setup.source.source),
+            ));
+        }
+        self.runtime
+            .run(loaded, binding.clone(), call.clone())
+            .await
+            .map_err(Stop::Failed)
+    }
+}
+
+/// Why an attempt at a call did not end with an outcome.
+enum Stop {
+    /// The connector's call failed.
+    Failed(RunFailure),
+    /// The host refused to collect, with this typed failure.
+    Refused(FailureKind, String),
+    /// The store could not record what the attempt found.
+    Launch(LaunchError),
+}
+
+/// Records on run `run_id` the account it verified.
+fn note_account(store: &Store, run_id: &str, identity: &setup::Identity) -> Result<(), StoreError> {
+    store
+        .conn()
+        .prepare_cached("UPDATE runs SET account = ?2 WHERE id = ?1")?
+        .execute(params![
+            run_id,
+            format!("{} (provider id {})", identity.display, identity.id)
+        ])?;
+    Ok(())
 }
 
 /// Whether a source's connector logs in with stored credentials (a
@@ -970,6 +1069,8 @@ impl Launcher {
 struct PasswordLogin {
     possible: bool,
     needed: bool,
+    /// The source holds a session (of a connector that declares one).
+    session_held: bool,
 }
 
 impl PasswordLogin {
@@ -983,10 +1084,11 @@ impl PasswordLogin {
                 .iter()
                 .any(|f| Class::from(f.class) == class)
         };
-        if !declares(Class::Session) || !(declares(Class::Password) || declares(Class::OtpSeed)) {
+        if !declares(Class::Session) {
             return Ok(Self {
                 possible: false,
                 needed: false,
+                session_held: false,
             });
         }
         let stored = crate::vault::metadata(vault.store(), Some(&setup.source))?;
@@ -995,10 +1097,13 @@ impl PasswordLogin {
                 .iter()
                 .any(|m| m.revoked_at.is_none() && classes.contains(&m.class))
         };
-        let possible = holds(&[Class::Password, Class::OtpSeed]);
+        let session_held = holds(&[Class::Session]);
+        let possible = (declares(Class::Password) || declares(Class::OtpSeed))
+            && holds(&[Class::Password, Class::OtpSeed]);
         Ok(Self {
             possible,
-            needed: possible && !holds(&[Class::Session]),
+            needed: possible && !session_held,
+            session_held,
         })
     }
 }
@@ -1063,10 +1168,49 @@ type Resolved = (
     Option<Ending>,
 );
 
-fn resolve(vault: &Vault, setup: catalog::SourceSetup) -> Result<Resolved, LaunchError> {
-    let limits = catalog::connector_limits(vault.store(), &setup.connector.id)?;
-    let refused = refusal(vault, &setup)?;
+/// The source's limits, and its launch refused, with its typed failure,
+/// when [`readiness::decide`] says it may not run now for `trigger`.
+fn resolve(
+    vault: &Vault,
+    setup: catalog::SourceSetup,
+    trigger: Trigger,
+) -> Result<Resolved, LaunchError> {
+    let store = vault.store();
+    let limits = catalog::connector_limits(store, &setup.connector.id)?;
+    let purpose = match trigger {
+        Trigger::SetupVerification => Purpose::Verify,
+        _ => Purpose::Collect,
+    };
+    let refused = match readiness::decide(&readiness::facts(store, &setup)?, purpose) {
+        Ok(()) => None,
+        Err(Blocked::Paused { version }) => {
+            return Err(LaunchError::Paused {
+                source_name: setup.source.source.clone(),
+                connector: setup.connector.id.clone(),
+                to: version,
+            });
+        }
+        Err(blocked) => Some(Ending::Refused(
+            refused_kind(&blocked),
+            blocked.explain(&setup.source.source),
+        )),
+    };
     Ok((setup, limits, refused))
+}
+
+/// The failure a run refused by the readiness decision records.
+fn refused_kind(blocked: &Blocked) -> FailureKind {
+    match blocked {
+        Blocked::CredentialRevoked { .. } => FailureKind::CredentialRevoked,
+        Blocked::CredentialsMissing { .. } => FailureKind::CredentialsMissing,
+        Blocked::AccountChanged { .. } => FailureKind::AccountChanged,
+        Blocked::IdentityUnconfirmed { .. } => FailureKind::IdentityUnconfirmed,
+        // A source without a connector or paused never gets a run
+        // (see `resolve` and `catalog::source_setup`).
+        Blocked::NeedsReauth { .. } | Blocked::NoConnector | Blocked::Paused { .. } => {
+            FailureKind::AuthRejected
+        }
+    }
 }
 
 fn connector_name(setup: &catalog::SourceSetup) -> String {
@@ -1090,33 +1234,6 @@ fn immediate<T>(
             Err(e)
         }
     }
-}
-
-/// The typed refusal of a launch whose required credentials are not all
-/// present and usable. Reads metadata only: nothing is decrypted.
-fn refusal(vault: &Vault, setup: &catalog::SourceSetup) -> Result<Option<Ending>, LaunchError> {
-    let source = &setup.source.source;
-    let required = setup.required();
-    let names = vault.missing(&setup.source, &required)?;
-    if names.is_empty() {
-        return Ok(None);
-    }
-    let revoked = vault
-        .list(Some(&setup.source))?
-        .iter()
-        .any(|m| m.revoked_at.is_some() && names.contains(&m.name));
-    let kind = if revoked {
-        FailureKind::CredentialRevoked
-    } else {
-        FailureKind::CredentialsMissing
-    };
-    Ok(Some(Ending::Refused(
-        kind,
-        format!(
-            "source '{source}' needs {} stored; use `sourcebox credential set {source} NAME --class CLASS`",
-            names.join(", ")
-        ),
-    )))
 }
 
 fn busy(store: &Store, source_id: i64, source: &str) -> Result<LaunchError, StoreError> {
@@ -1311,7 +1428,7 @@ fn record_end(store: &Store, id: &str, end: End<'_>, at: i64) -> Result<(), Stor
 
 const SELECT: &str =
     "SELECT r.id, s.name, r.trigger, r.state, r.failure, r.detail, r.records, r.connector,
-     r.attempt, r.retry_of, r.not_before, r.started_at, r.finished_at
+     r.attempt, r.retry_of, r.not_before, r.started_at, r.finished_at, r.account
      FROM runs r JOIN sources s ON s.id = r.source_id";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -1329,6 +1446,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         not_before: r.get(10)?,
         started_at: r.get(11)?,
         finished_at: r.get(12)?,
+        account: r.get(13)?,
     })
 }
 

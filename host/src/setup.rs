@@ -148,8 +148,8 @@ pub enum NextStep {
         existing: String,
     },
     /// The credentials now belong to another account than the one this
-    /// source's records came from: confirm the switch, or add the new
-    /// account as a source of its own.
+    /// source was connected to, and nothing collects until the owner
+    /// chooses one of `choices`.
     ConfirmAccountChange {
         /// The account the source was connected to.
         previous: String,
@@ -157,6 +157,8 @@ pub enum NextStep {
         identity: Identity,
         /// Records the source holds from before.
         records: u64,
+        /// What the owner may do: every [`AccountChoice`].
+        choices: Vec<AccountChoice>,
     },
     /// Look at the failed verification.
     Inspect {
@@ -283,6 +285,10 @@ pub struct SourceView {
     pub setup: Vec<SetupFieldView>,
     /// What the owner must do next.
     pub next_step: NextStep,
+    /// Why it may not collect now, if it may not: the launch and the
+    /// scheduler decide the same ([`crate::readiness`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<crate::readiness::Blocked>,
 }
 
 /// A credential field of a source and whether it is stored.
@@ -415,6 +421,34 @@ fn view_of(
     }
 }
 
+/// What the owner may do when a source's credentials turn out to belong
+/// to another account than the one it was connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "choice", rename_all = "snake_case")]
+pub enum AccountChoice {
+    /// Connect this source to the new account; its records stay.
+    Accept,
+    /// Move the credentials into a new source of their own, connected to
+    /// the new account; this source goes back to the account it was
+    /// connected to and asks for its credentials again.
+    NewSource {
+        /// The new source's name (the owner's choice; none is offered
+        /// when the view is built).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Delete the credentials; this source goes back to the account it was
+    /// connected to and asks for its credentials again.
+    Discard,
+}
+
+impl AccountChoice {
+    /// Every choice, as a view offers them.
+    pub fn all() -> Vec<Self> {
+        vec![Self::Accept, Self::NewSource { name: None }, Self::Discard]
+    }
+}
+
 /// What the store says about a source's setup.
 struct Facts {
     modality: Option<String>,
@@ -451,8 +485,8 @@ struct Asked {
 /// off the index of pending interactions, in their order.
 pub(crate) const FACTS: &str = "SELECT modality, identity_id, identity_display, verified_at,
         verify_failure_kind, verify_failure, verify_failed_at, confirmed_identity, needs_reauth,
-        pending_version, pending_changes, identity_changed_from,
-        CASE WHEN identity_changed_from IS NULL THEN 0
+        pending_version, pending_changes, previous_identity_display,
+        CASE WHEN previous_identity_display IS NULL THEN 0
              ELSE (SELECT COUNT(*) FROM records WHERE source_id = s.id) END,
         (SELECT id FROM runs INDEXED BY runs_active
           WHERE source_id = s.id AND trigger = 'setup_verification'
@@ -461,7 +495,7 @@ pub(crate) const FACTS: &str = "SELECT modality, identity_id, identity_display, 
           (SELECT d.name FROM sources d
             WHERE d.connector_id = s.connector_id AND d.identity_id = s.identity_id
               AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END,
-        i.id, i.kind, i.prompt
+        i.id, i.kind, i.prompt, previous_identity_id
      FROM sources s
      LEFT JOIN interactions i ON i.rowid =
        (SELECT rowid FROM interactions WHERE state = 'pending' AND source_id = s.id
@@ -484,6 +518,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                 credentials: Vec::new(),
                 setup: Vec::new(),
                 next_step: NextStep::ChooseConnector,
+                blocked: Some(crate::readiness::Blocked::NoConnector),
             });
         }
         Err(e) => return Err(e.into()),
@@ -517,7 +552,12 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
                     }
                     _ => None,
                 },
-                changed_from: r.get(11)?,
+                changed_from: r
+                    .get::<_, Option<String>>(11)?
+                    .map(|display| {
+                        Ok::<_, rusqlite::Error>(crate::readiness::previous(&display, r.get(18)?))
+                    })
+                    .transpose()?,
                 records: r.get::<_, i64>(12)? as u64,
                 verifying: r.get(13)?,
                 older_same_account: r.get(14)?,
@@ -664,17 +704,16 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
         }
     } else if !verified {
         (Lifecycle::Verifying, NextStep::Verify)
-    } else if let (Some(previous), Some(identity), true) = (
-        facts.changed_from.clone(),
-        facts.identity.clone(),
-        facts.records > 0,
-    ) {
+    } else if let (Some(previous), Some(identity)) =
+        (facts.changed_from.clone(), facts.identity.clone())
+    {
         (
             Lifecycle::WaitingForOwner,
             NextStep::ConfirmAccountChange {
                 previous,
                 identity,
                 records: facts.records,
+                choices: AccountChoice::all(),
             },
         )
     } else if let (Some(existing), Some(identity)) = (duplicate, facts.identity.clone()) {
@@ -714,6 +753,11 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             })
             .collect(),
         next_step,
+        blocked: crate::readiness::decide(
+            &crate::readiness::facts(store, &setup)?,
+            crate::readiness::Purpose::Collect,
+        )
+        .err(),
     })
 }
 
@@ -912,14 +956,17 @@ pub fn capture_credential(
 
 /// The owner confirms that `name` may connect the same account as another
 /// source of its connector.
-pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupError> {
+pub fn confirm_identity(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    name: &str,
+) -> Result<SourceView, SetupError> {
     let view = source_view(vault.store(), name)?;
     let source_id = vault.store().source(name)?.source_id;
     match &view.next_step {
-        NextStep::ConfirmAccountChange { .. } => vault.store().conn().execute(
-            "UPDATE sources SET identity_changed_from = NULL WHERE id = ?1",
-            [source_id],
-        )?,
+        NextStep::ConfirmAccountChange { .. } => {
+            return choose_account(vault, actor, name, AccountChoice::Accept);
+        }
         NextStep::ConfirmIdentity { identity, .. } => vault.store().conn().execute(
             "UPDATE sources SET confirmed_identity = ?2 WHERE id = ?1",
             params![source_id, identity.id],
@@ -934,6 +981,88 @@ pub fn confirm_identity(vault: &Vault, name: &str) -> Result<SourceView, SetupEr
     source_view(vault.store(), name)
 }
 
+/// Carries out the owner's choice for source `name`, whose credentials now
+/// belong to another account than the one it was connected to (see
+/// [`AccountChoice`]). Refused, with nothing changed, when the source has
+/// no such change, or the new source's name is taken or invalid.
+pub fn choose_account(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    name: &str,
+    choice: AccountChoice,
+) -> Result<SourceView, SetupError> {
+    let store = vault.store();
+    let setup = catalog::source_setup(store, name)?;
+    let source = &setup.source;
+    let changed: bool = store.conn().query_row(
+        "SELECT previous_identity_display IS NOT NULL FROM sources WHERE id = ?1",
+        [source.source_id],
+        |r| r.get(0),
+    )?;
+    if !changed {
+        return Err(SetupError::NotNow(format!(
+            "source '{name}' has no account change to choose for; see `sourcebox source show {name}`"
+        )));
+    }
+    // Back to the account the source was connected to, verified again
+    // when it has credentials again.
+    const BACK: &str = "UPDATE sources SET identity_id = previous_identity_id,
+         identity_display = CASE WHEN previous_identity_id IS NULL THEN NULL
+                                 ELSE previous_identity_display END,
+         previous_identity_id = NULL, previous_identity_display = NULL, verified_at = NULL
+         WHERE id = ?1";
+    match choice {
+        AccountChoice::Accept => {
+            store.conn().execute(
+                "UPDATE sources SET previous_identity_id = NULL, previous_identity_display = NULL
+                 WHERE id = ?1",
+                [source.source_id],
+            )?;
+        }
+        AccountChoice::Discard => {
+            vault.remove_all(actor, source, |conn| {
+                conn.execute(BACK, [source.source_id])?;
+                Ok(())
+            })?;
+        }
+        AccountChoice::NewSource { name: None } => {
+            return Err(SetupError::NotNow(format!(
+                "name the new source: `sourcebox source account {name} --new-source NAME`"
+            )));
+        }
+        AccountChoice::NewSource {
+            name: Some(new_name),
+        } => {
+            // The new source: the same connector, version, modality and
+            // setup values, connected (and verified) to the new account.
+            let new = store.add_source(&new_name)?;
+            let moved = vault.move_credentials(actor, source, &new, |conn| {
+                conn.execute(
+                    "UPDATE sources SET (connector_id, connector_version, setup, modality,
+                         ephemeral_session, identity_id, identity_display, verified_at) =
+                       (SELECT connector_id, connector_version, setup, modality,
+                         ephemeral_session, identity_id, identity_display, ?3
+                        FROM sources WHERE id = ?2)
+                     WHERE id = ?1",
+                    // Verified when its run verified the account: the
+                    // values moved are the ones that run used.
+                    params![new.source_id, source.source_id, now_ms()],
+                )?;
+                conn.execute(BACK, [source.source_id])?;
+                Ok(())
+            });
+            if let Err(e) = moved {
+                // Nothing moved: the empty new source goes too.
+                store
+                    .conn()
+                    .execute("DELETE FROM sources WHERE id = ?1", [new.source_id])?;
+                return Err(e.into());
+            }
+        }
+    }
+    source_view(store, name)
+}
+
 /// Records what a setup verification found, inside the caller's
 /// transaction: the identity on success, the failure otherwise.
 pub(crate) fn record_verification(
@@ -942,13 +1071,19 @@ pub(crate) fn record_verification(
     outcome: Result<&Identity, (&str, &str)>,
 ) -> Result<(), StoreError> {
     match outcome {
+        // Another account than the one the source was connected to keeps
+        // that one beside it until the owner chooses; the account it was
+        // connected to, found again, ends the change.
         Ok(identity) => store.conn().prepare_cached(
             "UPDATE sources SET
-                 identity_changed_from = CASE
-                     WHEN identity_id IS NOT NULL AND identity_id != ?2
-                         AND EXISTS (SELECT 1 FROM records WHERE source_id = sources.id)
-                         THEN identity_display || ' (provider id ' || identity_id || ')'
-                     ELSE identity_changed_from END,
+                 previous_identity_id = CASE
+                     WHEN previous_identity_id = ?2 THEN NULL
+                     WHEN previous_identity_display IS NOT NULL THEN previous_identity_id
+                     WHEN identity_id != ?2 THEN identity_id END,
+                 previous_identity_display = CASE
+                     WHEN previous_identity_id = ?2 THEN NULL
+                     WHEN previous_identity_display IS NOT NULL THEN previous_identity_display
+                     WHEN identity_id != ?2 THEN identity_display END,
                  identity_id = ?2, identity_display = ?3, verified_at = ?4,
                  verify_failure_kind = NULL, verify_failure = NULL, verify_failed_at = NULL
              WHERE id = ?1",

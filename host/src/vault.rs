@@ -430,10 +430,35 @@ impl Vault {
         new: NewCredential<'_>,
     ) -> Result<CredentialMeta, VaultError> {
         check_name(new.name)?;
-        let bundle_expiry = check_value(new.class, &new.value)?;
-        let expires_at = new.expires_at.or(bundle_expiry);
-        let conn = self.store.conn();
-        immediate(conn, |conn| {
+        immediate(self.store.conn(), |conn| {
+            let meta = self.seal_in(conn, source, &new)?;
+            if !new.provenance.is_refresh() {
+                // A new value from the owner is what a needs-reauth source waits for.
+                conn.prepare_cached("UPDATE sources SET needs_reauth = NULL WHERE id = ?1")?
+                    .execute([source.source_id])?;
+            }
+            audit(
+                conn,
+                actor,
+                "credential.write",
+                Some(source),
+                Some(new.name),
+                "ok",
+            )?;
+            Ok(meta)
+        })
+    }
+
+    /// Seals `new` for `source` under a fresh data key, nonce and version,
+    /// inside the caller's transaction.
+    fn seal_in(
+        &self,
+        conn: &Connection,
+        source: &SourceRef,
+        new: &NewCredential<'_>,
+    ) -> Result<CredentialMeta, VaultError> {
+        let expires_at = new.expires_at.or(check_value(new.class, &new.value)?);
+        {
             let previous: Option<i64> = conn
                 .prepare_cached(
                     "SELECT version FROM credentials WHERE source_id = ?1 AND name = ?2",
@@ -475,22 +500,103 @@ impl Vault {
                 now,
                 expires_at,
             ])?;
-            if !new.provenance.is_refresh() {
-                // A new value from the owner is what a needs-reauth source waits for.
-                conn.prepare_cached("UPDATE sources SET needs_reauth = NULL WHERE id = ?1")?
-                    .execute([source.source_id])?;
-            }
-            audit(
-                conn,
-                actor,
-                "credential.write",
-                Some(source),
-                Some(new.name),
-                "ok",
-            )?;
             self.meta_in(conn, source, new.name)?
                 .ok_or_else(|| VaultError::Corrupt("row vanished after write".into()))
-        })
+        }
+    }
+
+    /// Moves every usable credential of `from` to `to`: each value is
+    /// sealed again for `to` (a seal names its source, so a value cannot
+    /// simply change hands) and deleted from `from`. `and` runs in the
+    /// same transaction, which also writes one audit row per credential on
+    /// each side: all of it happens, or none. Returns the names moved.
+    pub fn move_credentials(
+        &self,
+        actor: Actor<'_>,
+        from: &SourceRef,
+        to: &SourceRef,
+        and: impl FnOnce(&Connection) -> Result<(), VaultError>,
+    ) -> Result<Vec<String>, VaultError> {
+        let moved = immediate(self.store.conn(), |conn| {
+            let metas: Vec<CredentialMeta> = metadata(&self.store, Some(from))?
+                .into_iter()
+                .filter(|m| m.revoked_at.is_none())
+                .collect();
+            for meta in &metas {
+                let value = self.open_value(conn, from, &meta.name)?;
+                self.seal_in(
+                    conn,
+                    to,
+                    &NewCredential {
+                        name: &meta.name,
+                        class: meta.class,
+                        provenance: meta.provenance,
+                        value,
+                        expires_at: meta.expires_at,
+                    },
+                )?;
+                conn.execute(
+                    "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
+                    params![from.source_id, meta.name],
+                )?;
+                let to_note = format!("ok: moved to source '{}'", to.source);
+                audit(
+                    conn,
+                    actor,
+                    "credential.move",
+                    Some(from),
+                    Some(&meta.name),
+                    &to_note,
+                )?;
+                let from_note = format!("ok: moved from source '{}'", from.source);
+                audit(
+                    conn,
+                    actor,
+                    "credential.move",
+                    Some(to),
+                    Some(&meta.name),
+                    &from_note,
+                )?;
+            }
+            and(conn)?;
+            Ok(metas.into_iter().map(|m| m.name).collect())
+        })?;
+        self.checkpoint()?;
+        Ok(moved)
+    }
+
+    /// Deletes every credential of `source` and its data key; `and` runs
+    /// in the same audited transaction. Returns the names deleted.
+    pub fn remove_all(
+        &self,
+        actor: Actor<'_>,
+        source: &SourceRef,
+        and: impl FnOnce(&Connection) -> Result<(), VaultError>,
+    ) -> Result<Vec<String>, VaultError> {
+        let removed = immediate(self.store.conn(), |conn| {
+            let names: Vec<String> = metadata(&self.store, Some(source))?
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            for name in &names {
+                conn.execute(
+                    "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
+                    params![source.source_id, name],
+                )?;
+                audit(
+                    conn,
+                    actor,
+                    "credential.delete",
+                    Some(source),
+                    Some(name),
+                    "ok",
+                )?;
+            }
+            and(conn)?;
+            Ok(names)
+        })?;
+        self.checkpoint()?;
+        Ok(removed)
     }
 
     /// Resolves a credential's value. Audited: if the audit row cannot be

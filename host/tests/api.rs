@@ -2154,14 +2154,17 @@ async fn install(server: &Server, owner: Option<&str>, path: &str) {
 /// Waits for run `id` to succeed or fail; what it last read, and the run.
 async fn run_end(server: &Server, owner: Option<&str>, id: &Value) -> (String, Value) {
     let path = format!("/v1/owner/runs/{}", id.as_str().expect("id"));
+    let mut last = String::new();
     for _ in 0..600 {
         let (_, raw, record) = server.call("GET", &path, owner, None).await;
         if record["state"] == "succeeded" || record["state"] == "failed" {
             return (raw, record);
         }
+        last = raw;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("run {path} did not finish");
+    let log = server.output.lock().expect("output").clone();
+    panic!("run {path} did not finish: {last}\n{log}");
 }
 
 /// Starts a run of `source` and waits for its end.

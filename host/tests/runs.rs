@@ -203,13 +203,16 @@ impl Host {
         .expect("limits");
     }
 
-    /// A source of the hostile fixture that tries `attack` (on `target`).
+    /// A source of the hostile fixture that tries `attack` (on `target`),
+    /// an account of its own (the fixture tells accounts apart by token;
+    /// two sources of one account would wait for the owner to confirm the
+    /// second).
     fn add_hostile(&self, name: &str, attack: &str, target: &str) {
         self.add(
             name,
             "hostile",
             &[("attack", attack), ("target", target)],
-            Some("t"),
+            Some(&format!("t-{name}")),
         );
     }
 
@@ -901,7 +904,7 @@ async fn a_401_is_not_retried_and_the_source_needs_reauth() {
     );
     let why = scheduler::eligible(&host.vault(), "work").expect("eligible");
     assert!(
-        matches!(&why, Err(reason) if reason.contains("needs re-authentication")),
+        matches!(&why, Err(sourcebox::readiness::Blocked::NeedsReauth { detail }) if detail.contains("401")),
         "{why:?}"
     );
     // A new token from the owner clears it.
@@ -967,7 +970,7 @@ async fn a_run_queued_before_the_owner_paused_the_source_does_not_start() {
     );
     assert!(matches!(
         scheduler::eligible(&host.vault(), "work").expect("eligible"),
-        Err(why) if why.contains("paused")
+        Err(sourcebox::readiness::Blocked::Paused { .. })
     ));
     catalog::approve_upgrade(host.vault().store(), "echo", Some("work")).expect("approve");
     assert_eq!(
@@ -1367,7 +1370,13 @@ async fn the_scheduler_keeps_global_and_per_connector_limits_without_starving_a_
     let api = format!("http://{}", fx.addr);
     let echoes = ["e1", "e2", "e3", "e4"];
     for name in echoes {
-        host.add(name, "echo", &[("spin_ms", "300")], Some("t"));
+        // An account each: echo tells accounts apart by token.
+        host.add(
+            name,
+            "echo",
+            &[("spin_ms", "300")],
+            Some(&format!("t-{name}")),
+        );
     }
     host.add("gh", "github", &[("api_base_url", &api)], Some(ALICE));
     // The github run is queued last, behind every echo run.

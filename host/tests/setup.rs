@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use common::{ALICE, BOB, REJECTED, fixture};
 use sourcebox::catalog;
-use sourcebox::setup::{ConnectorView, Lifecycle, NextStep, SourceView};
+use sourcebox::readiness::Blocked;
+use sourcebox::setup::{AccountChoice, ConnectorView, Lifecycle, NextStep, SourceView};
 
 const ECHO: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO");
 const ECHO_NEXT: &str = env!("SOURCEBOX_COMPONENT_FIXTURE_ECHO_NEXT");
@@ -255,40 +256,153 @@ async fn github_goes_from_add_to_ready_with_the_account_echoed() {
     assert_eq!(dir.view("work").await.state, Lifecycle::Ready);
     assert!(fx.tokens().iter().all(|t| t == ALICE || t == REJECTED));
 
-    // Another account's token for a source that holds alice's data: the
-    // view tells the switch apart from adding an account, and it waits for
-    // the owner before anything collects into it again.
+    // Another account's token for the source that holds alice's data.
+    // Each of the owner's three choices, in turn, from the same swap.
+    swap_to_bob(&dir, &fx).await;
+    let text = dir.ok(&["source", "show", "work"], b"").await;
+    assert!(
+        text.contains("sourcebox source account work --new-source NAME")
+            && text.contains("sourcebox source account work --accept")
+            && text.contains("sourcebox source account work --discard"),
+        "{text}"
+    );
+    let (ok, _, err) = dir.cli(&["source", "account", "work"], b"").await;
+    assert!(!ok && err.contains("choose one of --accept"), "{err}");
+
+    // Discard: the token is deleted; the source is alice's again and asks
+    // for its credential.
+    let out = dir
+        .ok(&["source", "account", "work", "--discard"], b"")
+        .await;
+    assert!(out.contains("source work: needs_credentials"), "{out}");
+    let view = dir.view("work").await;
+    assert!(!view.credentials[0].stored);
+    assert!(matches!(
+        view.blocked,
+        Some(Blocked::CredentialsMissing { .. })
+    ));
+    let (ok, _, err) = dir
+        .cli(&["source", "account", "work", "--accept"], b"")
+        .await;
+    assert!(!ok && err.contains("no account change"), "{err}");
+    assert_eq!(bob_records(&dir, "work").await, 0);
+
+    // A new source: bob's token moves into it, verified as bob, and it
+    // collects bob's repositories only; this source asks for a token again
+    // and stays alice's.
+    swap_to_bob(&dir, &fx).await;
+    let (ok, _, err) = dir
+        .cli(&["source", "account", "work", "--new-source", "work"], b"")
+        .await;
+    assert!(!ok && err.contains("work"), "{err}");
+    assert!(
+        matches!(
+            dir.view("work").await.next_step,
+            NextStep::ConfirmAccountChange { .. }
+        ),
+        "a refused choice changed the source"
+    );
+    let out = dir
+        .ok(
+            &["source", "account", "work", "--new-source", "bob-work"],
+            b"",
+        )
+        .await;
+    assert!(out.contains("source work: needs_credentials"), "{out}");
+    let bob = dir.view("bob-work").await;
+    assert_eq!(bob.state, Lifecycle::Ready, "{bob:?}");
+    assert_eq!(bob.identity.map(|i| i.display), Some("bob".to_owned()));
+    assert!(bob.credentials[0].stored);
+    let out = dir.ok(&["run", "bob-work"], b"").await;
+    assert!(
+        out.contains("collected 1 records") && out.contains("account bob (provider id 2)"),
+        "{out}"
+    );
+    assert_eq!(bob_records(&dir, "bob-work").await, 1);
+    assert_eq!(bob_records(&dir, "work").await, 0);
+    dir.ok(
+        &["source", "setup", "work"],
+        format!("{ALICE}\n").as_bytes(),
+    )
+    .await;
+    let view = dir.view("work").await;
+    assert_eq!(view.state, Lifecycle::Ready, "{view:?}");
+    assert_eq!(view.identity.map(|i| i.display), Some("alice".to_owned()));
+
+    // Accept: the source is bob's from now on, with alice's records kept.
+    swap_to_bob(&dir, &fx).await;
+    let confirmed = dir
+        .ok(&["source", "account", "work", "--accept"], b"")
+        .await;
+    assert!(confirmed.contains("source work: ready"), "{confirmed}");
+    let out = dir.ok(&["run", "work"], b"").await;
+    assert!(out.contains("account bob (provider id 2)"), "{out}");
+    assert_eq!(bob_records(&dir, "work").await, 1);
+}
+
+/// Stores bob's token for `work`, a source connected to alice, and runs it:
+/// the run verifies bob before anything else, collects nothing, fails
+/// `account_changed`, and the source waits for the owner, offering every
+/// choice; the scheduler does not run it meanwhile.
+async fn swap_to_bob(dir: &Dir, fx: &common::Fixture) {
     dir.ok(&["credential", "set", "work", "token"], BOB.as_bytes())
         .await;
-    dir.ok(&["source", "verify", "work"], b"").await;
+    let seen = fx.seen.lock().expect("seen").len();
+    let (ok, out, err) = dir.cli(&["run", "work"], b"").await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("failed: account_changed")
+            && out.contains("account bob (provider id 2)")
+            && err.contains("nothing was collected")
+            && err.contains("sourcebox source account work"),
+        "{out}{err}"
+    );
+    let asked: Vec<(String, String)> = fx.seen.lock().expect("seen")[seen..].to_vec();
+    assert!(
+        asked.iter().all(|(path, _)| path == "/user"),
+        "the run went on past verifying: {asked:?}"
+    );
+    assert_eq!(bob_records(dir, "work").await, 0);
     let view = dir.golden("work", "waiting_for_owner_account_change").await;
     let NextStep::ConfirmAccountChange {
         previous,
         identity,
         records,
+        choices,
     } = &view.next_step
     else {
         panic!("{view:?}");
     };
     assert_eq!(previous, "alice (provider id 1)");
     assert_eq!(identity.display, "bob");
-    assert!(*records >= 2);
-    let text = dir.ok(&["source", "show", "work"], b"").await;
-    assert!(text.contains("add bob as a new source"), "{text}");
+    assert_eq!(*records, 2);
+    assert_eq!(choices, &AccountChoice::all());
+    let blocked = Some(Blocked::AccountChanged {
+        previous: "alice (provider id 1)".into(),
+    });
+    assert_eq!(view.blocked, blocked);
     let store = sourcebox::store::Store::open(&dir.path).expect("open");
     let keyring = sourcebox::vault::Keyring::unlock(&store, None).expect("unlock");
     let vault = sourcebox::vault::Vault::new(store, keyring);
     let eligible = sourcebox::runs::scheduler::eligible(&vault, "work").expect("eligible");
-    assert!(
-        matches!(&eligible, Err(why) if why.contains("the owner must confirm")),
-        "{eligible:?}"
-    );
-    let confirmed = dir.ok(&["source", "confirm", "work"], b"").await;
-    assert!(confirmed.contains("source work: ready"), "{confirmed}");
-    assert_eq!(
-        sourcebox::runs::scheduler::eligible(&vault, "work").expect("eligible"),
-        Ok(())
-    );
+    assert_eq!(eligible.err(), blocked);
+    // A second run is refused before it reaches the provider.
+    let seen = fx.seen.lock().expect("seen").len();
+    let (ok, out, _) = dir.cli(&["run", "work"], b"").await;
+    assert!(!ok && out.contains("failed: account_changed"), "{out}");
+    assert_eq!(fx.seen.lock().expect("seen").len(), seen);
+}
+
+/// Records of bob's repositories in `source`.
+async fn bob_records(dir: &Dir, source: &str) -> usize {
+    let json = dir
+        .ok(&["records", source, "repositories", "--json"], b"")
+        .await;
+    serde_json::from_str::<Vec<serde_json::Value>>(&json)
+        .expect("records")
+        .iter()
+        .filter(|r| r.to_string().contains("bob/"))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,9 +832,11 @@ async fn an_owner_can_pause_sources_until_an_upgrade_is_approved() {
         let keyring = sourcebox::vault::Keyring::unlock(&store, None).expect("unlock");
         let vault = sourcebox::vault::Vault::new(store, keyring);
         let eligible = sourcebox::runs::scheduler::eligible(&vault, "x").expect("eligible");
-        assert!(
-            matches!(&eligible, Err(why) if why.contains("paused until the owner approves echo 0.2.0")),
-            "{eligible:?}"
+        assert_eq!(
+            eligible,
+            Err(Blocked::Paused {
+                version: "0.2.0".into()
+            })
         );
     }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::{LaunchError, Launcher, RunRecord, Trigger, enqueue};
-use crate::catalog;
+use crate::readiness::{self, Blocked, Purpose};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::Vault;
 
@@ -176,44 +176,12 @@ pub fn statuses(store: &Store) -> Result<Vec<SourceStatus>, StoreError> {
     .collect()
 }
 
-/// Whether `source` may be launched unattended: it has a connector, every
-/// required credential is present and not revoked, and it does not need
-/// re-authentication. Reads metadata only: nothing is decrypted and no
-/// audit row is written. `Err` carries the reason it is not eligible.
-pub fn eligible(vault: &Vault, source: &str) -> Result<Result<(), String>, LaunchError> {
-    let setup = match catalog::source_setup(vault.store(), source) {
-        Ok(setup) => setup,
-        Err(catalog::CatalogError::NoConnector(_)) => {
-            return Ok(Err("it has no connector".into()));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (reauth, changed_from): (Option<String>, Option<String>) = vault.store().conn().query_row(
-        "SELECT needs_reauth, identity_changed_from FROM sources WHERE id = ?1",
-        [setup.source.source_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if let Some(to) = &setup.paused_for {
-        return Ok(Err(format!(
-            "it is paused until the owner approves {} {to}",
-            setup.connector.id
-        )));
-    }
-    if let Some(reason) = reauth {
-        return Ok(Err(format!("it needs re-authentication ({reason})")));
-    }
-    if let Some(previous) = changed_from {
-        // Never collect another account's data into this one unattended.
-        return Ok(Err(format!(
-            "its credentials now belong to another account than {previous}; the owner must confirm"
-        )));
-    }
-    let required = setup.required();
-    let missing = vault.missing(&setup.source, &required)?;
-    if !missing.is_empty() {
-        return Ok(Err(format!("it needs {} stored", missing.join(", "))));
-    }
-    Ok(Ok(()))
+/// Whether `source` may be launched unattended: the one readiness
+/// decision ([`readiness::of`]) for a collection. Reads metadata only:
+/// nothing is decrypted and no audit row is written. `Err` carries the
+/// reason it is not eligible.
+pub fn eligible(vault: &Vault, source: &str) -> Result<Result<(), Blocked>, LaunchError> {
+    Ok(readiness::of(vault.store(), source, Purpose::Collect)?)
 }
 
 /// Queues a run of every eligible source whose schedule is due, once
@@ -256,7 +224,11 @@ pub fn enqueue_due(vault: &Vault) -> Result<Vec<String>, LaunchError> {
         }
         match eligible(vault, &name)? {
             Ok(()) => queued.push(enqueue(store, &name, Trigger::Scheduled, None, None, 1)?),
-            Err(why) => tracing::info!(source = name, "schedule due but not eligible: {why}"),
+            Err(why) => tracing::info!(
+                source = name,
+                "schedule due but not eligible: {}",
+                why.explain(&name)
+            ),
         }
     }
     Ok(queued)

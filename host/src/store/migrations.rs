@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0012_records_in_page_order.sql"),
     include_str!("migrations/0013_active_runs_and_pending_questions.sql"),
     include_str!("migrations/0014_records_hold_json.sql"),
+    include_str!("migrations/0015_identity_at_launch.sql"),
 ];
 
 /// The schema version this build writes.

@@ -355,6 +355,11 @@ pub async fn fixture(script: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> F
                     None if path == "/user" => {
                         (200, vec![], r#"{"id":1,"login":"alice"}"#.to_owned())
                     }
+                    None if path.starts_with("/user/repos") && token == BOB => (
+                        200,
+                        vec![],
+                        r#"[{"id":3,"full_name":"bob/three"}]"#.to_owned(),
+                    ),
                     None if path.starts_with("/user/repos") => (
                         200,
                         vec![],

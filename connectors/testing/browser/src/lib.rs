@@ -89,7 +89,13 @@ impl Connector for BrowserFixture {
     /// logs in.
     fn verify(setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
         let me = match has_session().then(|| get(&setup, "/me")) {
-            Some(Err(ConnectorError::AuthRejected(_))) | None => {
+            // A refused session: log in again if the owner can be asked,
+            // else say why a login was needed.
+            Some(Err(ConnectorError::AuthRejected(refused))) => {
+                log_in(&setup).map_err(|_| ConnectorError::AuthRejected(refused))?;
+                get(&setup, "/me")?
+            }
+            None => {
                 log_in(&setup)?;
                 get(&setup, "/me")?
             }

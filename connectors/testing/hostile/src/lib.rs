@@ -39,10 +39,24 @@ impl Connector for Hostile {
             .egress(EgressHost::Fixed("127.0.0.1".into()))
     }
 
+    /// One account per token (a hash of it, never the token), so each
+    /// source with a token of its own is an account of its own.
     fn verify(_setup: SetupValues) -> Result<AccountIdentity, ConnectorError> {
+        let id = match credentials::get("token") {
+            Ok(token) => format!(
+                "{:x}",
+                token
+                    .expose_secret()
+                    .bytes()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                    })
+            ),
+            Err(_) => "hostile".into(),
+        };
         Ok(AccountIdentity {
-            id: "hostile".into(),
-            display: "hostile".into(),
+            display: format!("hostile-{}", &id[..id.len().min(6)]),
+            id,
         })
     }
 
