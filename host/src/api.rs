@@ -33,6 +33,7 @@ use crate::store::StoreError;
 use crate::tokens::{self, Grant, Principal};
 use crate::vault::{Actor, Secret, VaultError};
 
+mod health;
 mod kept;
 mod server;
 
@@ -254,6 +255,8 @@ impl utoipa::Modify for BearerSchemes {
 fn routes() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(openapi_json))
+        .routes(routes!(health::liveness))
+        .routes(routes!(health::owner_health))
         .routes(routes!(owner_sources, owner_add_source))
         .routes(routes!(owner_source, owner_delete_source))
         .routes(routes!(owner_schedule))
@@ -1111,7 +1114,7 @@ async fn owner_verify(
 }
 
 /// Queues a manual run; the scheduler starts it at its next tick.
-#[utoipa::path(post, path = "/v1/owner/sources/{name}/runs", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 202, description = "The queued run", body = runs::RunRecord), (status = 409, description = "Paused until an upgrade is approved (`paused`)", body = ErrorBody), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/owner/sources/{name}/runs", tag = "owner", security(("owner" = [])), params(SourceName), responses((status = 202, description = "The queued run: a new one, or the one already queued for the source", body = runs::RunRecord), (status = 409, description = "Paused until an upgrade is approved (`paused`)", body = ErrorBody), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_start_run(
     _: Owner,
     State(api): State<Arc<Api>>,
@@ -1119,8 +1122,7 @@ async fn owner_start_run(
 ) -> Result<Response, ApiError> {
     let vault = api.vault();
     runs::refuse_paused(vault.store(), &name)?;
-    let id = runs::enqueue(vault.store(), &name, Trigger::Manual, None, None, 1)?;
-    let record = runs::find(vault.store(), &id)?;
+    let record = runs::request(vault.store(), &name)?;
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
 }
 
@@ -1637,7 +1639,11 @@ async fn owner_create_client(
         &new.streams,
         new.label.as_deref(),
         new.expires_in_secs,
-    )?;
+    )
+    .map_err(|e| match e {
+        StoreError::Conflict(m) => ApiError::bad_request(m),
+        other => other.into(),
+    })?;
     let token = String::from_utf8_lossy(token.expose_secret()).into_owned();
     Ok((StatusCode::CREATED, Json(CreatedClient { token, grant })).into_response())
 }

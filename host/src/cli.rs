@@ -995,22 +995,30 @@ fn source(
             }
             for s in &sources {
                 let schedule = match &s.schedule {
-                    Some(row) => match (&row.every_secs, &row.cron) {
-                        (Some(secs), _) => format!(
-                            "every {}",
-                            humantime::format_duration(Duration::from_secs(*secs))
-                        ),
-                        (None, Some(expr)) => format!("cron '{expr}'"),
-                        (None, None) => "-".into(),
-                    },
+                    Some(row) => {
+                        let when = match (&row.every_secs, &row.cron) {
+                            (Some(secs), _) => format!(
+                                "every {}",
+                                humantime::format_duration(Duration::from_secs(*secs))
+                            ),
+                            (None, Some(expr)) => format!("cron '{expr}'"),
+                            (None, None) => "-".into(),
+                        };
+                        match &row.disabled {
+                            Some(why) => format!(
+                                "{when} (disabled: {why}; set it again with `sourcebox source schedule {}`)",
+                                s.name
+                            ),
+                            None => when,
+                        }
+                    }
                     None => "unscheduled".into(),
                 };
-                let state = match &s.needs_reauth {
-                    Some(why) => format!(
-                        "needs re-auth ({why}); store a new credential with `sourcebox credential set {} NAME`",
-                        s.name
-                    ),
-                    None => "ok".into(),
+                // The one readiness decision, as the launch and the
+                // scheduler take it.
+                let state = match &s.blocked {
+                    Some(blocked) => format!("not ready: {}", blocked.explain(&s.name)),
+                    None => "ready".into(),
                 };
                 writeln_out(
                     out,

@@ -16,6 +16,8 @@ pub struct Facts {
     pub paused_for: Option<String>,
     /// Why a run's credentials were refused, until new ones are stored.
     pub needs_reauth: Option<String>,
+    /// Set up by OAuth: new credentials come from authorizing again.
+    pub oauth: bool,
     /// The account the source was connected to, when its credentials now
     /// belong to another and the owner has not chosen what to do.
     pub account_changed_from: Option<String>,
@@ -64,6 +66,8 @@ pub enum Blocked {
     NeedsReauth {
         /// What the provider said.
         detail: String,
+        /// They come from authorizing with the provider again (OAuth).
+        authorize: bool,
     },
     /// Its credentials now belong to another account than the one it was
     /// connected to; the owner chooses what happens.
@@ -105,6 +109,7 @@ pub fn decide(facts: &Facts, purpose: Purpose) -> Result<(), Blocked> {
     if let Some(detail) = &facts.needs_reauth {
         return Err(Blocked::NeedsReauth {
             detail: detail.clone(),
+            authorize: facts.oauth,
         });
     }
     if let Some(previous) = &facts.account_changed_from {
@@ -149,7 +154,13 @@ impl Blocked {
                     credentials.join(", ")
                 )
             }
-            Self::NeedsReauth { detail } => format!(
+            Self::NeedsReauth {
+                detail,
+                authorize: true,
+            } => format!(
+                "source '{source}' needs authorizing again ({detail}); use `sourcebox source authorize {source}`"
+            ),
+            Self::NeedsReauth { detail, .. } => format!(
                 "source '{source}' needs new credentials ({detail}); use `sourcebox source setup {source}`"
             ),
             Self::AccountChanged { previous } => format!(
@@ -179,7 +190,7 @@ pub fn of(
 /// The facts about `setup`'s source, from metadata.
 pub fn facts(store: &Store, setup: &SourceSetup) -> Result<Facts, StoreError> {
     let source = &setup.source;
-    let (needs_reauth, previous_id, previous_display, same_account_as) = store
+    let (needs_reauth, previous_id, previous_display, same_account_as, modality) = store
         .conn()
         .prepare_cached(FACTS)?
         .query_row([source.source_id], |r| {
@@ -188,6 +199,7 @@ pub fn facts(store: &Store, setup: &SourceSetup) -> Result<Facts, StoreError> {
                 r.get::<_, Option<String>>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
     let required = setup.required();
@@ -213,6 +225,7 @@ pub fn facts(store: &Store, setup: &SourceSetup) -> Result<Facts, StoreError> {
     Ok(Facts {
         paused_for: setup.paused_for.clone(),
         needs_reauth,
+        oauth: modality.as_deref() == Some("oauth"),
         account_changed_from: previous_display.map(|display| previous(&display, previous_id)),
         missing,
         revoked,
@@ -237,7 +250,8 @@ const FACTS: &str = "SELECT s.needs_reauth, s.previous_identity_id, s.previous_i
               AND s.confirmed_identity IS NOT s.identity_id THEN
           (SELECT d.name FROM sources d
             WHERE d.connector_id = s.connector_id AND d.identity_id = s.identity_id
-              AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END
+              AND d.id < s.id AND d.verified_at IS NOT NULL ORDER BY d.id LIMIT 1) END,
+        s.modality
      FROM sources s WHERE s.id = ?1";
 
 #[cfg(test)]
@@ -270,6 +284,11 @@ mod tests {
             needs_reauth: Some("401 bad credentials".into()),
             ..Facts::default()
         };
+        let reauthorize = Facts {
+            needs_reauth: Some("invalid_grant".into()),
+            oauth: true,
+            ..Facts::default()
+        };
         let changed = Facts {
             account_changed_from: Some("alice (provider id 1)".into()),
             ..Facts::default()
@@ -281,6 +300,7 @@ mod tests {
         let everything = Facts {
             paused_for: Some("2.0.0".into()),
             needs_reauth: Some("401".into()),
+            oauth: true,
             account_changed_from: Some("alice".into()),
             missing: names(&["token"]),
             revoked: names(&["token"]),
@@ -331,6 +351,15 @@ mod tests {
                 &reauth,
                 Err(Blocked::NeedsReauth {
                     detail: "401 bad credentials".into(),
+                    authorize: false,
+                }),
+                Ok(()),
+            ),
+            (
+                &reauthorize,
+                Err(Blocked::NeedsReauth {
+                    detail: "invalid_grant".into(),
+                    authorize: true,
                 }),
                 Ok(()),
             ),
@@ -353,6 +382,7 @@ mod tests {
                 &reauth_and_changed,
                 Err(Blocked::NeedsReauth {
                     detail: "401".into(),
+                    authorize: false,
                 }),
                 Ok(()),
             ),
@@ -391,6 +421,11 @@ mod tests {
             },
             Blocked::NeedsReauth {
                 detail: "401".into(),
+                authorize: false,
+            },
+            Blocked::NeedsReauth {
+                detail: "invalid_grant".into(),
+                authorize: true,
             },
             Blocked::AccountChanged {
                 previous: "alice".into(),
@@ -403,5 +438,14 @@ mod tests {
             assert!(text.contains("sourcebox source"), "{text}");
             assert!(!text.contains('{'), "{text}");
         }
+        let oauth = Blocked::NeedsReauth {
+            detail: "invalid_grant".into(),
+            authorize: true,
+        };
+        assert!(
+            oauth
+                .explain("home")
+                .contains("`sourcebox source authorize home`")
+        );
     }
 }

@@ -419,6 +419,7 @@ pub struct Launcher {
     cancels: Mutex<HashMap<String, CancellationToken>>,
     logins: Logins,
     runner: Runner,
+    heartbeat: Arc<scheduler::Heartbeat>,
 }
 
 impl std::fmt::Debug for Launcher {
@@ -464,7 +465,13 @@ impl Launcher {
             loaded: Mutex::default(),
             cancels: Mutex::default(),
             runner,
+            heartbeat: Arc::default(),
         })
+    }
+
+    /// What this process's scheduler last did.
+    pub fn heartbeat(&self) -> &Arc<scheduler::Heartbeat> {
+        &self.heartbeat
     }
 
     /// The vault every run resolves from.
@@ -1282,6 +1289,30 @@ async fn watch_cancel(
             return;
         }
     }
+}
+
+/// Queues a manual run of `source`, unless a run of it is queued already:
+/// then that run is returned, and no other is queued. One statement, so
+/// two requests at once queue one run.
+pub fn request(store: &Store, source: &str) -> Result<RunRecord, StoreError> {
+    let src = store.source(source)?;
+    let id = new_id();
+    store
+        .conn()
+        .prepare_cached(
+            "INSERT INTO runs (id, source_id, trigger, state, started_at, attempt)
+             SELECT ?1, ?2, 'manual', 'queued', ?3, 1
+             WHERE NOT EXISTS (SELECT 1 FROM runs WHERE source_id = ?2 AND state = 'queued')",
+        )?
+        .execute(params![id, src.source_id, now_ms()])?;
+    let queued: String = store
+        .conn()
+        .prepare_cached(
+            "SELECT id FROM runs WHERE source_id = ?1 AND state = 'queued'
+             ORDER BY started_at, rowid LIMIT 1",
+        )?
+        .query_row([src.source_id], |r| r.get(0))?;
+    find(store, &queued)
 }
 
 /// Queues a run of `source`; the scheduler starts it at `not_before` or

@@ -110,8 +110,16 @@ pub fn rotate_owner(store: &Store) -> Result<Secret, StoreError> {
     Ok(token)
 }
 
+/// The shortest lifetime a client token may be given.
+pub const MIN_CLIENT_TTL_SECS: u64 = 60;
+/// The longest lifetime a client token may be given: one year. A token
+/// without one lives until it is revoked.
+pub const MAX_CLIENT_TTL_SECS: u64 = 365 * 24 * 3600;
+
 /// Creates a client token for `streams` of `source`, expiring after
-/// `ttl_secs` if given. Returns the token (shown once) and its grant.
+/// `ttl_secs` if given (between [`MIN_CLIENT_TTL_SECS`] and
+/// [`MAX_CLIENT_TTL_SECS`]), else living until revoked. Returns the token
+/// (shown once) and its grant; a lifetime out of range stores nothing.
 pub fn create_client(
     store: &Store,
     source: &str,
@@ -120,9 +128,23 @@ pub fn create_client(
     ttl_secs: Option<u64>,
 ) -> Result<(Secret, Grant), StoreError> {
     let src = store.source(source)?;
+    let now = now_ms();
+    let expires_at = match ttl_secs {
+        None => None,
+        Some(ttl) => Some(
+            (MIN_CLIENT_TTL_SECS..=MAX_CLIENT_TTL_SECS)
+                .contains(&ttl)
+                .then(|| now.checked_add(ttl as i64 * 1000))
+                .flatten()
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "a client token's lifetime must be between {MIN_CLIENT_TTL_SECS} and {MAX_CLIENT_TTL_SECS} seconds (it was {ttl}); leave it out for a token that lives until revoked; nothing was stored"
+                    ))
+                })?,
+        ),
+    };
     let token = fresh(CLIENT_PREFIX);
     let id = new_id();
-    let now = now_ms();
     store.conn().execute(
         "INSERT INTO api_tokens (id, kind, hash, owner_id, source_id, streams, label, created_at, expires_at)
          VALUES (?1, 'client', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -134,7 +156,7 @@ pub fn create_client(
             serde_json::to_string(streams).expect("json"),
             label,
             now,
-            ttl_secs.map(|s| now + (s as i64).saturating_mul(1000))
+            expires_at
         ],
     )?;
     let grant = clients(store)?

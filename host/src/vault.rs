@@ -1172,6 +1172,44 @@ impl Vault {
     pub fn verify_audit(&self) -> Result<audit::ChainCheck, VaultError> {
         Ok(audit::verify(self.store.conn())?)
     }
+
+    /// What the owner's health report says of the vault: its key wrapper
+    /// wraps and unwraps a fresh key now (an HSM that cannot be reached
+    /// cannot), and the head of its audit chain holds.
+    pub fn health(&self) -> VaultHealth {
+        let conn = self.store.conn();
+        let reachable = self.keyring.current(conn).and_then(|(_, wrapper)| {
+            let aad = b"sourcebox health check";
+            wrapper.unwrap(&wrapper.wrap(&Key256::generate(), aad)?, aad)
+        });
+        let head = audit::verify_head(conn);
+        VaultHealth {
+            key_wrapper: self.keyring.kind().as_str().to_owned(),
+            key_wrapper_reachable: reachable.is_ok(),
+            key_wrapper_problem: reachable.err().map(|e| e.to_string()),
+            audit_head_verified: matches!(head, Ok(audit::ChainCheck::Intact { .. })),
+            audit_rows: match head {
+                Ok(audit::ChainCheck::Intact { rows }) => rows,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// The vault's part of the owner's health report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct VaultHealth {
+    /// The key wrapper: `local`, `passphrase` or `pkcs11`.
+    pub key_wrapper: String,
+    /// Whether it wrapped and unwrapped a fresh key just now.
+    pub key_wrapper_reachable: bool,
+    /// Why it could not, if it could not.
+    pub key_wrapper_problem: Option<String>,
+    /// Whether the newest audit row hashes to what it claims and links to
+    /// the row before it.
+    pub audit_head_verified: bool,
+    /// Rows in the audit chain, when its head holds.
+    pub audit_rows: u64,
 }
 
 const META_SELECT: &str = "SELECT s.name, c.name, c.class, c.provenance, c.version, c.created_at, c.rotated_at,

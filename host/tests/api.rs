@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{ALICE, fixture};
+use common::{ALICE, BOB, fixture};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -218,7 +218,8 @@ fn is_error(body: &Value, code: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
-    let (fx, _tmp, server) = fresh().await;
+    let (fx, tmp, server) = fresh().await;
+    let dir = tmp.path().join("data");
     let owner = server.owner.clone();
     let owner = Some(owner.as_str());
     let mut seen = String::new();
@@ -461,19 +462,283 @@ async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
     assert_eq!(status, 200);
     let (status, _, _) = server.call("GET", "/v1/sources", client, None).await;
     assert_eq!(status, 401, "a revoked token still works");
+    // Lifetimes between a minute and a year, at the edges; one out of
+    // range stores nothing.
+    let clients_before = server
+        .call("GET", "/v1/owner/clients", owner, None)
+        .await
+        .2
+        .as_array()
+        .map_or(0, Vec::len);
+    for (secs, ok) in [
+        (json!(0), false),
+        (json!(59), false),
+        (json!(60), true),
+        (json!(31_536_000), true),
+        (json!(31_536_001), false),
+        (json!(9_223_372_036_854_775u64), false),
+        (json!(u64::MAX), false),
+    ] {
+        let grant = json!({"source": "work", "streams": ["repositories"], "expires_in_secs": secs})
+            .to_string();
+        let (status, raw, body) = server
+            .call("POST", "/v1/owner/clients", owner, Some(&grant))
+            .await;
+        if ok {
+            assert_eq!(status, 201, "{secs}: {raw}");
+            assert!(
+                body["expires_at"].as_i64().is_some_and(|at| at > 0),
+                "{raw}"
+            );
+        } else {
+            assert_eq!(status, 400, "{secs}: {raw}");
+            assert!(is_error(&body, "bad_request"), "{raw}");
+        }
+    }
+    let clients_after = server
+        .call("GET", "/v1/owner/clients", owner, None)
+        .await
+        .2
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        clients_after,
+        clients_before + 2,
+        "a refused lifetime stored a token"
+    );
     let grant =
-        json!({"source": "work", "streams": ["repositories"], "expires_in_secs": 0}).to_string();
+        json!({"source": "work", "streams": ["repositories"], "expires_in_secs": 60}).to_string();
     let (_, _, expired) = server
         .call("POST", "/v1/owner/clients", owner, Some(&grant))
         .await;
+    // A minute later, as far as the token is concerned.
+    sourcebox::store::Store::open(&dir)
+        .expect("open")
+        .conn()
+        .execute(
+            "UPDATE api_tokens SET expires_at = 1 WHERE id = ?1",
+            [expired["id"].as_str().expect("id")],
+        )
+        .expect("expire");
     let (status, _, _) = server
         .call("GET", "/v1/sources", expired["token"].as_str(), None)
         .await;
     assert_eq!(status, 401, "an expired token still works");
 
+    // Health: liveness for anyone, the report for the owner only.
+    let (status, raw, live) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!((status, &live), (200, &json!({"status": "ok"})), "{raw}");
+    for token in [None, client] {
+        let (status, raw, body) = server.call("GET", "/v1/owner/health", token, None).await;
+        assert_eq!(status, 401, "{raw}");
+        assert!(is_error(&body, "unauthorized"), "{raw}");
+    }
+    let (status, raw, health) = server.call("GET", "/v1/owner/health", owner, None).await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(health["vault"]["key_wrapper"], "local", "{raw}");
+    assert_eq!(health["vault"]["key_wrapper_reachable"], true, "{raw}");
+    assert_eq!(health["vault"]["audit_head_verified"], true, "{raw}");
+    assert!(
+        health["vault"]["audit_rows"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{raw}"
+    );
+    assert_eq!(health["scheduler"]["running"], true, "{raw}");
+    assert!(
+        health["scheduler"]["last_tick"]
+            .as_i64()
+            .is_some_and(|t| t > 0),
+        "{raw}"
+    );
+    assert_eq!(health["scheduler"]["failures"], 0, "{raw}");
+    assert!(health["queue"]["queued"].is_u64(), "{raw}");
+    assert!(
+        health["disk"]["free_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{raw}"
+    );
+    // A broken audit head is reported.
+    sourcebox::store::Store::open(&dir)
+        .expect("open")
+        .conn()
+        .execute(
+            "UPDATE audit SET outcome = 'forged' WHERE seq = (SELECT MAX(seq) FROM audit)",
+            [],
+        )
+        .expect("forge");
+    let (_, raw, health) = server.call("GET", "/v1/owner/health", owner, None).await;
+    assert_eq!(health["vault"]["audit_head_verified"], false, "{raw}");
+    assert_eq!(health["status"], "degraded", "{raw}");
+
     let log = server.stop();
     common::assert_no_leak(ALICE.as_bytes(), seen.as_bytes(), "API responses");
     common::assert_no_leak(ALICE.as_bytes(), log.as_bytes(), "server output and log");
+}
+
+/// The account swap over HTTP: another account's token for a verified
+/// source that holds data. The next run verifies it first and collects
+/// nothing; the view offers the owner's three choices; each does what it
+/// says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_token_collects_nothing_until_the_owner_chooses() {
+    let (fx, _tmp, server) = fresh().await;
+    let owner = server.owner.clone();
+    let owner = Some(owner.as_str());
+    let add = json!({"name": "work", "connector": "github", "setup": {"api_base_url": format!("http://{}", fx.addr)}});
+    let (status, raw, _) = server
+        .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
+        .await;
+    assert_eq!(status, 201, "{raw}");
+    let put = |token: &str| json!({ "value": token }).to_string();
+    let (status, raw, _) = server
+        .call(
+            "PUT",
+            "/v1/owner/sources/work/credentials/token",
+            owner,
+            Some(&put(ALICE)),
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (_, record) = run_to_end(&server, owner, "work").await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(record["account"], "alice (provider id 1)", "{record}");
+    let grant = json!({"source": "work", "streams": ["repositories"]}).to_string();
+    let (_, _, created) = server
+        .call("POST", "/v1/owner/clients", owner, Some(&grant))
+        .await;
+    let client = created["token"].as_str().expect("token").to_owned();
+    let bob_records = || async {
+        let (status, raw, page) = server
+            .call(
+                "GET",
+                "/v1/sources/work/streams/repositories/records",
+                Some(&client),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{raw}");
+        page.to_string().matches("bob/").count()
+    };
+
+    for choice in [
+        json!({"choice": "discard"}),
+        json!({"choice": "new_source", "name": "bob-work"}),
+        json!({"choice": "accept"}),
+    ] {
+        let (status, raw, _) = server
+            .call(
+                "PUT",
+                "/v1/owner/sources/work/credentials/token",
+                owner,
+                Some(&put(BOB)),
+            )
+            .await;
+        assert_eq!(status, 200, "{raw}");
+        let seen = fx.seen.lock().expect("seen").len();
+        let (_, record) = run_to_end(&server, owner, "work").await;
+        assert_eq!(record["failure"], "account_changed", "{record}");
+        assert_eq!(record["account"], "bob (provider id 2)", "{record}");
+        assert!(
+            fx.seen.lock().expect("seen")[seen..]
+                .iter()
+                .all(|(path, _)| path == "/user"),
+            "the run went on past verifying"
+        );
+        assert_eq!(bob_records().await, 0);
+        let (_, raw, view) = server
+            .call("GET", "/v1/owner/sources/work", owner, None)
+            .await;
+        assert_eq!(view["state"], "waiting_for_owner", "{raw}");
+        assert_eq!(
+            view["blocked"],
+            json!({"reason": "account_changed", "previous": "alice (provider id 1)"}),
+            "{raw}"
+        );
+        assert_eq!(view["next_step"]["step"], "confirm_account_change", "{raw}");
+        assert_eq!(
+            view["next_step"]["choices"],
+            json!([{"choice": "accept"}, {"choice": "new_source"}, {"choice": "discard"}]),
+            "{raw}"
+        );
+        // A choice the view does not offer is refused with the error shape.
+        let (status, raw, body) = server
+            .call(
+                "POST",
+                "/v1/owner/sources/work/account",
+                owner,
+                Some(r#"{"choice": "keep both"}"#),
+            )
+            .await;
+        assert_eq!(status, 400, "{raw}");
+        assert!(is_error(&body, "bad_request"), "{raw}");
+
+        let (status, raw, view) = server
+            .call(
+                "POST",
+                "/v1/owner/sources/work/account",
+                owner,
+                Some(&choice.to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{choice}: {raw}");
+        match choice["choice"].as_str() {
+            Some("accept") => {
+                assert_eq!(view["state"], "ready", "{raw}");
+                assert_eq!(view["identity"]["display"], "bob", "{raw}");
+                let (_, record) = run_to_end(&server, owner, "work").await;
+                assert_eq!(record["state"], "succeeded", "{record}");
+                assert_eq!(bob_records().await, 1);
+            }
+            Some(_) => {
+                // The source asks for its credential again, alice's.
+                assert_eq!(view["state"], "needs_credentials", "{raw}");
+                assert_eq!(view["credentials"][0]["stored"], false, "{raw}");
+                let (status, _, _) = server
+                    .call(
+                        "PUT",
+                        "/v1/owner/sources/work/credentials/token",
+                        owner,
+                        Some(&put(ALICE)),
+                    )
+                    .await;
+                assert_eq!(status, 200);
+                let (_, record) = run_to_end(&server, owner, "work").await;
+                assert_eq!(record["state"], "succeeded", "{record}");
+                assert_eq!(record["account"], "alice (provider id 1)", "{record}");
+            }
+            None => unreachable!(),
+        }
+        if choice["choice"] == "new_source" {
+            let (_, raw, bob) = server
+                .call("GET", "/v1/owner/sources/bob-work", owner, None)
+                .await;
+            assert_eq!(bob["state"], "ready", "{raw}");
+            assert_eq!(bob["identity"]["display"], "bob", "{raw}");
+            let (_, record) = run_to_end(&server, owner, "bob-work").await;
+            assert_eq!(record["records"], 1, "{record}");
+        }
+    }
+    // Nothing left to choose.
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            "/v1/owner/sources/work/account",
+            owner,
+            Some(r#"{"choice": "accept"}"#),
+        )
+        .await;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "not_now"), "{raw}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no account change")),
+        "{raw}"
+    );
+    let log = server.stop();
+    for token in [ALICE, BOB] {
+        common::assert_no_leak(token.as_bytes(), log.as_bytes(), "server output and log");
+    }
 }
 
 async fn add_second_source(server: &Server, owner: Option<&str>, fx: SocketAddr) {
@@ -658,7 +923,8 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
         .expect("session field");
     assert_eq!(session["stored"], true, "the answer was not kept");
 
-    // Schedules.
+    // Schedules: intervals between a minute and a year, at the edges; one
+    // out of range leaves the stored schedule as it was.
     let (status, _, row) = server
         .call(
             "PUT",
@@ -668,6 +934,45 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
         )
         .await;
     assert_eq!((status, row["every_secs"].as_u64()), (200, Some(3600)));
+    for (secs, ok) in [
+        (json!(0), false),
+        (json!(59), false),
+        (json!(60), true),
+        (json!(31_536_000), true),
+        (json!(31_536_001), false),
+        (json!(u64::MAX), false),
+    ] {
+        let body = json!({ "every_secs": secs }).to_string();
+        let (status, raw, row) = server
+            .call("PUT", "/v1/owner/sources/bank/schedule", owner, Some(&body))
+            .await;
+        if ok {
+            assert_eq!((status, &row["every_secs"]), (200, &secs), "{raw}");
+        } else {
+            assert_eq!(status, 400, "{secs}: {raw}");
+            assert!(is_error(&row, "bad_request"), "{raw}");
+        }
+    }
+    let (_, _, sources) = server.call("GET", "/v1/owner/sources", owner, None).await;
+    let bank = sources
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "bank").cloned())
+        .expect("bank");
+    assert_eq!(bank["schedule"]["every_secs"], 31_536_000, "{bank}");
+    assert!(
+        bank["schedule"]["next_at"]
+            .as_i64()
+            .is_some_and(|at| at > 0),
+        "{bank}"
+    );
+    for cron in ["0 0 30 2 *", "* * * * * *", "0 0 0 1 1 * 2020"] {
+        let body = json!({ "cron": cron }).to_string();
+        let (status, raw, row) = server
+            .call("PUT", "/v1/owner/sources/bank/schedule", owner, Some(&body))
+            .await;
+        assert_eq!(status, 400, "{cron}: {raw}");
+        assert!(is_error(&row, "bad_request"), "{raw}");
+    }
     let (status, _, body) = server
         .call(
             "PUT",

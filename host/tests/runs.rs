@@ -433,11 +433,22 @@ async fn sleeping_runs_do_not_starve_the_scheduler() {
         scheduler::set_schedule(
             host.vault().store(),
             source,
-            Some(Schedule::Every(Duration::from_secs(1))),
+            Some(Schedule::Every(Duration::from_secs(60))),
         )
         .expect("schedule");
     }
-    let window = tokio::time::sleep(Duration::from_secs(6));
+    // Every schedule comes due at 0, 1, 2, 3, 4 and 5 s (a schedule is at
+    // least a minute apart; the clock is moved, not waited for).
+    let window = async {
+        for _ in 0..6 {
+            host.vault()
+                .store()
+                .conn()
+                .execute("UPDATE schedules SET next_at = 0", [])
+                .expect("due");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
     scheduler::run(
         Arc::clone(&host.launcher),
         SchedulerConfig {
@@ -904,7 +915,7 @@ async fn a_401_is_not_retried_and_the_source_needs_reauth() {
     );
     let why = scheduler::eligible(&host.vault(), "work").expect("eligible");
     assert!(
-        matches!(&why, Err(sourcebox::readiness::Blocked::NeedsReauth { detail }) if detail.contains("401")),
+        matches!(&why, Err(sourcebox::readiness::Blocked::NeedsReauth { detail, .. }) if detail.contains("401")),
         "{why:?}"
     );
     // A new token from the owner clears it.
@@ -1034,6 +1045,269 @@ async fn a_revoked_or_deleted_credential_refuses_the_scheduled_launch() {
             set(&vault, &source, "token", ALICE.as_bytes());
         }
     }
+}
+
+/// A tick that fails does not end the scheduler: a write lock another
+/// process holds on the database for 10 s fails its ticks (each logged
+/// and tried again, with backoff), a stored cron schedule that can never
+/// fire again is disabled with its reason, and the next due source runs
+/// once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_survives_a_foreign_lock_and_an_exhausted_schedule() {
+    let host = host(config(&[])).await;
+    host.add("next", "echo", &[("count", "1")], Some("t-next"));
+    host.add("past", "echo", &[("count", "1")], Some("t-past"));
+    // Stored by an earlier version, which took a year field: its last
+    // year has passed.
+    let exhausted = "0 0 0 1 1 * 2020";
+    for (expr, why) in [
+        (exhausted, "five fields"),
+        ("0 0 30 2 *", "never fires again"),
+        ("* * * * * *", "five fields"),
+    ] {
+        assert!(
+            Schedule::Cron(expr.into())
+                .check()
+                .is_err_and(|e| e.to_string().contains(why)),
+            "{expr} is refused when set"
+        );
+    }
+    {
+        let vault = host.vault();
+        let store = vault.store();
+        scheduler::set_schedule(
+            store,
+            "next",
+            Some(Schedule::Every(Duration::from_secs(3600))),
+        )
+        .expect("schedule");
+        // Due now: it runs once the lock is gone.
+        store
+            .conn()
+            .execute("UPDATE schedules SET next_at = 0", [])
+            .expect("due");
+        let past = store.source("past").expect("past").source_id;
+        store
+            .conn()
+            .execute(
+                "INSERT INTO schedules (source_id, cron, next_at) VALUES (?1, ?2, 0)",
+                rusqlite::params![past, exhausted],
+            )
+            .expect("stored cron");
+    }
+    // Another process takes the write lock for 10 s.
+    let db = host.vault().store().dir().join(sourcebox::store::DB_FILE);
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let foreign = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).expect("open");
+        conn.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        locked.send(()).expect("send");
+        std::thread::sleep(Duration::from_secs(10));
+        conn.execute_batch("COMMIT").expect("unlock");
+    });
+    lock_taken.recv().expect("locked");
+    let heartbeat = Arc::clone(host.launcher.heartbeat());
+    let watch = async {
+        let failed = until(20, "a failed tick", || {
+            let health = heartbeat.health();
+            (health.failures > 0).then_some(health)
+        })
+        .await;
+        assert!(failed.running, "{failed:?}");
+        assert!(
+            failed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("locked") || e.contains("busy")),
+            "{failed:?}"
+        );
+        until(40, "the due source's run", || {
+            host.runs("next")
+                .iter()
+                .any(|r| r.trigger == "scheduled" && r.state == "succeeded")
+                .then_some(())
+        })
+        .await;
+    };
+    scheduler::run(
+        Arc::clone(&host.launcher),
+        SchedulerConfig {
+            tick: Duration::from_millis(50),
+            ..SchedulerConfig::default()
+        },
+        watch,
+    )
+    .await
+    .expect("scheduler");
+    foreign.join().expect("foreign lock");
+    let health = heartbeat.health();
+    assert!(
+        !health.running && health.failures == 0 && health.last_tick.is_some(),
+        "{health:?}"
+    );
+    let rows = scheduler::schedules(host.vault().store()).expect("schedules");
+    let past = rows.iter().find(|r| r.source == "past").expect("past");
+    assert!(
+        past.disabled
+            .as_deref()
+            .is_some_and(|why| why.contains(exhausted) && why.contains("five fields")),
+        "{past:?}"
+    );
+    assert!(host.runs("past").is_empty(), "a disabled schedule ran");
+    // Setting it again is refused, and leaves it as it was.
+    assert!(
+        scheduler::set_schedule(
+            host.vault().store(),
+            "past",
+            Some(Schedule::Cron(exhausted.into()))
+        )
+        .is_err()
+    );
+}
+
+/// Launch, scheduler and setup view make one readiness decision: for a
+/// source in each state of the readiness table, the view's `blocked`, the
+/// scheduler's eligibility and the launch's refusal agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_scheduler_and_view_agree_on_every_readiness_row() {
+    use sourcebox::readiness::Blocked;
+    let host = host(config(&[])).await;
+    host.add("ready", "echo", &[], Some("t-ready"));
+    host.add("missing", "echo", &[], None);
+    for name in ["revoked", "reauth", "changed", "paused"] {
+        host.add(name, "echo", &[], Some(&format!("t-{name}")));
+    }
+    // Two sources of one account, each verified; the second waits for the
+    // owner to confirm.
+    for name in ["first", "second"] {
+        host.add(name, "echo", &[], Some("t-same"));
+        let verified = host
+            .launcher
+            .launch(name, Trigger::SetupVerification)
+            .await
+            .expect("verify");
+        assert_eq!(verified.state, "succeeded", "{verified:?}");
+    }
+    {
+        let vault = host.vault();
+        let store = vault.store();
+        store.add_source("bare").expect("bare");
+        let revoked = store.source("revoked").expect("revoked");
+        vault
+            .revoke(Actor::OWNER_CLI, &revoked, "token")
+            .expect("revoke");
+        for sql in [
+            "UPDATE sources SET needs_reauth = '401 from the provider' WHERE name = 'reauth'",
+            "UPDATE sources SET previous_identity_id = '1', previous_identity_display = 'alice'
+             WHERE name = 'changed'",
+            "UPDATE sources SET pending_version = '9.9.9', pending_changes = '[]', pending_paused = 1
+             WHERE name = 'paused'",
+        ] {
+            store.conn().execute(sql, []).expect("state");
+        }
+    }
+    let rows: Vec<(&str, Option<Blocked>)> = vec![
+        ("ready", None),
+        ("first", None),
+        ("bare", Some(Blocked::NoConnector)),
+        (
+            "missing",
+            Some(Blocked::CredentialsMissing {
+                credentials: vec!["token".into()],
+            }),
+        ),
+        (
+            "revoked",
+            Some(Blocked::CredentialRevoked {
+                credentials: vec!["token".into()],
+            }),
+        ),
+        (
+            "reauth",
+            Some(Blocked::NeedsReauth {
+                detail: "401 from the provider".into(),
+                authorize: false,
+            }),
+        ),
+        (
+            "changed",
+            Some(Blocked::AccountChanged {
+                previous: "alice (provider id 1)".into(),
+            }),
+        ),
+        (
+            "paused",
+            Some(Blocked::Paused {
+                version: "9.9.9".into(),
+            }),
+        ),
+        (
+            "second",
+            Some(Blocked::IdentityUnconfirmed {
+                existing: "first".into(),
+            }),
+        ),
+    ];
+    for (name, expected) in rows {
+        let view = sourcebox::setup::source_view(host.vault().store(), name).expect("view");
+        assert_eq!(view.blocked, expected, "the view of {name}");
+        let eligible = scheduler::eligible(&host.vault(), name).expect("eligible");
+        assert_eq!(eligible.err(), expected, "the scheduler on {name}");
+        let launched = match host.launcher.launch(name, Trigger::Manual).await {
+            Ok(record) => record.failure,
+            Err(runs::LaunchError::Paused { .. }) => Some("paused".to_owned()),
+            Err(runs::LaunchError::Catalog(catalog::CatalogError::NoConnector(_))) => {
+                Some("no_connector".to_owned())
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert_eq!(
+            launched.as_deref(),
+            expected.as_ref().map(Blocked::kind),
+            "the launch of {name}"
+        );
+    }
+}
+
+/// A manual run asked for while one is queued returns that run instead of
+/// queueing another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_asked_for_twice_is_queued_once() {
+    let host = host(config(&[])).await;
+    host.add("work", "echo", &[], Some("t-work"));
+    let request = || runs::request(host.vault().store(), "work").expect("request");
+    let first = request();
+    let again = request();
+    assert_eq!((first.state.as_str(), &again.id), ("queued", &first.id));
+    assert_eq!(host.runs("work").len(), 1);
+    host.launcher.execute(&first.id).await.expect("execute");
+    let next = request();
+    assert_ne!(next.id, first.id, "a finished run was returned");
+}
+
+/// Interval schedules between one minute and one year, at the edges; a
+/// refused one stores nothing.
+#[test]
+fn schedule_intervals_are_bounded() {
+    let minute = Duration::from_secs(60);
+    let year = Duration::from_secs(365 * 24 * 3600);
+    for (every, ok) in [
+        (Duration::ZERO, false),
+        (minute - Duration::from_secs(1), false),
+        (minute, true),
+        (year, true),
+        (year + Duration::from_secs(1), false),
+        (Duration::from_secs(u64::MAX), false),
+    ] {
+        assert_eq!(Schedule::Every(every).check().is_ok(), ok, "{every:?}");
+    }
+    // Time arithmetic is checked, never wrapped.
+    assert!(
+        Schedule::Every(Duration::from_secs(u64::MAX))
+            .next_after(0)
+            .is_err()
+    );
+    assert!(Schedule::Every(minute).next_after(i64::MAX - 1).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1228,7 +1502,7 @@ async fn scheduled_runs_receive_what_manual_runs_receive_whatever_the_environmen
     cli_ok(
         &dir,
         None,
-        &["source", "schedule", "work", "--every", "1s"],
+        &["source", "schedule", "work", "--every", "1m"],
         b"",
     )
     .await;
@@ -1240,6 +1514,12 @@ async fn scheduled_runs_receive_what_manual_runs_receive_whatever_the_environmen
             .map(|k| (*k, empty.then_some("")))
             .collect();
         let before = runs_of(&dir, "work").len();
+        // The schedule is due (as after a minute, or downtime).
+        Store::open(&dir)
+            .expect("open")
+            .conn()
+            .execute("UPDATE schedules SET next_at = 0", [])
+            .expect("due");
         let serve = Serve::start(&dir, allow, &env);
         until(60, "a scheduled run", || {
             runs_of(&dir, "work")[before..]

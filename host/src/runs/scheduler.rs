@@ -11,8 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
@@ -38,40 +38,70 @@ pub enum Schedule {
 }
 
 /// The shortest interval a schedule may have.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest interval a schedule may have.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Schedule {
-    /// Checks the schedule: a positive interval, or a cron expression that
-    /// parses.
+    /// Checks the schedule: an interval between [`MIN_INTERVAL`] and
+    /// [`MAX_INTERVAL`], or a cron expression that parses and fires again
+    /// after now.
     pub fn check(&self) -> Result<(), StoreError> {
         match self {
-            Self::Every(every) if *every < MIN_INTERVAL => Err(StoreError::Conflict(format!(
-                "a schedule interval must be at least {}",
-                humantime::format_duration(MIN_INTERVAL)
-            ))),
+            Self::Every(every) if !(MIN_INTERVAL..=MAX_INTERVAL).contains(every) => {
+                Err(StoreError::Conflict(format!(
+                    "a schedule interval must be between {} and {} (it was {} seconds)",
+                    humantime::format_duration(MIN_INTERVAL),
+                    humantime::format_duration(MAX_INTERVAL),
+                    every.as_secs()
+                )))
+            }
             Self::Every(_) => Ok(()),
-            Self::Cron(expr) => parse_cron(expr).map(|_| ()),
+            Self::Cron(_) => self.next_after(now_ms()).map(|_| ()),
         }
     }
 
     /// The first due time strictly after `after` (ms since the Unix epoch).
+    /// Refused, never wrapped, when there is none: a cron expression that
+    /// never fires again, or a time past what can be counted.
     pub fn next_after(&self, after: i64) -> Result<i64, StoreError> {
+        let out_of_range = || {
+            StoreError::Conflict(format!(
+                "the schedule's next time is out of range; give an interval between {} and {}",
+                humantime::format_duration(MIN_INTERVAL),
+                humantime::format_duration(MAX_INTERVAL)
+            ))
+        };
         match self {
-            Self::Every(every) => Ok(after + every.as_millis().max(1) as i64),
+            Self::Every(every) => i64::try_from(every.as_millis().max(1))
+                .ok()
+                .and_then(|every| after.checked_add(every))
+                .ok_or_else(out_of_range),
             Self::Cron(expr) => {
                 let cron = parse_cron(expr)?;
-                let start = chrono::DateTime::from_timestamp_millis(after)
-                    .ok_or_else(|| StoreError::Conflict("time out of range".into()))?;
+                let start =
+                    chrono::DateTime::from_timestamp_millis(after).ok_or_else(out_of_range)?;
                 cron.find_next_occurrence(&start, false)
                     .map(|t| t.timestamp_millis())
-                    .map_err(|e| StoreError::Conflict(format!("cron expression '{expr}': {e}")))
+                    .map_err(|e| {
+                        StoreError::Conflict(format!(
+                            "cron expression '{expr}' never fires again ({e})"
+                        ))
+                    })
             }
         }
     }
 }
 
+/// Five fields only: no seconds (a schedule fires at most once a minute)
+/// and no year (an expression would run out of years).
 fn parse_cron(expr: &str) -> Result<croner::Cron, StoreError> {
-    croner::Cron::from_str(expr).map_err(|e| {
+    use croner::parser::{CronParser, Seconds, Year};
+    let parser = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build();
+    parser.parse(expr).map_err(|e| {
         StoreError::Conflict(format!(
             "invalid cron expression '{expr}': {e}; use five fields, e.g. '0 3 * * *' for 03:00 UTC daily"
         ))
@@ -89,6 +119,10 @@ pub struct ScheduleRow {
     pub cron: Option<String>,
     /// Next due time, ms since the Unix epoch.
     pub next_at: i64,
+    /// Why it no longer fires, when it was disabled: it could never fire
+    /// again. Setting it again enables it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
 }
 
 /// Sets (or with `None`, removes) `source`'s schedule. Returns the stored
@@ -106,16 +140,18 @@ pub fn set_schedule(
         )?;
         return Ok(None);
     };
-    schedule.check()?;
-    let next_at = schedule.next_after(now_ms())?;
+    let refused = |e: StoreError| StoreError::Conflict(format!("{e}; nothing was stored"));
+    schedule.check().map_err(refused)?;
+    let next_at = schedule.next_after(now_ms()).map_err(refused)?;
     let (every, cron) = match &schedule {
-        Schedule::Every(d) => (Some(d.as_secs().max(1) as i64), None),
+        // Within MAX_INTERVAL, so it fits.
+        Schedule::Every(d) => (Some(d.as_secs() as i64), None),
         Schedule::Cron(expr) => (None, Some(expr.clone())),
     };
     store.conn().execute(
         "INSERT INTO schedules (source_id, interval_secs, cron, next_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (source_id) DO UPDATE SET interval_secs = excluded.interval_secs,
-             cron = excluded.cron, next_at = excluded.next_at",
+             cron = excluded.cron, next_at = excluded.next_at, disabled = NULL",
         params![src.source_id, every, cron, next_at],
     )?;
     Ok(schedules(store)?.into_iter().find(|s| s.source == source))
@@ -124,15 +160,16 @@ pub fn set_schedule(
 /// Every schedule, by source name.
 pub fn schedules(store: &Store) -> Result<Vec<ScheduleRow>, StoreError> {
     let mut stmt = store.conn().prepare(
-        "SELECT s.name, c.interval_secs, c.cron, c.next_at FROM schedules c
+        "SELECT s.name, c.interval_secs, c.cron, c.next_at, c.disabled FROM schedules c
          JOIN sources s ON s.id = c.source_id ORDER BY s.name",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(ScheduleRow {
             source: r.get(0)?,
-            every_secs: r.get::<_, Option<i64>>(1)?.map(|s| s as u64),
+            every_secs: r.get::<_, Option<i64>>(1)?.map(|s| s.max(0) as u64),
             cron: r.get(2)?,
             next_at: r.get(3)?,
+            disabled: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -150,11 +187,14 @@ pub struct SourceStatus {
     pub needs_reauth: Option<String>,
     /// Its schedule, if it has one.
     pub schedule: Option<ScheduleRow>,
+    /// Why it may not collect now, if it may not ([`readiness::decide`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
 }
 
 /// Every source of the default owner with its connector, re-auth state and
 /// schedule, by name.
-pub fn statuses(store: &Store) -> Result<Vec<SourceStatus>, StoreError> {
+pub fn statuses(store: &Store) -> Result<Vec<SourceStatus>, crate::catalog::CatalogError> {
     let schedules = schedules(store)?;
     let mut stmt = store.conn().prepare(
         "SELECT s.name, s.connector_id || ' ' || s.connector_version, s.needs_reauth
@@ -163,17 +203,20 @@ pub fn statuses(store: &Store) -> Result<Vec<SourceStatus>, StoreError> {
     let rows = stmt.query_map([crate::store::DEFAULT_OWNER], |r| {
         Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
     })?;
-    rows.map(|row| {
-        let (name, connector, needs_reauth) = row?;
-        let schedule = schedules.iter().find(|s| s.source == name).cloned();
-        Ok(SourceStatus {
-            name,
-            connector,
-            needs_reauth,
-            schedule,
+    let rows: Vec<(String, Option<String>, Option<String>)> = rows.collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(name, connector, needs_reauth)| {
+            let schedule = schedules.iter().find(|s| s.source == name).cloned();
+            let blocked = readiness::of(store, &name, Purpose::Collect)?.err();
+            Ok(SourceStatus {
+                name,
+                connector,
+                needs_reauth,
+                schedule,
+                blocked,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Whether `source` may be launched unattended: the one readiness
@@ -194,18 +237,32 @@ pub fn enqueue_due(vault: &Vault) -> Result<Vec<String>, LaunchError> {
         .conn()
         .prepare(
             "SELECT c.source_id, s.name, c.interval_secs, c.cron FROM schedules c
-             JOIN sources s ON s.id = c.source_id WHERE c.next_at <= ?1 ORDER BY c.next_at",
+             JOIN sources s ON s.id = c.source_id
+             WHERE c.next_at <= ?1 AND c.disabled IS NULL ORDER BY c.next_at",
         )?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
     let mut queued = Vec::new();
     for (source_id, name, every, cron) in due {
         let schedule = match (every, cron) {
-            (Some(secs), _) => Schedule::Every(Duration::from_secs(secs as u64)),
+            (Some(secs), _) => Schedule::Every(Duration::from_secs(secs.max(0) as u64)),
             (None, Some(expr)) => Schedule::Cron(expr),
             (None, None) => continue,
         };
-        let next = schedule.next_after(now)?;
+        // A stored schedule that can never fire again is disabled, with
+        // why, rather than failing this tick and every one after it.
+        let next = match schedule.check().and_then(|()| schedule.next_after(now)) {
+            Ok(next) => next,
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(source = name, "schedule disabled: {why}");
+                store.conn().execute(
+                    "UPDATE schedules SET disabled = ?2 WHERE source_id = ?1",
+                    params![source_id, why],
+                )?;
+                continue;
+            }
+        };
         store.conn().execute(
             "UPDATE schedules SET next_at = ?2 WHERE source_id = ?1",
             params![source_id, next],
@@ -271,58 +328,129 @@ fn startable(store: &Store) -> Result<Vec<(String, String, String)>, StoreError>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// What the scheduler last did, for the health report.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// When a tick last completed, ms since the Unix epoch (0: never).
+    last_tick: AtomicI64,
+    /// Ticks failed since the last one that completed.
+    failures: AtomicU32,
+    /// Why the last failed tick failed.
+    last_error: Mutex<Option<String>>,
+    /// Whether a scheduler runs now.
+    running: AtomicBool,
+}
+
+/// The scheduler's health as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SchedulerHealth {
+    /// Whether the scheduler runs.
+    pub running: bool,
+    /// When its last tick completed, ms since the Unix epoch.
+    pub last_tick: Option<i64>,
+    /// Ticks failed in a row since then (each retried, with backoff).
+    pub failures: u32,
+    /// Why the last failed tick failed.
+    pub last_error: Option<String>,
+}
+
+impl Heartbeat {
+    /// The report.
+    pub fn health(&self) -> SchedulerHealth {
+        let last_tick = self.last_tick.load(Ordering::Relaxed);
+        SchedulerHealth {
+            running: self.running.load(Ordering::Relaxed),
+            last_tick: (last_tick > 0).then_some(last_tick),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().expect("heartbeat lock").clone(),
+        }
+    }
+
+    fn ticked(&self) {
+        self.last_tick.store(now_ms(), Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        *self.last_error.lock().expect("heartbeat lock") = None;
+    }
+
+    /// Records a failed tick; returns how many failed in a row.
+    fn failed(&self, why: String) -> u32 {
+        *self.last_error.lock().expect("heartbeat lock") = Some(why);
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The longest wait between two ticks after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before the next tick after `failures` failed in a row: the
+/// tick, doubled for each failure, at most [`MAX_BACKOFF`] (or the tick,
+/// if longer).
+fn backoff(tick: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return tick;
+    }
+    let doubled = tick.saturating_mul(1u32 << failures.min(16));
+    doubled.min(MAX_BACKOFF.max(tick))
+}
+
 /// Runs the scheduler until `shutdown` completes, then lets runs in flight
 /// finish for up to `config.grace` and marks the rest interrupted.
+///
+/// It never stops on its own: a tick that fails (the database locked by
+/// another process, say) or panics is logged at error level and tried
+/// again, with backoff, while runs already started go on.
 pub async fn run(
     launcher: Arc<Launcher>,
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LaunchError> {
     tokio::pin!(shutdown);
+    let heartbeat = Arc::clone(launcher.heartbeat());
+    heartbeat.running.store(true, Ordering::Relaxed);
     let mut tasks: JoinSet<(String, Result<RunRecord, LaunchError>)> = JoinSet::new();
     // run id -> (source, connector) of runs this scheduler started.
     let mut in_flight: HashMap<String, (String, String)> = HashMap::new();
     loop {
-        {
-            let vault = launcher.vault().lock().expect("vault lock");
-            enqueue_due(&vault)?;
-            let candidates = startable(vault.store())?;
-            drop(vault);
-            let mut busy: HashSet<String> = in_flight.values().map(|(s, _)| s.clone()).collect();
-            let mut candidates = candidates;
-            while in_flight.len() < config.max_concurrent {
-                // Fair shares: the oldest due run of a connector with the
-                // fewest runs in flight goes first, so one connector's slow
-                // runs cannot hold every slot while others' come due.
-                let running =
-                    |connector: &str| in_flight.values().filter(|(_, c)| c == connector).count();
-                let Some(next) = candidates
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, source, connector))| {
-                        !busy.contains(source) && running(connector) < config.per_connector
-                    })
-                    .min_by_key(|(i, (_, _, connector))| (running(connector), *i))
-                    .map(|(i, _)| i)
-                else {
-                    break;
-                };
-                let (run, source, connector) = candidates.remove(next);
-                busy.insert(source.clone());
-                in_flight.insert(run.clone(), (source, connector));
-                let launcher = Arc::clone(&launcher);
-                tasks.spawn(async move {
-                    let result = launcher.execute(&run).await;
-                    (run, result)
-                });
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tick(&launcher, &config, &in_flight)
+        }));
+        let failures = match ticked {
+            Ok(Ok(start)) => {
+                heartbeat.ticked();
+                for (run, source, connector) in start {
+                    in_flight.insert(run.clone(), (source, connector));
+                    let launcher = Arc::clone(&launcher);
+                    tasks.spawn(async move {
+                        let result = launcher.execute(&run).await;
+                        (run, result)
+                    });
+                }
+                0
             }
-        }
+            Ok(Err(e)) => {
+                let failures = heartbeat.failed(e.to_string());
+                tracing::error!(failures, "scheduler tick failed, trying again: {e}");
+                failures
+            }
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic")
+                    .to_owned();
+                let failures = heartbeat.failed(format!("panicked: {why}"));
+                tracing::error!(failures, "scheduler tick panicked, trying again: {why}");
+                failures
+            }
+        };
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(config.tick) => {}
+            () = tokio::time::sleep(backoff(config.tick, failures)) => {}
             Some(done) = tasks.join_next() => finished(&mut in_flight, done),
         }
     }
+    heartbeat.running.store(false, Ordering::Relaxed);
     tracing::info!(in_flight = in_flight.len(), "scheduler stopping");
     let drain = async {
         while let Some(done) = tasks.join_next().await {
@@ -335,6 +463,45 @@ pub async fn run(
         launcher.interrupt_own()?;
     }
     Ok(())
+}
+
+/// One tick: queues the due schedules' runs and picks the queued runs to
+/// start now: (run, source, connector).
+fn tick(
+    launcher: &Launcher,
+    config: &SchedulerConfig,
+    in_flight: &HashMap<String, (String, String)>,
+) -> Result<Vec<(String, String, String)>, LaunchError> {
+    let mut candidates = {
+        let vault = launcher.vault().lock().expect("vault lock");
+        enqueue_due(&vault)?;
+        startable(vault.store())?
+    };
+    let mut busy: HashSet<String> = in_flight.values().map(|(s, _)| s.clone()).collect();
+    let mut connectors: Vec<String> = in_flight.values().map(|(_, c)| c.clone()).collect();
+    let mut start = Vec::new();
+    while in_flight.len() + start.len() < config.max_concurrent {
+        // Fair shares: the oldest due run of a connector with the fewest
+        // runs in flight goes first, so one connector's slow runs cannot
+        // hold every slot while others' come due.
+        let running = |connector: &str| connectors.iter().filter(|c| *c == connector).count();
+        let Some(next) = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, source, connector))| {
+                !busy.contains(source) && running(connector) < config.per_connector
+            })
+            .min_by_key(|(i, (_, _, connector))| (running(connector), *i))
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        let (run, source, connector) = candidates.remove(next);
+        busy.insert(source.clone());
+        connectors.push(connector.clone());
+        start.push((run, source, connector));
+    }
+    Ok(start)
 }
 
 fn finished(

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_active_runs_and_pending_questions.sql"),
     include_str!("migrations/0014_records_hold_json.sql"),
     include_str!("migrations/0015_identity_at_launch.sql"),
+    include_str!("migrations/0016_schedules_disabled.sql"),
 ];
 
 /// The schema version this build writes.

@@ -82,40 +82,21 @@ pub fn append(conn: &Connection, entry: &AuditEntry<'_>) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The columns a row's check reads, in [`row_holds`]'s order.
+const ROW: &str =
+    "SELECT seq, at, actor, action, owner, source, credential, run_id, outcome, prev_hash, hash
+     FROM audit";
+
 /// Walks the whole chain from the first row.
 pub fn verify(conn: &Connection) -> rusqlite::Result<ChainCheck> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, actor, action, owner, source, credential, run_id, outcome, prev_hash, hash
-         FROM audit ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(&format!("{ROW} ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     let mut expected_prev = GENESIS.to_vec();
     let mut expected_seq = 1;
     let mut count = 0;
     while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let actor: String = row.get(2)?;
-        let action: String = row.get(3)?;
-        let owner: Option<String> = row.get(4)?;
-        let source: Option<String> = row.get(5)?;
-        let credential: Option<String> = row.get(6)?;
-        let run_id: Option<String> = row.get(7)?;
-        let outcome: String = row.get(8)?;
-        let prev_hash: Vec<u8> = row.get(9)?;
-        let hash: Vec<u8> = row.get(10)?;
-        let entry = AuditEntry {
-            actor: &actor,
-            action: &action,
-            owner: owner.as_deref(),
-            source: source.as_deref(),
-            credential: credential.as_deref(),
-            run_id: run_id.as_deref(),
-            outcome: &outcome,
-        };
-        if seq != expected_seq
-            || prev_hash != expected_prev
-            || hash != row_hash(&prev_hash, seq, row.get(1)?, &entry).as_slice()
-        {
+        let (seq, prev_hash, hash, holds) = row_holds(row)?;
+        if seq != expected_seq || prev_hash != expected_prev || !holds {
             return Ok(ChainCheck::BrokenAt { seq });
         }
         expected_prev = hash;
@@ -123,6 +104,59 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<ChainCheck> {
         count += 1;
     }
     Ok(ChainCheck::Intact { rows: count })
+}
+
+/// Checks the head of the chain only: the newest row hashes to what it
+/// claims and links to the row before it (cheap enough for every health
+/// report; [`verify`] walks the whole chain).
+pub fn verify_head(conn: &Connection) -> rusqlite::Result<ChainCheck> {
+    let mut stmt = conn.prepare(&format!("{ROW} ORDER BY seq DESC LIMIT 2"))?;
+    let mut rows = stmt.query([])?;
+    let Some(head) = rows.next()? else {
+        return Ok(ChainCheck::Intact { rows: 0 });
+    };
+    let (seq, prev_hash, _, holds) = row_holds(head)?;
+    let before = match rows.next()? {
+        Some(row) => Some(row_holds(row)?),
+        None => None,
+    };
+    let links = match &before {
+        Some((before_seq, _, before_hash, _)) => {
+            *before_seq == seq - 1 && prev_hash == *before_hash
+        }
+        None => seq == 1 && prev_hash == GENESIS,
+    };
+    Ok(if holds && links {
+        ChainCheck::Intact { rows: seq as u64 }
+    } else {
+        ChainCheck::BrokenAt { seq }
+    })
+}
+
+/// A row of [`ROW`]: its sequence number, the hash it links to, its own
+/// hash, and whether that hash is the row's.
+fn row_holds(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Vec<u8>, Vec<u8>, bool)> {
+    let seq: i64 = row.get(0)?;
+    let actor: String = row.get(2)?;
+    let action: String = row.get(3)?;
+    let owner: Option<String> = row.get(4)?;
+    let source: Option<String> = row.get(5)?;
+    let credential: Option<String> = row.get(6)?;
+    let run_id: Option<String> = row.get(7)?;
+    let outcome: String = row.get(8)?;
+    let prev_hash: Vec<u8> = row.get(9)?;
+    let hash: Vec<u8> = row.get(10)?;
+    let entry = AuditEntry {
+        actor: &actor,
+        action: &action,
+        owner: owner.as_deref(),
+        source: source.as_deref(),
+        credential: credential.as_deref(),
+        run_id: run_id.as_deref(),
+        outcome: &outcome,
+    };
+    let holds = hash == row_hash(&prev_hash, seq, row.get(1)?, &entry).as_slice();
+    Ok((seq, prev_hash, hash, holds))
 }
 
 fn row_hash(prev_hash: &[u8], seq: i64, at: i64, entry: &AuditEntry<'_>) -> [u8; 32] {
