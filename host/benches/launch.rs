@@ -100,6 +100,16 @@ fn launch(c: &mut Criterion) {
                 .expect("run"),
         )
     };
+    // A manual run: the whole seam, and what a collection costs on top of
+    // the call it makes (before identity was part of every launch, one
+    // instance; since, two: the account verified, then collected).
+    let collect = || {
+        let record = rt
+            .block_on(launcher.launch("a", Trigger::Manual))
+            .expect("launch");
+        debug_assert_eq!(record.state, "succeeded");
+        black_box(record)
+    };
     let refused = || {
         let record = rt
             .block_on(launcher.launch("bare", Trigger::SetupVerification))
@@ -111,6 +121,7 @@ fn launch(c: &mut Criterion) {
     group.bench_function("launch_refused_bookkeeping_only", |b| b.iter(refused));
     group.bench_function("baseline_runtime_run_verify", |b| b.iter(direct));
     group.bench_function("launch_setup_verification", |b| b.iter(seam));
+    group.bench_function("launch_manual_collect", |b| b.iter(collect));
     group.finish();
     let sample = |f: &dyn Fn()| {
         (0..3_000)
@@ -137,6 +148,12 @@ fn launch(c: &mut Criterion) {
         "launch(setup_verification)",
         sample(&|| {
             seam();
+        }),
+    );
+    common::percentiles(
+        "launch(manual): a collection",
+        sample(&|| {
+            collect();
         }),
     );
     // Launch overhead as defined: from `launch` to the first credential

@@ -13,8 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -671,6 +671,26 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
     }
 }
 
+/// Path segments whose rejections take the error shape: one that is not
+/// UTF-8 text once percent-decoded, say.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e: PathRejection| {
+                ApiError::bad_request(format!(
+                    "{}; every path segment must be UTF-8 text, percent-encoded",
+                    e.body_text()
+                ))
+            })
+    }
+}
+
 /// The peer's address, when the connection has one.
 async fn peer(parts: &mut Parts, api: &Arc<Api>) -> Option<IpAddr> {
     ConnectInfo::<SocketAddr>::from_request_parts(parts, api)
@@ -724,9 +744,17 @@ async fn bearer(
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Secret::from_slice(t.trim().as_bytes()));
+        .and_then(bearer_token)
+        .map(|t| Secret::from_slice(t.as_bytes()));
     Ok((peer, token))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme's name
+/// is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The principal behind the token whose digest is `digest`, read from
@@ -1132,16 +1160,30 @@ async fn owner_start_run(
 struct RunsQuery {
     /// Only this source's runs.
     source: Option<String>,
+    /// Runs per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// Where the page starts: the `next_cursor` of the page before.
+    cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/owner/runs", tag = "owner", security(("owner" = [])), params(RunsQuery), responses((status = 200, description = "Runs, newest first", body = Vec<runs::RunRecord>), (status = "4XX", description = "The error shape", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/owner/runs", tag = "owner", security(("owner" = [])), params(RunsQuery), responses((status = 200, description = "A page of runs, newest first", body = runs::RunsPage), (status = "4XX", description = "The error shape", body = ErrorBody)))]
 async fn owner_runs(
     _: Owner,
     State(api): State<Arc<Api>>,
     Params(query): Params<RunsQuery>,
 ) -> Result<Response, ApiError> {
-    let list = runs::list(&*api.reader()?, query.source.as_deref())?;
-    Ok(Json(list).into_response())
+    let page = runs::page(
+        &*api.reader()?,
+        query.source.as_deref(),
+        query.limit.unwrap_or(50),
+        query.cursor.as_deref(),
+    )
+    .map_err(|e| match e {
+        StoreError::Conflict(m) => ApiError::bad_request(m),
+        other => other.into(),
+    })?;
+    Ok(Json(page).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owner/runs/{id}", tag = "owner", security(("owner" = [])), params(RunId), responses((status = 200, description = "The run", body = runs::RunRecord), (status = "4XX", description = "The error shape", body = ErrorBody)))]
@@ -2231,6 +2273,21 @@ async fn client_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER   abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
+    }
 
     /// Paging through a stream, with or without `updated_since`, and
     /// with a cursor from a page read without it, returns every record

@@ -894,9 +894,18 @@ fn source(
         }
         SourceCommand::Verify { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
-            async_runtime()?.block_on(launcher.launch(&name, runs::Trigger::SetupVerification))?;
+            let run = async_runtime()?
+                .block_on(launcher.launch(&name, runs::Trigger::SetupVerification))?;
             let vault = launcher.vault().lock().expect("vault lock");
-            print_view(&setup::source_view(vault.store(), &name)?, json, out)
+            print_view(&setup::source_view(vault.store(), &name)?, json, out)?;
+            // The view says what to do next; the exit status says it failed.
+            match &run.failure {
+                None => Ok(()),
+                Some(kind) => Err(CliError::Usage(format!(
+                    "the verification failed: {kind}: {}",
+                    run.detail.as_deref().unwrap_or("")
+                ))),
+            }
         }
         SourceCommand::Setup { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
@@ -1998,6 +2007,13 @@ fn format_time(ms: i64) -> String {
         .to_string()
 }
 
+/// A time (ms since the Unix epoch) as a person reads it, in UTC.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     if json {
         let doc = serde_json::to_string(runs).map_err(|e| CliError::Io(e.to_string()))?;
@@ -2013,10 +2029,21 @@ fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Resu
             Some(account) => format!(", account {account}"),
             None => String::new(),
         };
+        let when = match (run.finished_at, run.not_before) {
+            (Some(end), _) => format!(
+                "{}, took {}",
+                utc(run.started_at),
+                humantime::format_duration(Duration::from_millis(
+                    end.saturating_sub(run.started_at).max(0) as u64
+                ))
+            ),
+            (None, Some(at)) if run.state == "queued" => format!("due {}", utc(at)),
+            (None, _) => format!("since {}", utc(run.started_at)),
+        };
         writeln_out(
             out,
             format_args!(
-                "run {} of {} ({}, {}{account}): {outcome}",
+                "run {} of {} ({}, {}{account}) {when}: {outcome}",
                 run.id,
                 run.source,
                 run.trigger,

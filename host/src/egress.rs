@@ -112,14 +112,16 @@ impl EgressPolicy {
     }
 
     /// Resolves `host` and returns the first address the run may connect
-    /// to, or why none.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+    /// to, or why none: a name that does not resolve (a DNS failure, which
+    /// may pass) apart from one that resolves only to addresses the run
+    /// may not reach (a refusal).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, Unreachable> {
         let host = host.trim_matches(['[', ']']);
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| format!("{host} does not resolve: {e}"))?
+                .map_err(|e| Unreachable::Lookup(format!("{host} does not resolve: {e}")))?
                 .collect(),
         };
         addrs
@@ -127,8 +129,11 @@ impl EgressPolicy {
             .copied()
             .find(|addr| !forbidden(addr.ip()) || self.allowed_addrs.contains(addr))
             .ok_or_else(|| match addrs.first() {
-                Some(addr) => format!("{host} resolves to {}, a non-public address", addr.ip()),
-                None => format!("{host} has no addresses"),
+                Some(addr) => Unreachable::Denied(format!(
+                    "{host} resolves to {}, a non-public address",
+                    addr.ip()
+                )),
+                None => Unreachable::Lookup(format!("{host} has no addresses")),
             })
     }
 
@@ -375,7 +380,17 @@ impl WasiHttpHooks for EgressHooks {
             let addr = tokio::time::timeout(timeouts.connect, policy.resolve(&host, port))
                 .await
                 .map_err(|_| HttpError::DnsTimeout)?
-                .map_err(&deny)?;
+                .map_err(|e| match e {
+                    // Not a refusal: the connector sees a DNS error.
+                    Unreachable::Lookup(why) => {
+                        tracing::info!(reason = %why, "egress: the name did not resolve");
+                        HttpError::DnsError {
+                            rcode: Some("name does not resolve".into()),
+                            info_code: None,
+                        }
+                    }
+                    Unreachable::Denied(why) => deny(why),
+                })?;
             if let Some(name) = inject {
                 let Some(credentials) = credentials else {
                     return Err(deny(format!(
@@ -406,6 +421,41 @@ impl WasiHttpHooks for EgressHooks {
     }
 }
 
+/// Why a host could not be connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Its name did not resolve: a DNS failure, which may pass.
+    Lookup(String),
+    /// It resolves only to addresses this may not reach: a refusal.
+    Denied(String),
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lookup(why) | Self::Denied(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Why a form POST the host makes itself failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostError {
+    /// Refused before anything was sent: the URL, its scheme or its
+    /// address is not allowed. Trying again does not help.
+    Refused(String),
+    /// Sent, or tried, and failed on the way: it may pass.
+    Failed(String),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(why) | Self::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A form POST the host makes itself (an OAuth token exchange), under a
 /// run's address rules: https, or plain http only to an address the
 /// operator allowed; the name resolved and checked by the host and the
@@ -417,12 +467,20 @@ pub async fn post_form(
     form: Vec<u8>,
     allowed_addrs: &[SocketAddr],
     max_body: u64,
-) -> Result<(u16, Vec<u8>), String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+) -> Result<(u16, Vec<u8>), PostError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| PostError::Refused("the URL is not a URL".into()))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("'{url}' names no host"))?
+        .ok_or_else(|| PostError::Refused("the URL names no host".into()))?
         .to_owned();
+    // Never sent on, and not quoted: it may hold a password.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(PostError::Refused(format!(
+            "the URL for {host} carries user information; give it without"
+        )));
+    }
     let tls = uri.scheme() == Some(&Scheme::HTTPS);
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let policy = EgressPolicy {
@@ -430,16 +488,20 @@ pub async fn post_form(
         allowed_addrs: allowed_addrs.to_vec(),
         ports: Vec::new(),
     };
-    let addr = policy.resolve(&host, port).await?;
+    let addr = policy.resolve(&host, port).await.map_err(|e| match e {
+        Unreachable::Lookup(why) => PostError::Failed(why),
+        Unreachable::Denied(why) => PostError::Refused(why),
+    })?;
     if !tls && !allowed_addrs.contains(&addr) {
-        return Err(format!(
+        return Err(PostError::Refused(format!(
             "'{url}' is plain http; only https is used, or http to an address allowed with --egress-allow ADDR:PORT"
-        ));
+        )));
     }
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or(host.clone());
+    // The host and port only.
+    let authority = match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
     let body = http_body_util::Full::new(bytes::Bytes::from(form))
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -451,7 +513,9 @@ pub async fn post_form(
         )
         .header(http::header::ACCEPT, "application/json")
         .body(body)
-        .map_err(|e| format!("the request to {host} could not be built: {e}"))?;
+        .map_err(|e| {
+            PostError::Refused(format!("the request to {host} could not be built: {e}"))
+        })?;
     if let Some(mut value) = authorization {
         value.set_sensitive(true);
         request
@@ -485,7 +549,9 @@ pub async fn post_form(
                 "{host} did not answer within {} s",
                 EXCHANGE_TIMEOUT.as_secs()
             )
-        })?
+        })
+        .flatten()
+        .map_err(PostError::Failed)
 }
 
 /// The run's response-body byte budget: one counter for all its
@@ -742,6 +808,31 @@ mod tests {
         for (ip, expected) in table {
             assert_eq!(forbidden(ip.parse().expect("ip")), *expected, "{ip}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_form_post_refuses_user_information_and_forbidden_addresses_as_refusals() {
+        let allowed: Vec<SocketAddr> = vec!["127.0.0.1:9".parse().expect("addr")];
+        let refused = post_form(
+            "http://admin:hunter2@127.0.0.1:9/token",
+            None,
+            Vec::new(),
+            &allowed,
+            1024,
+        )
+        .await
+        .expect_err("userinfo");
+        assert!(matches!(&refused, PostError::Refused(_)), "{refused:?}");
+        assert!(!refused.to_string().contains("hunter2"), "{refused}");
+        let forbidden = post_form("https://169.254.169.254/token", None, Vec::new(), &[], 1024)
+            .await
+            .expect_err("metadata address");
+        assert!(matches!(forbidden, PostError::Refused(_)), "{forbidden:?}");
+        // Nothing listens on the allowed address: a failure, not a refusal.
+        let failed = post_form("http://127.0.0.1:9/token", None, Vec::new(), &allowed, 1024)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(failed, PostError::Failed(_)), "{failed:?}");
     }
 
     #[tokio::test]

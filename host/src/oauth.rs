@@ -409,8 +409,16 @@ pub async fn complete(
             return Err(OauthError::UnknownState);
         };
         let source = store.source_by_id(source_id)?;
+        // Its deletion, counted, in one write transaction: of two
+        // callbacks with one state (one delivered to `serve`, one to
+        // `source authorize --finish`, in two processes), one removes the
+        // row and exchanges the code; the other finds it gone. A provider
+        // revokes a grant whose code is exchanged twice.
         let verifier = vault.write(actor, "oauth.complete", Some(&source), |conn| {
-            conn.execute("DELETE FROM oauth_pending WHERE id = ?1", [&id])?;
+            let removed = conn.execute("DELETE FROM oauth_pending WHERE id = ?1", [&id])?;
+            if removed == 0 {
+                return Ok(None);
+            }
             vault
                 .open_aside(
                     conn,
@@ -418,12 +426,16 @@ pub async fn complete(
                     &|domain| pending_aad(domain, source.owner_id, source.source_id, &id),
                     &sealed,
                 )?
+                .map(Some)
                 .map_err(|_| {
                     VaultError::Invalid(
                         "the authorization's verifier does not open; start it again".into(),
                     )
                 })
         })?;
+        let Some(verifier) = verifier else {
+            return Err(OauthError::UnknownState);
+        };
         if let Some(error) = error {
             return Err(OauthError::Refused(match error_description {
                 Some(description) => format!("{error}: {description}"),
@@ -626,7 +638,13 @@ async fn exchange(
     )
     .await;
     form.zeroize();
-    let (status, mut body) = sent.map_err(OauthError::Transient)?;
+    let (status, mut body) = sent.map_err(|e| match e {
+        // The endpoint may not be reached at all: no retry helps.
+        crate::egress::PostError::Refused(why) => {
+            OauthError::Invalid(format!("the token endpoint is refused: {why}"))
+        }
+        crate::egress::PostError::Failed(why) => OauthError::Transient(why),
+    })?;
     let parsed: Result<TokenResponse, _> = serde_json::from_slice(&body);
     body.zeroize();
     let mut response = match parsed {
@@ -842,6 +860,13 @@ fn check_url(
 ) -> Result<(), OauthError> {
     let url = url::Url::parse(value)
         .map_err(|e| OauthError::Invalid(format!("{flag} '{value}' is not a URL ({e})")))?;
+    // Refused without quoting the URL, which may hold a password.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(OauthError::Invalid(format!(
+            "{flag} for {} carries user information (user:password@); give it without; nothing was stored",
+            url.host_str().unwrap_or("its host")
+        )));
+    }
     if url.fragment().is_some() || url.host_str().is_none_or(str::is_empty) {
         return Err(OauthError::Invalid(format!(
             "{flag} '{value}' must be an absolute URL with a host and no fragment"
@@ -875,6 +900,24 @@ fn check_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_urls_with_user_information_are_refused_unquoted() {
+        for url in [
+            "https://user:hunter2@provider.example/token",
+            "https://user@provider.example/token",
+            "https://:hunter2@provider.example/token",
+        ] {
+            let e = check_url("--token-url", url, &[], false).expect_err(url);
+            let text = e.to_string();
+            assert!(text.contains("user information"), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("user@"),
+                "{text}"
+            );
+        }
+        assert!(check_url("--token-url", "https://provider.example/token", &[], false).is_ok());
+    }
 
     #[test]
     fn pkce_challenge_is_rfc_7636_s256() {

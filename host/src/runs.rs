@@ -97,8 +97,11 @@ pub enum FailureKind {
     ResourceExhausted,
     /// The component trapped or could not be instantiated.
     ConnectorTrap,
-    /// A temporary provider failure, rate limits included.
+    /// A temporary provider failure (retried).
     UpstreamTransient,
+    /// The provider limits how often it is asked (retried, after the wait
+    /// it names when it names one).
+    RateLimited,
     /// The connector gave up for another reason.
     ConnectorFatal,
     /// The host stopped while the run was in flight.
@@ -124,6 +127,7 @@ impl FailureKind {
             Self::ResourceExhausted => "resource_exhausted",
             Self::ConnectorTrap => "connector_trap",
             Self::UpstreamTransient => "upstream_transient",
+            Self::RateLimited => "rate_limited",
             Self::ConnectorFatal => "connector_fatal",
             Self::Interrupted => "interrupted",
             Self::AccountChanged => "account_changed",
@@ -140,9 +144,8 @@ impl FailureKind {
             RunFailure::Connector(
                 ConnectorError::AuthRejected(_) | ConnectorError::AuthInsufficient(_),
             ) => Self::AuthRejected,
-            RunFailure::Connector(
-                ConnectorError::RateLimited(_) | ConnectorError::UpstreamTransient(_),
-            ) => Self::UpstreamTransient,
+            RunFailure::Connector(ConnectorError::RateLimited(_)) => Self::RateLimited,
+            RunFailure::Connector(ConnectorError::UpstreamTransient(_)) => Self::UpstreamTransient,
             RunFailure::CredentialRevoked(_) => Self::CredentialRevoked,
             RunFailure::CredentialUnrecoverable(_) => Self::CredentialUnrecoverable,
             RunFailure::Connector(ConnectorError::Fatal(_)) => Self::ConnectorFatal,
@@ -799,7 +802,7 @@ impl Launcher {
                     params![source_id, detail],
                 )?;
             }
-            Some(FailureKind::UpstreamTransient)
+            Some(FailureKind::UpstreamTransient | FailureKind::RateLimited)
                 if trigger != Trigger::SetupVerification
                     && record.attempt < self.config.retry.max_attempts =>
             {
@@ -1489,6 +1492,68 @@ pub fn find(store: &Store, id: &str) -> Result<RunRecord, StoreError> {
         .query_row([id], run_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no run '{id}'; see `sourcebox runs`")))
+}
+
+/// The most runs one page holds.
+pub const MAX_PAGE: u32 = 500;
+
+/// One page of runs, newest first, and where the next page starts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunsPage {
+    /// The runs.
+    pub runs: Vec<RunRecord>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Up to `limit` runs of one source, or of all, newest first, after
+/// `cursor` (from the page before). A limit out of 1..=[`MAX_PAGE`] or a
+/// cursor this did not give is refused.
+pub fn page(
+    store: &Store,
+    source: Option<&str>,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<RunsPage, StoreError> {
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(StoreError::Conflict(format!(
+            "limit must be between 1 and {MAX_PAGE} (it was {limit})"
+        )));
+    }
+    let after = match cursor {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "cursor '{cursor}' is not one a page of runs gave; start without it"
+                    ))
+                })?,
+        ),
+    };
+    let source_id = source
+        .map(|s| store.source(s))
+        .transpose()?
+        .map(|s| s.source_id);
+    let (at, id) = after.unzip();
+    let mut stmt = store.conn().prepare_cached(&format!(
+        "{SELECT} WHERE (?1 IS NULL OR r.source_id = ?1)
+           AND (?2 IS NULL OR (r.started_at, r.id) < (?2, ?3))
+         ORDER BY r.started_at DESC, r.id DESC LIMIT ?4"
+    ))?;
+    let mut runs: Vec<RunRecord> = stmt
+        .query_map(params![source_id, at, id, i64::from(limit) + 1], run_row)?
+        .collect::<Result<_, _>>()?;
+    let next_cursor = if runs.len() > limit as usize {
+        runs.truncate(limit as usize);
+        runs.last().map(|r| format!("{}.{}", r.started_at, r.id))
+    } else {
+        None
+    };
+    Ok(RunsPage { runs, next_cursor })
 }
 
 /// Runs of one source, or of all, newest first.

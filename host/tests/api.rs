@@ -525,6 +525,61 @@ async fn the_walkthrough_token_separation_and_error_shape_over_loopback() {
         .await;
     assert_eq!(status, 401, "an expired token still works");
 
+    // Runs page by page, newest first, each once.
+    let (status, raw, all) = server
+        .call("GET", "/v1/owner/runs?limit=500", owner, None)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let all: Vec<Value> = all["runs"].as_array().cloned().expect("runs");
+    assert!(all.len() >= 3, "{raw}");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0]["started_at"].as_i64() >= w[1]["started_at"].as_i64()),
+        "{raw}"
+    );
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/owner/runs?limit=2&cursor={c}"),
+            None => "/v1/owner/runs?limit=2".to_owned(),
+        };
+        let (status, raw, page) = server.call("GET", &path, owner, None).await;
+        assert_eq!(status, 200, "{raw}");
+        let runs = page["runs"].as_array().cloned().expect("runs");
+        assert!(runs.len() <= 2, "{raw}");
+        paged.extend(runs);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let ids = |runs: &[Value]| runs.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&paged), ids(&all));
+    for query in ["limit=0", "limit=501", "cursor=nonsense", "limit=-1"] {
+        let (status, raw, body) = server
+            .call("GET", &format!("/v1/owner/runs?{query}"), owner, None)
+            .await;
+        assert_eq!(status, 400, "{query}: {raw}");
+        assert!(is_error(&body, "bad_request"), "{raw}");
+    }
+
+    // A path segment that is not UTF-8 gets the error shape too.
+    for path in [
+        "/v1/owner/sources/%FF",
+        "/v1/owner/sources/%C3%28/runs",
+        "/v1/owner/runs/%FF%FE",
+    ] {
+        let method = if path.ends_with("/runs") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, raw, body) = server.call(method, path, owner, None).await;
+        assert_eq!(status, 400, "{path}: {raw}");
+        assert!(is_error(&body, "bad_request"), "{path}: {raw}");
+    }
+
     // Health: liveness for anyone, the report for the owner only.
     let (status, raw, live) = server.call("GET", "/v1/health", None, None).await;
     assert_eq!((status, &live), (200, &json!({"status": "ok"})), "{raw}");
@@ -2232,6 +2287,39 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         "{again:?}"
     );
     seen += &String::from_utf8_lossy(&finished.stdout);
+
+    // One callback delivered twice at once, to `serve` and to the CLI (two
+    // processes): the code is exchanged once, and one of them says the
+    // authorization is used up.
+    for _ in 0..3 {
+        let started = cli(&["source", "authorize", "notes", "--json"], b"");
+        assert!(started.status.success(), "{started:?}");
+        let started: Value = serde_json::from_slice(&started.stdout).expect("json");
+        let back = browser_visit(started["authorize_url"].as_str().expect("url")).await;
+        let query = back.split_once('?').expect("query").1.trim().to_owned();
+        let exchanges = provider.state().grants.len();
+        let mut finish = common::sourcebox();
+        finish
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--egress-allow")
+            .arg(provider_addr.to_string())
+            .args(["source", "authorize", "notes", "--finish"]);
+        let by_cli = tokio::task::spawn_blocking({
+            let back = back.clone();
+            move || common::run(finish, back.as_bytes()).status.success()
+        });
+        let path = format!("/v1/oauth/callback?{query}");
+        let by_server = async { server.call("GET", &path, None, None).await.0 == 200 };
+        let (cli_ok, server_ok) = tokio::join!(by_cli, by_server);
+        let cli_ok = cli_ok.expect("join");
+        assert!(cli_ok ^ server_ok, "cli {cli_ok}, server {server_ok}");
+        assert_eq!(
+            provider.state().grants.len(),
+            exchanges + 1,
+            "the code was exchanged twice"
+        );
+    }
 
     // Nothing secret anywhere: responses, the log, the data directory.
     let log = server.stop();

@@ -859,7 +859,7 @@ async fn transient_failures_retry_with_backoff_and_then_succeed() {
         shape,
         [
             ("manual", 1, "failed", Some("upstream_transient")),
-            ("retry", 2, "failed", Some("upstream_transient")),
+            ("retry", 2, "failed", Some("rate_limited")),
             ("retry", 3, "succeeded", None),
         ]
     );
@@ -877,6 +877,33 @@ async fn transient_failures_retry_with_backoff_and_then_succeed() {
     assert!(runs[2].started_at >= runs[2].not_before.expect("not_before"));
     assert_eq!(host.records("work", "repositories").len(), 2);
     assert!(fx.tokens().iter().all(|t| t == ALICE));
+}
+
+/// A provider whose name does not resolve is a transient failure,
+/// retried, not a refused request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_is_transient_not_denied() {
+    let host = host(config(&[])).await;
+    // RFC 6761: `.invalid` never resolves.
+    host.add(
+        "work",
+        "github",
+        &[("api_base_url", "https://api.sourcebox-test.invalid")],
+        Some(ALICE),
+    );
+    let record = host
+        .launcher
+        .launch("work", Trigger::Manual)
+        .await
+        .expect("launch");
+    assert_eq!(
+        record.failure.as_deref(),
+        Some("upstream_transient"),
+        "{record:?}"
+    );
+    let detail = record.detail.as_deref().unwrap_or("");
+    assert!(detail.contains("retry"), "{record:?}");
+    assert!(!detail.contains("egress"), "{record:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

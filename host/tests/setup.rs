@@ -212,7 +212,16 @@ async fn github_goes_from_add_to_ready_with_the_account_echoed() {
         (view.state, &view.next_step),
         (Lifecycle::Verifying, &NextStep::Verify)
     );
-    dir.ok(&["source", "verify", "work"], b"").await;
+    // The view says what to do; the exit status says it failed.
+    let (ok, out, err) = dir.cli(&["source", "verify", "work"], b"").await;
+    assert!(
+        !ok && out.contains("source work: needs_credentials"),
+        "{out}"
+    );
+    assert!(
+        err.contains("the verification failed: auth_rejected"),
+        "{err}"
+    );
     let view = dir.golden("work", "needs_credentials_refused").await;
     assert_eq!(view.state, Lifecycle::NeedsCredentials);
     assert!(
@@ -449,7 +458,7 @@ async fn a_credential_stored_for_one_source_never_sets_up_another() {
     assert_eq!(dir.view("a").await.state, Lifecycle::Ready);
     let before = fx.tokens().len();
     let (ok, _, err) = dir.cli(&["source", "verify", "b"], b"").await;
-    assert!(ok, "{err}");
+    assert!(!ok && err.contains("credentials_missing"), "{err}");
     let b = dir.view("b").await;
     assert_eq!(b.state, Lifecycle::NeedsCredentials);
     assert!(b.identity.is_none() && !b.credentials[0].stored);
@@ -599,7 +608,8 @@ async fn a_refused_run_and_a_sandbox_failure_show_as_their_own_states() {
             ALICE.as_bytes(),
         )
         .await;
-    strict.ok(&["source", "verify", "local"], b"").await;
+    let (ok, _, err) = strict.cli(&["source", "verify", "local"], b"").await;
+    assert!(!ok && err.contains("egress_denied"), "{err}");
     let view = strict.golden("local", "failed").await;
     assert!(
         matches!(&view.next_step, NextStep::Inspect { failure, .. } if failure == "egress_denied"),

@@ -156,6 +156,13 @@ impl RunCredentials {
             .get(self.actor(exit), &self.source, name);
         match read {
             Ok(value) => {
+                // Its name only; the launch benchmark times a launch to it.
+                tracing::trace!(
+                    source = self.source.source,
+                    run = self.run_id,
+                    credential = name,
+                    "credential resolved"
+                );
                 self.read.insert(name.to_owned(), (value.clone(), 0));
                 Ok(Ok(value))
             }
