@@ -237,6 +237,11 @@ pub struct ServeArgs {
     /// which it is refused for the rest of that minute.
     #[arg(long, value_name = "N", default_value_t = crate::api::Limits::default().auth_failures, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failures: u32,
+    /// A reverse proxy in front of this server (repeatable): for its
+    /// requests, failed authentications count against the client address
+    /// it forwards in X-Forwarded-For, not against the proxy.
+    #[arg(long, value_name = "IP")]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
     /// How long one HTTP request may take (an event stream, once started,
     /// is not cut).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
@@ -821,7 +826,16 @@ fn init(
             kind.as_str(),
             if args.production { ", production" } else { "" }
         ),
-    )
+    )?;
+    if kind == WrapperKind::Local {
+        writeln_out(
+            out,
+            format_args!(
+                "note: the local key wrapper keeps the key that protects every credential in a file beside them: it is for development. For real credentials, start a new data directory with `sourcebox init --key-wrapper passphrase` (a passphrase asked at every start) or `--key-wrapper pkcs11` (a hardware or software token)."
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn source(
@@ -1886,6 +1900,7 @@ fn serve(
             crate::api::Limits {
                 auth_failures: args.auth_failures,
                 request_timeout: args.request_timeout,
+                trusted_proxies: args.trusted_proxy.clone(),
             },
         ));
         let server = crate::api::serve(listener, tls, app, wait(stopped.clone()), args.grace);

@@ -166,6 +166,7 @@ pub fn register(
     check_url("--authorize-url", &registration.authorize_url, &[], true)?;
     check_url("--token-url", &registration.token_url, egress_allow, false)?;
     check_url("--redirect-uri", &registration.redirect_uri, &[], true)?;
+    check_redirect(&registration.redirect_uri)?;
     if registration.client_id.trim().is_empty() {
         return Err(OauthError::Invalid(
             "--client-id is empty; give the client id the provider issued".into(),
@@ -373,6 +374,18 @@ pub struct Callback {
     /// The provider's description of the error.
     #[serde(default)]
     pub error_description: Option<String>,
+    /// The issuer the response comes from (RFC 9207), when the provider
+    /// says: it must be the provider this authorization went to.
+    #[serde(default)]
+    pub iss: Option<String>,
+}
+
+/// The issuer identifier a provider's responses name (RFC 9207): the
+/// origin of its authorization endpoint.
+fn issuer_of(authorize_url: &str) -> Option<String> {
+    url::Url::parse(authorize_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
 }
 
 /// Completes the authorization the callback's state names: the state is
@@ -389,6 +402,7 @@ pub async fn complete(
         code,
         error,
         error_description,
+        iss,
     } = callback;
     let state = Secret::new(state.into_bytes());
     let code = code.map(|c| Secret::new(c.into_bytes()));
@@ -449,6 +463,18 @@ pub async fn complete(
         let connector = catalog::source_setup(store, &source.source)?.connector.id;
         let client =
             client(store, &connector)?.ok_or_else(|| OauthError::NoClient(connector.clone()))?;
+        // A response that names another issuer than the provider this
+        // authorization went to is another provider's (a mix-up): its code
+        // is not sent to this provider's token endpoint.
+        if let Some(iss) = &iss {
+            let expected = issuer_of(&client.authorize_url).unwrap_or_default();
+            if iss.trim_end_matches('/') != expected {
+                return Err(OauthError::Refused(format!(
+                    "the response names issuer {}, not {expected}, where this authorization went (RFC 9207); start it again",
+                    crate::inert::text(iss, 200)
+                )));
+            }
+        }
         let secret = client_secret(&vault, &connector)?;
         (source, credential, verifier, code, client, secret)
     };
@@ -849,6 +875,23 @@ fn form(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     body
 }
 
+/// Where this server takes the provider's callback.
+pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
+
+/// The redirect URI is this server's callback, at the address the owner's
+/// browser reaches it by (its public base URL): the provider sends the
+/// code nowhere else.
+fn check_redirect(value: &str) -> Result<(), OauthError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| OauthError::Invalid(format!("--redirect-uri '{value}' is not a URL ({e})")))?;
+    if url.path() != CALLBACK_PATH || url.query().is_some() {
+        return Err(OauthError::Invalid(format!(
+            "--redirect-uri must be this server's callback, {CALLBACK_PATH} at the address the owner's browser reaches it by (e.g. https://sourcebox.example{CALLBACK_PATH}, or http://127.0.0.1:7780{CALLBACK_PATH}); nothing was stored"
+        )));
+    }
+    Ok(())
+}
+
 /// An endpoint URL: https, or plain http only where `allowed` has the
 /// address (the browser-facing URLs may be plain http to loopback, where a
 /// provider sends a desktop's browser back).
@@ -873,6 +916,22 @@ fn check_url(
         )));
     }
     let port = url.port_or_known_default().unwrap_or(80);
+    // Where it can be known now: an address the host may not reach is
+    // refused at registration, not at every use.
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    if let Some(ip) = literal
+        && !browser
+        && crate::egress::forbidden(ip)
+        && !allowed.contains(&SocketAddr::new(ip, port))
+    {
+        return Err(OauthError::Invalid(format!(
+            "{flag} '{value}' is a non-public address the host may not reach; give the provider's public endpoint, or allow it with --egress-allow {ip}:{port}; nothing was stored"
+        )));
+    }
     let plain_ok = match url.host() {
         Some(url::Host::Ipv4(ip)) => {
             (browser && ip.is_loopback()) || allowed.contains(&SocketAddr::new(ip.into(), port))
@@ -902,6 +961,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_redirect_uri_is_this_servers_callback() {
+        for ok in [
+            "https://sourcebox.example/v1/oauth/callback",
+            "http://127.0.0.1:7780/v1/oauth/callback",
+        ] {
+            assert!(check_redirect(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://attacker.example/collect",
+            "https://sourcebox.example/v1/oauth/callback/",
+            "https://sourcebox.example/v1/oauth/callback?next=x",
+            "https://sourcebox.example/",
+        ] {
+            assert!(check_redirect(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn endpoint_urls_with_user_information_are_refused_unquoted() {
         for url in [
             "https://user:hunter2@provider.example/token",
@@ -917,6 +994,28 @@ mod tests {
             );
         }
         assert!(check_url("--token-url", "https://provider.example/token", &[], false).is_ok());
+    }
+
+    #[test]
+    fn a_token_endpoint_at_a_forbidden_address_is_refused_at_registration() {
+        for url in [
+            "https://169.254.169.254/token",
+            "https://10.0.0.5/token",
+            "https://[::1]/token",
+        ] {
+            let e = check_url("--token-url", url, &[], false).expect_err(url);
+            assert!(e.to_string().contains("non-public address"), "{e}");
+        }
+        let allowed: SocketAddr = "127.0.0.1:8443".parse().expect("addr");
+        assert!(
+            check_url(
+                "--token-url",
+                "https://127.0.0.1:8443/token",
+                &[allowed],
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]

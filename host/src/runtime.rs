@@ -257,16 +257,25 @@ pub enum RunFailure {
 /// kind of failure it is.
 fn connector_message(e: &ConnectorError) -> String {
     match e {
-        ConnectorError::AuthRejected(m) => format!("the provider refused the credentials: {m}"),
-        ConnectorError::AuthInsufficient(m) => {
-            format!("the credentials lack a permission: {m}")
-        }
+        ConnectorError::AuthRejected(m) => kind_and("the provider refused the credentials", m),
+        ConnectorError::AuthInsufficient(m) => kind_and("the credentials lack a permission", m),
         ConnectorError::RateLimited(Some(secs)) => {
             format!("rate limited by the provider; retry after {secs} s")
         }
         ConnectorError::RateLimited(None) => "rate limited by the provider".to_owned(),
-        ConnectorError::UpstreamTransient(m) => format!("temporary provider failure: {m}"),
-        ConnectorError::Fatal(m) => format!("the connector gave up: {m}"),
+        ConnectorError::UpstreamTransient(m) => kind_and("temporary provider failure", m),
+        ConnectorError::Fatal(m) => kind_and("the connector gave up", m),
+    }
+}
+
+/// `kind: message`, or the message alone when it already says what kind
+/// of failure it is (not "refused the credentials: ... refused the
+/// credentials").
+fn kind_and(kind: &str, message: &str) -> String {
+    if message.to_lowercase().contains(&kind.to_lowercase()) {
+        message.to_owned()
+    } else {
+        format!("{kind}: {message}")
     }
 }
 
@@ -857,3 +866,31 @@ fn host_resources_full(e: &wasmtime::Error) -> bool {
 /// Longest text a connector's error, or the host's about it, may put in a
 /// run's detail.
 const MAX_DETAIL: usize = 2000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_does_not_repeat_what_kind_it_is() {
+        let said = |e: ConnectorError| RunFailure::Connector(e).to_string();
+        assert_eq!(
+            said(ConnectorError::AuthRejected(
+                "The provider refused the credentials (401)".into()
+            )),
+            "The provider refused the credentials (401)"
+        );
+        assert_eq!(
+            said(ConnectorError::AuthRejected(
+                "GitHub refused the token (401 Bad credentials)".into()
+            )),
+            "the provider refused the credentials: GitHub refused the token (401 Bad credentials)"
+        );
+        assert_eq!(
+            said(ConnectorError::UpstreamTransient(
+                "the provider answered 502".into()
+            )),
+            "temporary provider failure: the provider answered 502"
+        );
+    }
+}

@@ -2127,6 +2127,13 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         .await;
     assert_eq!(status, 400);
     assert!(is_error(&body, "unknown_state"));
+    assert!(
+        !body["error"]["next_step"]
+            .as_str()
+            .unwrap_or("")
+            .contains('{'),
+        "an unfilled placeholder: {body}"
+    );
     let (_, raw, creds) = server
         .call("GET", "/v1/owner/sources/notes", owner, None)
         .await;
@@ -2287,6 +2294,38 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
         "{again:?}"
     );
     seen += &String::from_utf8_lossy(&finished.stdout);
+
+    // RFC 9207: a response that names another issuer is refused, and its
+    // code is not exchanged; one naming this provider is taken.
+    for (iss, ok) in [
+        ("https://idp.attacker.example".to_owned(), false),
+        (format!("http://{provider_addr}"), true),
+    ] {
+        let started = cli(&["source", "authorize", "notes", "--json"], b"");
+        assert!(started.status.success(), "{started:?}");
+        let started: Value = serde_json::from_slice(&started.stdout).expect("json");
+        let back = browser_visit(started["authorize_url"].as_str().expect("url")).await;
+        let query = back.split_once('?').expect("query").1.trim().to_owned();
+        let exchanges = provider.state().grants.len();
+        let path = format!(
+            "/v1/oauth/callback?{query}&iss={}",
+            url::form_urlencoded::byte_serialize(iss.as_bytes()).collect::<String>()
+        );
+        let (status, raw, body) = server.call("GET", &path, None, None).await;
+        if ok {
+            assert_eq!(status, 200, "{raw}");
+            assert_eq!(provider.state().grants.len(), exchanges + 1);
+        } else {
+            assert_eq!(status, 400, "{raw}");
+            assert!(is_error(&body, "provider_refused"), "{raw}");
+            assert!(raw.contains("RFC 9207"), "{raw}");
+            assert_eq!(
+                provider.state().grants.len(),
+                exchanges,
+                "a mixed-up code was exchanged"
+            );
+        }
+    }
 
     // One callback delivered twice at once, to `serve` and to the CLI (two
     // processes): the code is exchanged once, and one of them says the

@@ -70,7 +70,17 @@ fn a_canary_secret_never_leaves_the_vault() {
     .concat();
 
     let mut outputs: Vec<Output> = Vec::new();
-    outputs.push(ok(cli(&dir, &["init"], b""), "init"));
+    let init = ok(cli(&dir, &["init"], b""), "init");
+    // The local wrapper is said plainly to be for development, with the
+    // way to the others.
+    let said = String::from_utf8_lossy(&init.stdout).into_owned();
+    assert!(
+        said.contains("it is for development")
+            && said.contains("--key-wrapper passphrase")
+            && said.contains("--key-wrapper pkcs11"),
+        "{said}"
+    );
+    outputs.push(init);
     // A second connection keeps the WAL and shm files alive for the scan.
     let keep_wal = sourcebox::store::Store::open(&dir).expect("open");
     for (args, stdin) in [
