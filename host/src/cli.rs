@@ -2036,6 +2036,9 @@ fn print_runs(runs: &[runs::RunRecord], json: bool, out: &mut dyn Write) -> Resu
     }
     for run in runs {
         let outcome = match &run.failure {
+            None if run.state == "succeeded" && run.trigger == "setup_verification" => {
+                "verified".to_owned()
+            }
             None if run.state == "succeeded" => format!("collected {} records", run.records),
             None => run.state.clone(),
             Some(kind) => format!("failed: {kind}: {}", run.detail.as_deref().unwrap_or("")),

@@ -143,7 +143,7 @@ impl Blocked {
     pub fn explain(&self, source: &str) -> String {
         match self {
             Self::NoConnector => format!(
-                "source '{source}' has no connector; choose one: `sourcebox source add {source} --connector ID`"
+                "source '{source}' has no connector; choose one: `sourcebox source rm {source}`, then `sourcebox source add {source} --connector ID`"
             ),
             Self::Paused { version } => format!(
                 "source '{source}' is paused until the owner approves version {version} of its connector; see `sourcebox source show {source}`"
@@ -164,12 +164,18 @@ impl Blocked {
                 "source '{source}' needs new credentials ({detail}); use `sourcebox source setup {source}`"
             ),
             Self::AccountChanged { previous } => format!(
-                "the credentials of source '{source}' now belong to another account than {previous}; nothing was collected; choose with `sourcebox source account {source}`"
+                "the credentials of source '{source}' now belong to another account than {previous}; choose what happens: `sourcebox source show {source}`, then `sourcebox source account {source}`"
             ),
             Self::IdentityUnconfirmed { existing } => format!(
-                "source '{source}' is connected to the same account as '{existing}'; nothing was collected; if that is intended: `sourcebox source confirm {source}`"
+                "source '{source}' is connected to the same account as '{existing}'; if that is intended: `sourcebox source confirm {source}`"
             ),
         }
+    }
+
+    /// Why a run of `source` was refused: [`Blocked::explain`], saying
+    /// that nothing was collected.
+    pub fn refusal(&self, source: &str) -> String {
+        format!("nothing was collected: {}", self.explain(source))
     }
 }
 

@@ -1040,7 +1040,7 @@ impl Launcher {
         if let Err(blocked) = decided {
             return Err(Stop::Refused(
                 refused_kind(&blocked),
-                blocked.explain(&setup.source.source),
+                blocked.refusal(&setup.source.source),
             ));
         }
         self.runtime
@@ -1202,7 +1202,7 @@ fn resolve(
         }
         Err(blocked) => Some(Ending::Refused(
             refused_kind(&blocked),
-            blocked.explain(&setup.source.source),
+            blocked.refusal(&setup.source.source),
         )),
     };
     Ok((setup, limits, refused))

@@ -578,12 +578,14 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
             field,
         })
         .collect();
-    // The newest value the owner stored: a verification older than it
-    // says nothing about the credentials now held.
+    // The newest value the owner gave: a verification older than it says
+    // nothing about the credentials now held. A refresh since keeps when
+    // the owner gave it (re-authorizing, then a refresh, is still a new
+    // grant to verify).
     let last_write = metas
         .iter()
-        .filter(|m| m.revoked_at.is_none() && !m.provenance.is_refresh())
-        .map(|m| m.rotated_at)
+        .filter(|m| m.revoked_at.is_none())
+        .map(|m| m.given_at)
         .max()
         .unwrap_or(0);
     let missing: Vec<CredentialFieldView> = credentials

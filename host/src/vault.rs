@@ -221,6 +221,9 @@ pub struct CredentialMeta {
     pub created_at: i64,
     /// Last new value, ms since the Unix epoch.
     pub rotated_at: i64,
+    /// When the owner last gave its value (a refresh keeps it), ms since
+    /// the Unix epoch.
+    pub given_at: i64,
     /// Expiry, if known.
     pub expires_at: Option<i64>,
     /// Revocation time; a revoked credential never resolves.
@@ -478,13 +481,15 @@ impl Vault {
             let now = now_ms();
             conn.prepare_cached(
                 "INSERT INTO credentials (owner_id, source_id, name, class, provenance, version, kek_version,
-                     wrapped_key, sealed_value, value_len, created_at, rotated_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
+                     wrapped_key, sealed_value, value_len, created_at, rotated_at, expires_at, given_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?11)
                  ON CONFLICT (source_id, name) DO UPDATE SET
                      class = excluded.class, provenance = excluded.provenance, version = excluded.version,
                      kek_version = excluded.kek_version, wrapped_key = excluded.wrapped_key,
                      sealed_value = excluded.sealed_value, value_len = excluded.value_len,
-                     rotated_at = excluded.rotated_at, expires_at = excluded.expires_at, revoked_at = NULL",
+                     rotated_at = excluded.rotated_at, expires_at = excluded.expires_at, revoked_at = NULL,
+                     given_at = CASE WHEN excluded.provenance IN ('oauth-refresh', 'connector-refresh')
+                                     THEN credentials.given_at ELSE excluded.given_at END",
             )?
             .execute(params![
                 source.owner_id,
@@ -1213,7 +1218,7 @@ pub struct VaultHealth {
 }
 
 const META_SELECT: &str = "SELECT s.name, c.name, c.class, c.provenance, c.version, c.created_at, c.rotated_at,
-    c.expires_at, c.revoked_at, c.value_len FROM credentials c JOIN sources s ON s.id = c.source_id";
+    c.expires_at, c.revoked_at, c.value_len, COALESCE(c.given_at, c.created_at) FROM credentials c JOIN sources s ON s.id = c.source_id";
 
 fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialMeta, VaultError>> {
     let class: String = r.get(2)?;
@@ -1231,6 +1236,7 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialMeta, Va
             rotated_at: r.get(6)?,
             expires_at: r.get(7)?,
             revoked_at,
+            given_at: r.get(10)?,
             hint: if revoked_at.is_some() {
                 "revoked".into()
             } else {

@@ -968,3 +968,48 @@ fn run_limits_are_set_per_connector() {
     );
     ok(cli(&dir, &["run", "w"], b""), "run after reset");
 }
+
+/// Schedules from the command line, at the edges of their bounds: a
+/// refused one says the bounds and leaves the stored schedule as it was.
+#[test]
+fn schedule_bounds_hold_at_their_edges_from_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(cli(&dir, &["init"], b""), "init");
+    ok(cli(&dir, &["source", "add", "work"], b""), "add");
+    let schedule = |args: &[&str]| {
+        let mut all = vec!["source", "schedule", "work"];
+        all.extend(args);
+        cli(&dir, &all, b"")
+    };
+    ok(schedule(&["--every", "1h"]), "every 1h");
+    for (every, accepted) in [
+        ("59s", false),
+        ("1m", true),
+        ("365d", true),
+        ("365d 1s", false),
+        ("18446744073709551615s", false),
+    ] {
+        let out = schedule(&["--every", every]);
+        if accepted {
+            ok(out, every);
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!out.status.success(), "{every} was accepted");
+            assert!(
+                stderr.contains("between 1m (60 seconds) and 365d"),
+                "{every}: {stderr}"
+            );
+        }
+    }
+    for cron in ["* * * * * *", "0 0 30 2 *", "0 0 0 1 1 * 2020"] {
+        fails_with(schedule(&["--cron", cron]), "nothing was stored", cron);
+    }
+    let listed = ok(cli(&dir, &["source", "list", "--json"], b""), "list");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(
+        listed[0]["schedule"]["every_secs"],
+        365 * 24 * 3600,
+        "{listed}"
+    );
+}

@@ -1296,6 +1296,60 @@ async fn launch_scheduler_and_view_agree_on_every_readiness_row() {
     }
 }
 
+/// A value the owner gives makes the last verification stale, and a
+/// refresh after it does not hide that: re-authorizing, then a refresh at
+/// the next run's start, is still a new grant to verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_when_the_owner_last_gave_a_credential() {
+    use sourcebox::setup::Lifecycle;
+    use sourcebox::vault::{CredentialClass, NewCredential, Provenance};
+    let host = host(config(&[])).await;
+    host.add("work", "echo", &[], Some("t-work"));
+    let verified = host
+        .launcher
+        .launch("work", Trigger::SetupVerification)
+        .await
+        .expect("verify");
+    assert_eq!(verified.state, "succeeded");
+    let state = || {
+        sourcebox::setup::source_view(host.vault().store(), "work")
+            .expect("view")
+            .state
+    };
+    assert_eq!(state(), Lifecycle::Ready);
+    let put = |provenance: Provenance, value: &[u8]| {
+        let vault = host.vault();
+        let source = vault.store().source("work").expect("work");
+        vault
+            .set(
+                Actor::OWNER_CLI,
+                &source,
+                NewCredential {
+                    name: "token",
+                    class: CredentialClass::Token,
+                    provenance,
+                    value: Secret::from_slice(value),
+                    expires_at: None,
+                },
+            )
+            .expect("set")
+    };
+    // A refresh alone leaves the verification standing.
+    std::thread::sleep(Duration::from_millis(5));
+    let refreshed = put(Provenance::ConnectorRefresh, b"t-work-refreshed");
+    assert_eq!(state(), Lifecycle::Ready);
+    // The owner gives a new value; a refresh follows before any run
+    // verified it.
+    std::thread::sleep(Duration::from_millis(5));
+    let given = put(Provenance::OauthGrant, b"t-work-regranted");
+    assert!(given.given_at > refreshed.given_at);
+    std::thread::sleep(Duration::from_millis(5));
+    let after = put(Provenance::OauthRefresh, b"t-work-regranted-refreshed");
+    assert_eq!(after.given_at, given.given_at);
+    assert!(after.rotated_at > given.rotated_at);
+    assert_eq!(state(), Lifecycle::Verifying);
+}
+
 /// A manual run asked for while one is queued returns that run instead of
 /// queueing another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

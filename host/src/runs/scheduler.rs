@@ -41,6 +41,8 @@ pub enum Schedule {
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest interval a schedule may have.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// [`MIN_INTERVAL`] and [`MAX_INTERVAL`] as a person reads them.
+const BOUNDS: &str = "1m (60 seconds) and 365d (31,536,000 seconds)";
 
 impl Schedule {
     /// Checks the schedule: an interval between [`MIN_INTERVAL`] and
@@ -50,9 +52,7 @@ impl Schedule {
         match self {
             Self::Every(every) if !(MIN_INTERVAL..=MAX_INTERVAL).contains(every) => {
                 Err(StoreError::Conflict(format!(
-                    "a schedule interval must be between {} and {} (it was {} seconds)",
-                    humantime::format_duration(MIN_INTERVAL),
-                    humantime::format_duration(MAX_INTERVAL),
+                    "a schedule interval must be between {BOUNDS} (it was {} seconds)",
                     every.as_secs()
                 )))
             }
@@ -67,9 +67,7 @@ impl Schedule {
     pub fn next_after(&self, after: i64) -> Result<i64, StoreError> {
         let out_of_range = || {
             StoreError::Conflict(format!(
-                "the schedule's next time is out of range; give an interval between {} and {}",
-                humantime::format_duration(MIN_INTERVAL),
-                humantime::format_duration(MAX_INTERVAL)
+                "the schedule's next time is out of range; give an interval between {BOUNDS}"
             ))
         };
         match self {

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_records_hold_json.sql"),
     include_str!("migrations/0015_identity_at_launch.sql"),
     include_str!("migrations/0016_schedules_disabled.sql"),
+    include_str!("migrations/0017_credentials_given_at.sql"),
 ];
 
 /// The schema version this build writes.
