@@ -59,6 +59,10 @@ pub struct Limits {
     /// the address failed authentications count against is the last one
     /// its `X-Forwarded-For` names that is not itself a trusted proxy.
     pub trusted_proxies: Vec<IpAddr>,
+    /// This server's public base URL (`serve --public-url`, else the
+    /// address it listens on): an OAuth client registered through the API
+    /// must send the owner's browser back to its callback there.
+    pub public_url: Option<String>,
 }
 
 impl Default for Limits {
@@ -67,6 +71,7 @@ impl Default for Limits {
             auth_failures: 20,
             request_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -1450,6 +1455,13 @@ async fn owner_set_oauth_client(
     Path(connector): Path<String>,
     Body(body): Body<OauthClientBody>,
 ) -> Result<Response, ApiError> {
+    if let Some(expected) = api.limits.public_url.as_deref().map(oauth::callback_url)
+        && body.redirect_uri != expected
+    {
+        return Err(ApiError::bad_request(format!(
+            "redirect_uri must be this server's callback, {expected} (its public base URL is set with `serve --public-url`); nothing was stored"
+        )));
+    }
     let registration = oauth::Registration {
         connector,
         authorize_url: body.authorize_url,

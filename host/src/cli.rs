@@ -237,6 +237,12 @@ pub struct ServeArgs {
     /// which it is refused for the rest of that minute.
     #[arg(long, value_name = "N", default_value_t = crate::api::Limits::default().auth_failures, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failures: u32,
+    /// The URL the owner's browser reaches this server by (behind a
+    /// reverse proxy, the proxy's); by default, the address it listens
+    /// on. OAuth clients must send the browser back to its
+    /// /v1/oauth/callback.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<url::Url>,
     /// A reverse proxy in front of this server (repeatable): for its
     /// requests, failed authentications count against the client address
     /// it forwards in X-Forwarded-For, not against the proxy.
@@ -1871,6 +1877,34 @@ fn serve(
             format_args!("warning: {local} is reachable from the network and has no TLS"),
         )?;
     }
+    let public_url = match &args.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => format!("{}://{local}", if tls.is_some() { "https" } else { "http" }),
+    };
+    // An OAuth client that sends the owner's browser elsewhere than this
+    // server's callback cannot complete an authorization here.
+    let callback = oauth::callback_url(&public_url);
+    let elsewhere: Vec<oauth::ClientView> = {
+        let vault = launcher.vault().lock().expect("vault lock");
+        oauth::clients(vault.store())?
+    }
+    .into_iter()
+    .filter(|c| c.redirect_uri != callback)
+    .collect();
+    for client in &elsewhere {
+        tracing::error!(
+            connector = client.connector,
+            redirect_uri = client.redirect_uri,
+            "the OAuth client's redirect URI is not this server's callback"
+        );
+        writeln_out(
+            out,
+            format_args!(
+                "warning: the OAuth client of {} sends the browser back to {}, not to this server's {callback}; register it again with --redirect-uri {callback}, or start serve with the --public-url it was registered for",
+                client.connector, client.redirect_uri
+            ),
+        )?;
+    }
     writeln_out(
         out,
         format_args!(
@@ -1901,6 +1935,7 @@ fn serve(
                 auth_failures: args.auth_failures,
                 request_timeout: args.request_timeout,
                 trusted_proxies: args.trusted_proxy.clone(),
+                public_url: Some(public_url.clone()),
             },
         ));
         let server = crate::api::serve(listener, tls, app, wait(stopped.clone()), args.grace);

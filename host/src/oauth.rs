@@ -878,6 +878,11 @@ fn form(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 /// Where this server takes the provider's callback.
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
 
+/// The callback URL of a server whose public base URL is `base`.
+pub fn callback_url(base: &str) -> String {
+    format!("{}{CALLBACK_PATH}", base.trim_end_matches('/'))
+}
+
 /// The redirect URI is this server's callback, at the address the owner's
 /// browser reaches it by (its public base URL): the provider sends the
 /// code nowhere else.

@@ -2057,6 +2057,26 @@ async fn oauth_sources_are_authorized_refreshed_and_reauthorized() {
             "client_secret": CLIENT_SECRET})
         .to_string()
     };
+    // A redirect URI that is not this server's callback is refused.
+    for elsewhere in [
+        "https://elsewhere.example/v1/oauth/callback".to_owned(),
+        format!("http://{}/v1/oauth/callback/../steal", server.addr),
+    ] {
+        let body = json!({"authorize_url": format!("{api}/authorize"), "token_url": format!("{api}/token"),
+            "client_id": CLIENT_ID, "scopes": ["notes.read"], "redirect_uri": elsewhere})
+        .to_string();
+        let (status, raw, body) = server
+            .call(
+                "PUT",
+                "/v1/owner/oauth-clients/oauth-fixture",
+                owner,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, 400, "{raw}");
+        assert!(is_error(&body, "bad_request"), "{raw}");
+        assert!(raw.contains(&redirect), "{raw}");
+    }
     let (status, raw, body) = server
         .call(
             "PUT",
