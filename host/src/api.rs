@@ -1919,58 +1919,14 @@ async fn owner_answer(
 ) -> Result<Response, ApiError> {
     let vault = api.vault();
     runs::recover(vault.store())?;
-    let asked = crate::interactions::find(vault.store(), &id)?;
-    let source = vault.store().source(&asked.source)?;
-    let value = Secret::new(answer.value.into_bytes());
-    if asked.kind == "login" && answer.keep_as.is_some() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not_now",
-            "a login is kept from its browser, not from the answer; answer it without keep_as",
-        ));
-    }
-    if let Some(name) = &answer.keep_as {
-        // Checked before the answer is given, so a bad name changes nothing.
-        let declared = catalog::source_setup(vault.store(), &asked.source)?
-            .connector
-            .manifest
-            .credentials
-            .iter()
-            .any(|c| &c.name == name);
-        if !declared {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "not_now",
-                format!(
-                    "the connector of '{}' declares no credential '{name}'",
-                    asked.source
-                ),
-            ));
-        }
-    }
-    vault.answer_interaction(OWNER_API, &source, &id, &value)?;
-    if let Some(name) = &answer.keep_as {
-        let class = catalog::source_setup(vault.store(), &asked.source)?
-            .connector
-            .manifest
-            .credentials
-            .iter()
-            .find(|c| &c.name == name)
-            .map(|c| crate::vault::CredentialClass::from(c.class))
-            .ok_or_else(|| ApiError::not_found(format!("no credential '{name}'")))?;
-        vault.set(
-            OWNER_API,
-            &source,
-            crate::vault::NewCredential {
-                name,
-                class,
-                provenance: crate::vault::Provenance::Interaction,
-                value,
-                expires_at: None,
-            },
-        )?;
-    }
-    Ok(Json(crate::interactions::find(vault.store(), &id)?).into_response())
+    let answered = setup::answer(
+        &vault,
+        OWNER_API,
+        &id,
+        Secret::new(answer.value.into_bytes()),
+        answer.keep_as.as_deref(),
+    )?;
+    Ok(Json(answered).into_response())
 }
 
 /// Declines an interaction: the waiting run is told the owner declined

@@ -22,8 +22,7 @@ use crate::setup::{self, SetupError};
 use crate::store::{Store, StoreError};
 use crate::vault::audit::{self, ChainCheck};
 use crate::vault::{
-    Actor, CredentialClass, CredentialMeta, Keyring, NewCredential, Provenance, Secret, Vault,
-    VaultError, WrapperKind,
+    Actor, CredentialClass, CredentialMeta, Keyring, Secret, Vault, VaultError, WrapperKind,
 };
 
 /// A failed command, as the operator sees it.
@@ -1988,26 +1987,15 @@ fn interaction(
             let vault = open_vault(dir, unlock_fd)?;
             runs::recover(vault.store())?;
             let asked = interactions::find(vault.store(), &id)?;
-            let source = vault.store().source(&asked.source)?;
-            let class = match &keep {
-                Some(name) => Some(declared_class(&vault, &asked.source, name)?),
-                None => None,
-            };
             let answer = read_value(&format!("answer to '{}': ", asked.prompt))?;
-            vault.answer_interaction(Actor::OWNER_CLI, &source, &id, &answer)?;
+            setup::answer(&vault, Actor::OWNER_CLI, &id, answer, keep.as_deref())?;
             writeln_out(out, format_args!("answered {id} for {}", asked.source))?;
-            if let (Some(name), Some(class)) = (keep, class) {
-                let meta = vault.set(
-                    Actor::OWNER_CLI,
-                    &source,
-                    NewCredential {
-                        name: &name,
-                        class,
-                        provenance: Provenance::Interaction,
-                        value: answer,
-                        expires_at: None,
-                    },
-                )?;
+            if let Some(name) = keep {
+                let meta = vault
+                    .list(Some(&vault.store().source(&asked.source)?))?
+                    .into_iter()
+                    .find(|m| m.name == name)
+                    .ok_or_else(|| CliError::Usage(format!("'{name}' was not kept")))?;
                 writeln_out(
                     out,
                     format_args!(
@@ -2023,32 +2011,6 @@ fn interaction(
             writeln_out(out, format_args!("declined {id} for {}", declined.source))
         }
     }
-}
-
-/// The class of a credential `source`'s connector declares as `name`.
-fn declared_class(vault: &Vault, source: &str, name: &str) -> Result<CredentialClass, CliError> {
-    let setup = catalog::source_setup(vault.store(), source)?;
-    setup
-        .connector
-        .manifest
-        .credentials
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| CredentialClass::from(c.class))
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "connector {} declares no credential '{name}'; it declares: {}",
-                setup.connector.id,
-                setup
-                    .connector
-                    .manifest
-                    .credentials
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
 }
 
 /// A time (ms since the Unix epoch) as RFC 3339 UTC, to the second.

@@ -879,23 +879,21 @@ fn new_credentials(
     })
 }
 
-/// Stores a credential the owner provides for `source`, checked against
-/// its connector's credentials schema first: the name must be declared,
-/// the class must be the declared one (taken from the schema when not
-/// given), and the value must match the declared pattern. Errors name the
-/// field and the rule, never the value. A source without a connector takes
-/// any name, with the class given.
-pub fn capture_credential(
-    vault: &Vault,
-    actor: crate::vault::Actor<'_>,
+/// The class `name` is stored as for `source`, once `value` passes its
+/// connector's credentials schema: the name declared, the class the
+/// declared one (taken from the schema when not given), the value matching
+/// the declared pattern. Errors name the field and the rule, never the
+/// value. A source without a connector takes any name, with the class
+/// given. Every way a credential is stored from the owner's hand (typed,
+/// or an answer kept) goes through here.
+fn checked_class(
+    store: &Store,
     source: &str,
     name: &str,
     class: Option<CredentialClass>,
-    value: crate::vault::Secret,
-    expires_at: Option<i64>,
-) -> Result<crate::vault::CredentialMeta, SetupError> {
-    let source_ref = vault.store().source(source)?;
-    let class = match catalog::source_setup(vault.store(), source) {
+    value: &crate::vault::Secret,
+) -> Result<CredentialClass, SetupError> {
+    match catalog::source_setup(store, source) {
         Ok(setup) => {
             let manifest = &setup.connector.manifest;
             let Some(field) = manifest.credentials.iter().find(|c| c.name == name) else {
@@ -934,15 +932,79 @@ pub fn capture_credential(
                     )));
                 }
             }
-            declared
+            Ok(declared)
         }
         Err(CatalogError::NoConnector(_)) => class.ok_or_else(|| {
             SetupError::NotNow(format!(
                 "source '{source}' has no connector to declare '{name}'; pass --class"
             ))
-        })?,
-        Err(e) => return Err(e.into()),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Answers interaction `id` with `value` and, with `keep_as`, keeps the
+/// answer as that credential of the interaction's source, checked against
+/// the connector's credentials schema first (as a credential the owner
+/// types is): a refused name, class or value answers nothing and stores
+/// nothing. A login is kept from its browser, never from an answer.
+pub fn answer(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    id: &str,
+    value: crate::vault::Secret,
+    keep_as: Option<&str>,
+) -> Result<crate::interactions::Interaction, SetupError> {
+    let store = vault.store();
+    let asked = crate::interactions::find(store, id)?;
+    let source = store.source(&asked.source)?;
+    let keep = match keep_as {
+        Some(_) if asked.kind == "login" => {
+            return Err(SetupError::NotNow(
+                "a login is kept from its browser, not from the answer; answer it without keeping it"
+                    .into(),
+            ));
+        }
+        Some(name) => Some((
+            name,
+            checked_class(store, &asked.source, name, None, &value)?,
+        )),
+        None => None,
     };
+    vault.answer_interaction(actor, &source, id, &value)?;
+    if let Some((name, class)) = keep {
+        vault.set(
+            actor,
+            &source,
+            crate::vault::NewCredential {
+                name,
+                class,
+                provenance: Provenance::Interaction,
+                value,
+                expires_at: None,
+            },
+        )?;
+    }
+    Ok(crate::interactions::find(store, id)?)
+}
+
+/// Stores a credential the owner provides for `source`, checked against
+/// its connector's credentials schema first: the name must be declared,
+/// the class must be the declared one (taken from the schema when not
+/// given), and the value must match the declared pattern. Errors name the
+/// field and the rule, never the value. A source without a connector takes
+/// any name, with the class given.
+pub fn capture_credential(
+    vault: &Vault,
+    actor: crate::vault::Actor<'_>,
+    source: &str,
+    name: &str,
+    class: Option<CredentialClass>,
+    value: crate::vault::Secret,
+    expires_at: Option<i64>,
+) -> Result<crate::vault::CredentialMeta, SetupError> {
+    let source_ref = vault.store().source(source)?;
+    let class = checked_class(vault.store(), source, name, class, &value)?;
     Ok(vault.set(
         actor,
         &source_ref,

@@ -926,6 +926,34 @@ async fn interactions_schedules_revocation_and_audit_over_http() {
     seen += &raw;
     assert_eq!(status, 422, "{raw}");
     assert!(is_error(&body, "not_now"));
+    // An answer kept as a credential passes the same schema checks as one
+    // typed: a value the declared pattern refuses answers nothing and
+    // stores nothing, and the error does not repeat it.
+    let (status, raw, body) = server
+        .call(
+            "POST",
+            &answer_path,
+            owner,
+            Some(&json!({"value": "otp canary 991", "keep_as": "password"}).to_string()),
+        )
+        .await;
+    seen += &raw;
+    assert_eq!(status, 422, "{raw}");
+    assert!(is_error(&body, "not_now"), "{raw}");
+    assert!(
+        raw.contains("does not look like") && !raw.contains("otp canary 991"),
+        "{raw}"
+    );
+    let (_, raw, view) = server
+        .call("GET", "/v1/owner/sources/bank", owner, None)
+        .await;
+    let stored = |name: &str| {
+        view["credentials"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["stored"].clone())
+    };
+    assert_eq!(stored("password"), Some(json!(false)), "{raw}");
     let (status, raw, answered) = server
         .call(
             "POST",

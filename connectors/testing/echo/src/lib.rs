@@ -38,7 +38,9 @@ impl Connector for Echo {
             .stream(Stream::new("answers", &["kind"]))
             .credential(CredentialField::token("token", "Token").hosts(&["127.0.0.1"]))
             .credential(
-                CredentialField::new("password", "Password", CredentialClass::Password).optional(),
+                CredentialField::new("password", "Password", CredentialClass::Password)
+                    .optional()
+                    .pattern(r"^\S+$"),
             )
             .credential(
                 CredentialField::new("session", "Session", CredentialClass::Session).optional(),
