@@ -604,6 +604,29 @@ impl Launcher {
         Ok(record)
     }
 
+    /// Ends run `run_id`, still in flight, failed `interrupted` with
+    /// `why`: its task is gone (it panicked), so nothing else will.
+    pub fn fail_in_flight(&self, run_id: &str, why: &str) -> Result<(), StoreError> {
+        // A task that panicked holding the lock poisoned it; the scheduler
+        // still records the run's end.
+        let vault = self
+            .vault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        vault.store().conn().execute(
+            &format!(
+                "UPDATE runs SET state = 'failed', failure = 'interrupted', detail = ?2,
+                 finished_at = ?3 WHERE id = ?1 AND state IN {IN_FLIGHT}"
+            ),
+            params![run_id, why, now_ms()],
+        )?;
+        self.cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(run_id);
+        Ok(())
+    }
+
     /// Marks this process's runs still in flight interrupted (after they
     /// were stopped at shutdown).
     pub fn interrupt_own(&self) -> Result<Vec<String>, StoreError> {

@@ -405,23 +405,26 @@ pub async fn run(
     tokio::pin!(shutdown);
     let heartbeat = Arc::clone(launcher.heartbeat());
     heartbeat.running.store(true, Ordering::Relaxed);
-    let mut tasks: JoinSet<(String, Result<RunRecord, LaunchError>)> = JoinSet::new();
-    // run id -> (source, connector) of runs this scheduler started.
-    let mut in_flight: HashMap<String, (String, String)> = HashMap::new();
+    let mut tasks: JoinSet<Ended> = JoinSet::new();
+    // Runs this scheduler started: run id -> (source, connector), and
+    // task -> run id, so a run whose task panicked frees its slot too.
+    let mut flight = InFlight::default();
     loop {
         let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tick(&launcher, &config, &in_flight)
+            tick(&launcher, &config, &flight.runs)
         }));
         let failures = match ticked {
             Ok(Ok(start)) => {
                 heartbeat.ticked();
                 for (run, source, connector) in start {
-                    in_flight.insert(run.clone(), (source, connector));
+                    flight.runs.insert(run.clone(), (source, connector));
                     let launcher = Arc::clone(&launcher);
-                    tasks.spawn(async move {
-                        let result = launcher.execute(&run).await;
-                        (run, result)
+                    let id = run.clone();
+                    let task = tasks.spawn(async move {
+                        let result = launcher.execute(&id).await;
+                        (id, result)
                     });
+                    flight.tasks.insert(task.id(), run);
                 }
                 0
             }
@@ -445,14 +448,14 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(backoff(config.tick, failures)) => {}
-            Some(done) = tasks.join_next() => finished(&mut in_flight, done),
+            Some(done) = tasks.join_next_with_id() => flight.finished(&launcher, done),
         }
     }
     heartbeat.running.store(false, Ordering::Relaxed);
-    tracing::info!(in_flight = in_flight.len(), "scheduler stopping");
+    tracing::info!(in_flight = flight.runs.len(), "scheduler stopping");
     let drain = async {
-        while let Some(done) = tasks.join_next().await {
-            finished(&mut in_flight, done);
+        while let Some(done) = tasks.join_next_with_id().await {
+            flight.finished(&launcher, done);
         }
     };
     if tokio::time::timeout(config.grace, drain).await.is_err() {
@@ -502,34 +505,124 @@ fn tick(
     Ok(start)
 }
 
-fn finished(
-    in_flight: &mut HashMap<String, (String, String)>,
-    done: Result<(String, Result<RunRecord, LaunchError>), tokio::task::JoinError>,
-) {
-    match done {
-        Ok((run, Ok(record))) => {
-            in_flight.remove(&run);
-            tracing::info!(
+/// What a run's task ends with: the run, and how its launch ended.
+type Ended = (String, Result<RunRecord, LaunchError>);
+
+/// The runs this scheduler started and their tasks.
+#[derive(Default)]
+struct InFlight {
+    /// run id -> (source, connector).
+    runs: HashMap<String, (String, String)>,
+    /// task -> run id.
+    tasks: HashMap<tokio::task::Id, String>,
+}
+
+impl InFlight {
+    /// A run's task ended: its slot is free, however it ended. A task that
+    /// panicked leaves its run failed, with why, rather than running for
+    /// ever with a slot held.
+    fn finished(
+        &mut self,
+        launcher: &Launcher,
+        done: Result<(tokio::task::Id, Ended), tokio::task::JoinError>,
+    ) {
+        let task = match &done {
+            Ok((task, _)) => *task,
+            Err(e) => e.id(),
+        };
+        let Some(run) = self.tasks.remove(&task) else {
+            return;
+        };
+        self.runs.remove(&run);
+        match done {
+            Ok((_, (_, Ok(record)))) => tracing::info!(
                 run,
                 source = record.source,
                 state = record.state,
                 failure = record.failure,
                 "run ended"
-            );
+            ),
+            // Another process started a run of the source first; it stays queued.
+            Ok((_, (_, Err(LaunchError::Busy { .. })))) => {}
+            // Queued before the owner paused the source: cancelled, with why.
+            Ok((_, (_, Err(e @ LaunchError::Paused { .. })))) => {
+                tracing::info!(run, "run not started: {e}");
+            }
+            Ok((_, (_, Err(e)))) => tracing::error!(run, "run could not be recorded: {e}"),
+            Err(e) => {
+                let why = if e.is_panic() {
+                    "the host failed while running it (a panic); see the server log"
+                } else {
+                    "the host stopped its task"
+                };
+                tracing::error!(run, "run task failed: {e}");
+                if let Err(e) = launcher.fail_in_flight(&run, why) {
+                    tracing::error!(run, "the failed run could not be recorded: {e}");
+                }
+            }
         }
-        // Another process started a run of the source first; it stays queued.
-        Ok((run, Err(LaunchError::Busy { .. }))) => {
-            in_flight.remove(&run);
-        }
-        // Queued before the owner paused the source: cancelled, with why.
-        Ok((run, Err(e @ LaunchError::Paused { .. }))) => {
-            in_flight.remove(&run);
-            tracing::info!(run, "run not started: {e}");
-        }
-        Ok((run, Err(e))) => {
-            in_flight.remove(&run);
-            tracing::error!(run, "run could not be recorded: {e}");
-        }
-        Err(e) => tracing::error!("run task failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let tick = Duration::from_millis(50);
+        assert_eq!(backoff(tick, 0), tick);
+        assert_eq!(backoff(tick, 1), Duration::from_millis(100));
+        assert_eq!(backoff(tick, 3), Duration::from_millis(400));
+        assert_eq!(backoff(tick, 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::from_secs(60), 5), Duration::from_secs(60));
+    }
+
+    /// A run whose task panicked frees its slot and ends failed, so the
+    /// scheduler does not wait on it for ever.
+    #[tokio::test]
+    async fn a_panicked_run_task_frees_its_slot_and_fails_its_run() {
+        use crate::vault::{Keyring, WrapperKind};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let settings = Keyring::init_settings(WrapperKind::Local, false).expect("settings");
+        let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let store = Store::init(&dir, &pairs).expect("init");
+        let keyring = Keyring::create_first(&store, None).expect("keyring");
+        store.add_source("work").expect("source");
+        let run = enqueue(&store, "work", Trigger::Manual, None, None, 1).expect("enqueue");
+        let launcher = Launcher::new(
+            crate::runtime::Runtime::new(&tmp.path().join("cache")).expect("runtime"),
+            Arc::new(Mutex::new(Vault::new(store, keyring))),
+            crate::runs::LaunchConfig::default(),
+        )
+        .expect("launcher");
+        // Started by this scheduler.
+        launcher
+            .vault()
+            .lock()
+            .expect("vault")
+            .store()
+            .conn()
+            .execute("UPDATE runs SET state = 'running' WHERE id = ?1", [&run])
+            .expect("running");
+        let mut tasks: JoinSet<Ended> = JoinSet::new();
+        let task = tasks.spawn(async { panic!("a bug") });
+        let mut flight = InFlight::default();
+        flight
+            .runs
+            .insert(run.clone(), ("work".into(), "echo".into()));
+        flight.tasks.insert(task.id(), run.clone());
+        let done = tasks.join_next_with_id().await.expect("a task");
+        assert!(done.as_ref().is_err_and(|e| e.is_panic()));
+        flight.finished(&launcher, done);
+        assert!(flight.runs.is_empty() && flight.tasks.is_empty());
+        let record =
+            crate::runs::find(launcher.vault().lock().expect("vault").store(), &run).expect("run");
+        assert_eq!(
+            (record.state.as_str(), record.failure.as_deref()),
+            ("failed", Some("interrupted")),
+            "{record:?}"
+        );
     }
 }
