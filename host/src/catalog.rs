@@ -14,7 +14,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Limits;
-use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest, Modality};
 use crate::store::{DEFAULT_OWNER, SourceRef, Store, StoreError, now_ms};
 
 /// Why a catalog operation failed.
@@ -598,25 +598,39 @@ pub fn list(store: &Store) -> Result<Vec<Installed>, CatalogError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The modalities proven for `installed`, oldest proof first.
+pub fn proofs(store: &Store, installed: &Installed) -> Result<Vec<CatalogProof>, StoreError> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT modality, evidence FROM proofs WHERE connector_id = ?1 AND version = ?2
+         ORDER BY proven_at, modality",
+    )?;
+    let rows = stmt.query_map(params![installed.id, installed.version], |r| {
+        Ok(CatalogProof {
+            modality: r.get(0)?,
+            evidence: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A setup modality's name, as stored and shown.
+pub fn modality_name(modality: Modality) -> &'static str {
+    match modality {
+        Modality::StaticSecret => "static-secret",
+        Modality::Oauth => "oauth",
+        Modality::BrowserLogin => "browser-login",
+        Modality::LocalImport => "local-import",
+    }
+}
+
 /// Every installed connector version as a catalog entry (the shape of
 /// `manifests/`), first-party or not: its digest, what it asks for, what
 /// the operator approved, and the modalities proven for it.
 pub fn entries(store: &Store) -> Result<Vec<CatalogEntry>, CatalogError> {
-    let mut proofs = store.conn().prepare_cached(
-        "SELECT modality, evidence FROM proofs WHERE connector_id = ?1 AND version = ?2
-         ORDER BY proven_at, modality",
-    )?;
     list(store)?
         .into_iter()
         .map(|installed| {
-            let proven = proofs
-                .query_map(params![installed.id, installed.version], |r| {
-                    Ok(CatalogProof {
-                        modality: r.get(0)?,
-                        evidence: r.get(1)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let proven = proofs(store, &installed)?;
             Ok(CatalogEntry {
                 approved: installed.approved,
                 proven,
@@ -749,10 +763,7 @@ pub fn manifest_changes(old: &Manifest, new: &Manifest) -> Vec<String> {
     }
     for modality in &new.setup.modalities {
         if !old.setup.modalities.contains(modality) {
-            changes.push(format!(
-                "new setup modality {}",
-                crate::setup::modality_name(*modality)
-            ));
+            changes.push(format!("new setup modality {}", modality_name(*modality)));
         }
     }
     changes
@@ -1022,13 +1033,12 @@ fn choose_modality(
         .setup
         .modalities
         .iter()
-        .map(|m| crate::setup::modality_name(*m))
+        .map(|m| modality_name(*m))
         .collect();
-    let proven: Vec<String> = store
-        .conn()
-        .prepare("SELECT modality FROM proofs WHERE connector_id = ?1 AND version = ?2")?
-        .query_map(params![installed.id, installed.version], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let proven: Vec<String> = proofs(store, installed)?
+        .into_iter()
+        .map(|p| p.modality)
+        .collect();
     let states = declared
         .iter()
         .map(|m| {

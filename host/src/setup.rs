@@ -11,7 +11,7 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, CatalogError, Installed};
-use crate::runtime::bindings::sourcebox::connector::types::{Manifest, Modality, SetupField};
+use crate::runtime::bindings::sourcebox::connector::types::{Manifest, SetupField};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::{CredentialClass, Provenance, Vault, VaultError};
 
@@ -301,16 +301,6 @@ pub struct CredentialStatus {
     pub stored: bool,
 }
 
-/// The stored name of a modality.
-pub fn modality_name(modality: Modality) -> &'static str {
-    match modality {
-        Modality::StaticSecret => "static-secret",
-        Modality::Oauth => "oauth",
-        Modality::BrowserLogin => "browser-login",
-        Modality::LocalImport => "local-import",
-    }
-}
-
 fn field_views(manifest: &Manifest) -> Vec<CredentialFieldView> {
     manifest
         .credentials
@@ -337,21 +327,10 @@ fn setup_field_view(field: &SetupField, value: Option<String>) -> SetupFieldView
     }
 }
 
-/// Proofs of a connector version, by modality: (modality, evidence).
-fn proofs(store: &Store, installed: &Installed) -> Result<Vec<(String, String)>, StoreError> {
-    let mut stmt = store.conn().prepare_cached(
-        "SELECT modality, evidence FROM proofs WHERE connector_id = ?1 AND version = ?2",
-    )?;
-    let rows = stmt.query_map(params![installed.id, installed.version], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 /// The view of the latest installed version of connector `id`.
 pub fn connector_view(store: &Store, id: &str) -> Result<ConnectorView, SetupError> {
     let installed = catalog::latest(store, id)?;
-    let proven = proofs(store, &installed)?;
+    let proven = catalog::proofs(store, &installed)?;
     Ok(view_of(
         &installed.version,
         &installed.manifest,
@@ -382,7 +361,7 @@ fn view_of(
     version: &str,
     manifest: &Manifest,
     hosts: &[String],
-    proven: &[(String, String)],
+    proven: &[catalog::CatalogProof],
 ) -> ConnectorView {
     ConnectorView {
         id: manifest.id.clone(),
@@ -393,11 +372,11 @@ fn view_of(
             .modalities
             .iter()
             .map(|m| {
-                let name = modality_name(*m);
+                let name = catalog::modality_name(*m);
                 let evidence = proven
                     .iter()
-                    .find(|(p, _)| p == name)
-                    .map(|(_, e)| e.clone());
+                    .find(|p| p.modality == name)
+                    .map(|p| p.evidence.clone());
                 ModalityView {
                     modality: name.to_owned(),
                     support: if evidence.is_some() {
