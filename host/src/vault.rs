@@ -390,6 +390,32 @@ fn immediate<T>(
     }
 }
 
+/// Deletes credential `name` of `source` and its data key, with its audit
+/// row, inside the caller's transaction; returns the rows deleted. (An
+/// audit row is written only for a deletion.)
+fn delete_in(
+    conn: &Connection,
+    actor: Actor<'_>,
+    source: &SourceRef,
+    name: &str,
+) -> Result<usize, VaultError> {
+    let deleted = conn.execute(
+        "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
+        params![source.source_id, name],
+    )?;
+    if deleted > 0 {
+        audit(
+            conn,
+            actor,
+            "credential.delete",
+            Some(source),
+            Some(name),
+            "ok",
+        )?;
+    }
+    Ok(deleted)
+}
+
 fn audit(
     conn: &Connection,
     actor: Actor<'_>,
@@ -584,18 +610,7 @@ impl Vault {
                 .map(|m| m.name)
                 .collect();
             for name in &names {
-                conn.execute(
-                    "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
-                    params![source.source_id, name],
-                )?;
-                audit(
-                    conn,
-                    actor,
-                    "credential.delete",
-                    Some(source),
-                    Some(name),
-                    "ok",
-                )?;
+                delete_in(conn, actor, source, name)?;
             }
             and(conn)?;
             Ok(names)
@@ -984,24 +999,13 @@ impl Vault {
         name: &str,
     ) -> Result<(), VaultError> {
         immediate(self.store.conn(), |conn| {
-            let deleted = conn.execute(
-                "DELETE FROM credentials WHERE source_id = ?1 AND name = ?2",
-                params![source.source_id, name],
-            )?;
-            if deleted == 0 {
+            if delete_in(conn, actor, source, name)? == 0 {
                 return Err(VaultError::Missing {
                     source_name: source.source.clone(),
                     name: name.to_owned(),
                 });
             }
-            audit(
-                conn,
-                actor,
-                "credential.delete",
-                Some(source),
-                Some(name),
-                "ok",
-            )
+            Ok(())
         })?;
         self.checkpoint()
     }

@@ -644,16 +644,22 @@ async fn another_accounts_token_collects_nothing_until_the_owner_chooses() {
         .call("POST", "/v1/owner/sources", owner, Some(&add.to_string()))
         .await;
     assert_eq!(status, 201, "{raw}");
-    let put = |token: &str| json!({ "value": token }).to_string();
-    let (status, raw, _) = server
-        .call(
-            "PUT",
-            "/v1/owner/sources/work/credentials/token",
-            owner,
-            Some(&put(ALICE)),
-        )
-        .await;
-    assert_eq!(status, 200, "{raw}");
+    let serving = &server;
+    let store_token = |token: &str| {
+        let body = json!({ "value": token }).to_string();
+        async move {
+            let (status, raw, _) = serving
+                .call(
+                    "PUT",
+                    "/v1/owner/sources/work/credentials/token",
+                    owner,
+                    Some(&body),
+                )
+                .await;
+            assert_eq!(status, 200, "{raw}");
+        }
+    };
+    store_token(ALICE).await;
     let (_, record) = run_to_end(&server, owner, "work").await;
     assert_eq!(record["state"], "succeeded", "{record}");
     assert_eq!(record["account"], "alice (provider id 1)", "{record}");
@@ -680,15 +686,7 @@ async fn another_accounts_token_collects_nothing_until_the_owner_chooses() {
         json!({"choice": "new_source", "name": "bob-work"}),
         json!({"choice": "accept"}),
     ] {
-        let (status, raw, _) = server
-            .call(
-                "PUT",
-                "/v1/owner/sources/work/credentials/token",
-                owner,
-                Some(&put(BOB)),
-            )
-            .await;
-        assert_eq!(status, 200, "{raw}");
+        store_token(BOB).await;
         let seen = fx.seen.lock().expect("seen").len();
         let (_, record) = run_to_end(&server, owner, "work").await;
         assert_eq!(record["failure"], "account_changed", "{record}");
@@ -748,15 +746,7 @@ async fn another_accounts_token_collects_nothing_until_the_owner_chooses() {
                 // The source asks for its credential again, alice's.
                 assert_eq!(view["state"], "needs_credentials", "{raw}");
                 assert_eq!(view["credentials"][0]["stored"], false, "{raw}");
-                let (status, _, _) = server
-                    .call(
-                        "PUT",
-                        "/v1/owner/sources/work/credentials/token",
-                        owner,
-                        Some(&put(ALICE)),
-                    )
-                    .await;
-                assert_eq!(status, 200);
+                store_token(ALICE).await;
                 let (_, record) = run_to_end(&server, owner, "work").await;
                 assert_eq!(record["state"], "succeeded", "{record}");
                 assert_eq!(record["account"], "alice (provider id 1)", "{record}");
