@@ -377,6 +377,22 @@ impl Heartbeat {
     }
 }
 
+/// Marks the scheduler running until dropped.
+struct Running(Arc<Heartbeat>);
+
+impl Running {
+    fn start(heartbeat: Arc<Heartbeat>) -> Self {
+        heartbeat.running.store(true, Ordering::Relaxed);
+        Self(heartbeat)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The longest wait between two ticks after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -404,7 +420,9 @@ pub async fn run(
 ) -> Result<(), LaunchError> {
     tokio::pin!(shutdown);
     let heartbeat = Arc::clone(launcher.heartbeat());
-    heartbeat.running.store(true, Ordering::Relaxed);
+    // Not running from the moment this ends, however it ends (a panic
+    // included): the health report says so.
+    let running = Running::start(Arc::clone(&heartbeat));
     let mut tasks: JoinSet<Ended> = JoinSet::new();
     // Runs this scheduler started: run id -> (source, connector), and
     // task -> run id, so a run whose task panicked frees its slot too.
@@ -451,7 +469,7 @@ pub async fn run(
             Some(done) = tasks.join_next_with_id() => flight.finished(&launcher, done),
         }
     }
-    heartbeat.running.store(false, Ordering::Relaxed);
+    drop(running);
     tracing::info!(in_flight = flight.runs.len(), "scheduler stopping");
     let drain = async {
         while let Some(done) = tasks.join_next_with_id().await {
