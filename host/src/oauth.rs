@@ -709,7 +709,10 @@ async fn exchange(
     let bundle = Bundle {
         access_token,
         refresh_token,
-        expires_at: response.expires_in.map(|s| now_ms() / 1000 + s.max(0)),
+        // Whatever the provider says: saturated, never wrapped.
+        expires_at: response
+            .expires_in
+            .map(|s| (now_ms() / 1000).saturating_add(s.max(0))),
     };
     Ok(Secret::new(
         serde_json::to_vec(&bundle).expect("a bundle serializes"),

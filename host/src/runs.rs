@@ -837,7 +837,7 @@ impl Launcher {
                 };
                 let delay = self.config.retry.delay(record.attempt, retry_after);
                 // Counted from the run's recorded end.
-                let not_before = ended_at + delay.as_millis() as i64;
+                let not_before = crate::store::ms_after(ended_at, delay);
                 let root = record.retry_of.clone().unwrap_or_else(|| run_id.to_owned());
                 let retry = enqueue(
                     store,

@@ -101,6 +101,13 @@ pub fn new_id() -> String {
     hex::encode(id)
 }
 
+/// `at` (ms since the Unix epoch) plus `d`, saturating instead of
+/// wrapping: a duration from configuration or from a provider can be
+/// anything.
+pub fn ms_after(at: i64, d: std::time::Duration) -> i64 {
+    at.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -435,6 +442,14 @@ fn valid_source_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_after_saturates_instead_of_wrapping() {
+        use std::time::Duration;
+        assert_eq!(ms_after(1_000, Duration::from_secs(2)), 3_000);
+        assert_eq!(ms_after(i64::MAX - 1, Duration::from_secs(3600)), i64::MAX);
+        assert_eq!(ms_after(now_ms(), Duration::MAX), i64::MAX);
+    }
 
     /// The reads behind every client page and setup view search their own
     /// indexes: a page is one range of the records table (no lookup per

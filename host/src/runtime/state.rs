@@ -653,7 +653,7 @@ impl interaction::Host for RunState {
         let host_fault = |e: &dyn std::fmt::Display| {
             wasmtime::Error::msg(format!("interaction could not be kept: {e}"))
         };
-        let deadline = now_ms() + control.interaction_wait.as_millis() as i64;
+        let deadline = crate::store::ms_after(now_ms(), control.interaction_wait);
         let id = {
             let vault = vault.lock().expect("vault lock");
             interactions::open(
