@@ -26,7 +26,7 @@ use crate::catalog::{self, CatalogError};
 use crate::runtime::bindings::sourcebox::connector::types::{CredentialClass, Modality};
 use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{
-    Actor, Aside, AsideDomains, NewCredential, Provenance, Secret, Vault, VaultError,
+    Actor, Aside, AsideDomains, Grant, NewCredential, Provenance, Secret, Vault, VaultError,
 };
 
 /// How long a started authorization waits for the provider's callback.
@@ -560,7 +560,7 @@ async fn refresh(
         let secret = client_secret(&vault, &setup.connector.id)?;
         (vault.get(actor, source, &name)?, client, secret)
     };
-    let bundle: Bundle = serde_json::from_slice(current.expose_secret())
+    let bundle = Grant::parse(&current)
         .map_err(|_| OauthError::Invalid(format!("the stored grant '{name}' is not a grant")))?;
     let Some(refresh) = bundle.refresh_token.as_deref() else {
         if !only_expiring {
@@ -588,25 +588,6 @@ async fn refresh(
         },
     )?;
     Ok(true)
-}
-
-/// The stored form of a grant (see the vault's `oauth` class).
-#[derive(Serialize, Deserialize)]
-struct Bundle {
-    access_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expires_at: Option<i64>,
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        self.access_token.zeroize();
-        if let Some(refresh) = self.refresh_token.as_mut() {
-            refresh.zeroize();
-        }
-    }
 }
 
 /// A token endpoint's answer (RFC 6749 §5.1, §5.2).
@@ -642,7 +623,7 @@ async fn exchange(
     client: &ClientView,
     secret: Option<&Secret>,
     mut form: Vec<u8>,
-    previous: Option<Bundle>,
+    previous: Option<Grant>,
     egress_allow: &[SocketAddr],
 ) -> Result<Secret, OauthError> {
     // A confidential client authenticates with HTTP Basic (RFC 6749 §2.3.1).
@@ -706,7 +687,7 @@ async fn exchange(
         .refresh_token
         .take()
         .or_else(|| previous.as_ref().and_then(|p| p.refresh_token.clone()));
-    let bundle = Bundle {
+    let grant = Grant {
         access_token,
         refresh_token,
         // Whatever the provider says: saturated, never wrapped.
@@ -714,29 +695,7 @@ async fn exchange(
             .expires_in
             .map(|s| (now_ms() / 1000).saturating_add(s.max(0))),
     };
-    Ok(Secret::new(
-        serde_json::to_vec(&bundle).expect("a bundle serializes"),
-    ))
-}
-
-/// The access token of a stored grant, as a `Bearer` header value.
-pub(crate) fn bearer(grant: &Secret) -> Option<http::HeaderValue> {
-    let bundle: Bundle = serde_json::from_slice(grant.expose_secret()).ok()?;
-    let line =
-        zeroize::Zeroizing::new([b"Bearer ".as_slice(), bundle.access_token.as_bytes()].concat());
-    http::HeaderValue::from_bytes(&line).ok()
-}
-
-/// The tokens of a stored grant, each a value to redact on its own.
-pub(crate) fn token_values(grant: &Secret) -> Vec<Secret> {
-    let Ok(bundle) = serde_json::from_slice::<Bundle>(grant.expose_secret()) else {
-        return Vec::new();
-    };
-    let mut tokens = vec![Secret::from_slice(bundle.access_token.as_bytes())];
-    if let Some(refresh) = &bundle.refresh_token {
-        tokens.push(Secret::from_slice(refresh.as_bytes()));
-    }
-    tokens
+    Ok(grant.to_secret())
 }
 
 /// The credential a connector's grant is stored as: its first

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod backup;
 pub mod envelope;
+pub mod grant;
 pub mod keyring;
 mod pkcs11;
 pub mod secret;
@@ -22,6 +23,7 @@ use std::sync::LazyLock;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub use grant::Grant;
 pub use keyring::{Keyring, WrapperKind};
 pub use secret::{Key256, Secret};
 
@@ -335,34 +337,7 @@ fn check_value(class: CredentialClass, value: &Secret) -> Result<Option<i64>, Va
     if class != CredentialClass::Oauth {
         return Ok(None);
     }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Bundle {
-        access_token: String,
-        #[serde(default)]
-        refresh_token: Option<String>,
-        #[serde(default)]
-        expires_at: Option<i64>,
-    }
-    let shape = "an oauth credential is a JSON object {\"access_token\": string, \"refresh_token\"?: string, \"expires_at\"?: Unix seconds}";
-    let mut bundle: Bundle = serde_json::from_slice(value.expose_secret()).map_err(|e| {
-        VaultError::Invalid(format!(
-            "{shape} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let empty = bundle.access_token.is_empty();
-    zeroize::Zeroize::zeroize(&mut bundle.access_token);
-    if let Some(refresh) = bundle.refresh_token.as_mut() {
-        zeroize::Zeroize::zeroize(refresh);
-    }
-    if empty {
-        return Err(VaultError::Invalid(format!(
-            "{shape}; access_token is empty"
-        )));
-    }
-    Ok(bundle.expires_at.map(|s| s.saturating_mul(1000)))
+    Ok(Grant::parse(value)?.expires_at_ms())
 }
 
 /// Runs `f` inside `BEGIN IMMEDIATE`: the write lock is taken up front so

@@ -192,7 +192,11 @@ impl RunCredentials {
         }
         match class {
             CredentialClass::Session => self.shown.extend(crate::cookies::values(value)),
-            CredentialClass::Oauth => self.shown.extend(crate::oauth::token_values(value)),
+            CredentialClass::Oauth => {
+                if let Ok(grant) = crate::vault::Grant::parse(value) {
+                    self.shown.extend(grant.tokens());
+                }
+            }
             _ => {}
         }
         self.shown.push(value.clone());
@@ -341,7 +345,9 @@ impl RunCredentials {
         let unusable =
             || NotInjected::Denied(format!("credential '{name}' may not be sent to {host}"));
         let mut header = match class {
-            CredentialClass::Oauth => crate::oauth::bearer(&value)
+            CredentialClass::Oauth => crate::vault::Grant::parse(&value)
+                .ok()
+                .and_then(|grant| grant.bearer())
                 .map(|h| (http::header::AUTHORIZATION, h))
                 .ok_or_else(unusable)?,
             // A captured session goes as the cookies of this host; a value
