@@ -14,6 +14,7 @@
 //! (kill -9, power loss): [`recover`] marks it interrupted and expires its
 //! interactions.
 
+mod gate;
 pub mod scheduler;
 
 use std::collections::HashMap;
@@ -30,7 +31,6 @@ use crate::browser::Logins;
 use crate::catalog::{self, CatalogError};
 use crate::events::{EventKind, Events};
 use crate::oauth::{self, OauthError};
-use crate::readiness::{self, Blocked, Purpose};
 use crate::runtime::bindings::sourcebox::connector::types::ConnectorError;
 use crate::runtime::{
     Binding, Call, CancellationToken, Limits, LoadedConnector, Outcome, RunControl, RunFailure,
@@ -39,6 +39,7 @@ use crate::runtime::{
 use crate::setup;
 use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{Actor, Vault, VaultError};
+use gate::{Resolved, Stop, note_account, resolve};
 
 /// Why a run was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1011,88 +1012,6 @@ impl Launcher {
             Err(Stop::Launch(e)) => return Err(e),
         })
     }
-
-    /// One attempt at `call`: the account is verified first, and a
-    /// collection goes on only when it is the account the source is
-    /// connected to (or its first, recorded now) and no other source of
-    /// the connector is connected to it unconfirmed. Otherwise nothing is
-    /// collected, and the run ends with the typed failure.
-    ///
-    /// Checking the account asks the owner nothing while the source holds
-    /// a session: a session the site refuses ends the run for re-auth, as
-    /// collecting with it would, rather than opening a login unasked. A
-    /// source with no session (one that keeps none between runs, or not
-    /// yet) logs in while it is checked, as its collection would.
-    async fn attempt(
-        &self,
-        loaded: &LoadedConnector,
-        binding: &Binding,
-        setup: &catalog::SourceSetup,
-        call: &Call,
-        session_held: bool,
-    ) -> Result<Outcome, Stop> {
-        let mut check = binding.clone();
-        if matches!(call, Call::Collect(_)) && session_held {
-            check.control.interactive = false;
-        }
-        let verified = self
-            .runtime
-            .run(loaded, check, Call::Verify)
-            .await
-            .map_err(Stop::Failed)?;
-        let (Call::Collect(_), Outcome::Verified(identity)) = (call, &verified) else {
-            return Ok(verified);
-        };
-        let identity = setup::Identity {
-            id: identity.id.clone(),
-            display: identity.display.clone(),
-        };
-        let decided = {
-            let vault = self.vault.lock().expect("vault lock");
-            let store = vault.store();
-            immediate(store, || {
-                setup::record_verification(store, setup.source.source_id, Ok(&identity))?;
-                note_account(store, &binding.run_id, &identity)?;
-                Ok(readiness::decide(
-                    &readiness::facts(store, setup)?,
-                    Purpose::Collect,
-                ))
-            })
-            .map_err(Stop::Launch)?
-        };
-        if let Err(blocked) = decided {
-            return Err(Stop::Refused(
-                refused_kind(&blocked),
-                blocked.refusal(&setup.source.source),
-            ));
-        }
-        self.runtime
-            .run(loaded, binding.clone(), call.clone())
-            .await
-            .map_err(Stop::Failed)
-    }
-}
-
-/// Why an attempt at a call did not end with an outcome.
-enum Stop {
-    /// The connector's call failed.
-    Failed(RunFailure),
-    /// The host refused to collect, with this typed failure.
-    Refused(FailureKind, String),
-    /// The store could not record what the attempt found.
-    Launch(LaunchError),
-}
-
-/// Records on run `run_id` the account it verified.
-fn note_account(store: &Store, run_id: &str, identity: &setup::Identity) -> Result<(), StoreError> {
-    store
-        .conn()
-        .prepare_cached("UPDATE runs SET account = ?2 WHERE id = ?1")?
-        .execute(params![
-            run_id,
-            format!("{} (provider id {})", identity.display, identity.id)
-        ])?;
-    Ok(())
 }
 
 /// Whether a source's connector logs in with stored credentials (a
@@ -1190,60 +1109,6 @@ fn refresh_failed(e: OauthError) -> Ending {
         _ => FailureKind::CredentialUnrecoverable,
     };
     Ending::Refused(kind, format!("refreshing the OAuth grant: {e}"))
-}
-
-/// A source resolved at execution time, its connector's run limits, and
-/// the refusal of its launch if its required credentials are not all
-/// there.
-type Resolved = (
-    catalog::SourceSetup,
-    catalog::LimitOverrides,
-    Option<Ending>,
-);
-
-/// The source's limits, and its launch refused, with its typed failure,
-/// when [`readiness::decide`] says it may not run now for `trigger`.
-fn resolve(
-    vault: &Vault,
-    setup: catalog::SourceSetup,
-    trigger: Trigger,
-) -> Result<Resolved, LaunchError> {
-    let store = vault.store();
-    let limits = catalog::connector_limits(store, &setup.connector.id)?;
-    let purpose = match trigger {
-        Trigger::SetupVerification => Purpose::Verify,
-        _ => Purpose::Collect,
-    };
-    let refused = match readiness::decide(&readiness::facts(store, &setup)?, purpose) {
-        Ok(()) => None,
-        Err(Blocked::Paused { version }) => {
-            return Err(LaunchError::Paused {
-                source_name: setup.source.source.clone(),
-                connector: setup.connector.id.clone(),
-                to: version,
-            });
-        }
-        Err(blocked) => Some(Ending::Refused(
-            refused_kind(&blocked),
-            blocked.refusal(&setup.source.source),
-        )),
-    };
-    Ok((setup, limits, refused))
-}
-
-/// The failure a run refused by the readiness decision records.
-fn refused_kind(blocked: &Blocked) -> FailureKind {
-    match blocked {
-        Blocked::CredentialRevoked { .. } => FailureKind::CredentialRevoked,
-        Blocked::CredentialsMissing { .. } => FailureKind::CredentialsMissing,
-        Blocked::AccountChanged { .. } => FailureKind::AccountChanged,
-        Blocked::IdentityUnconfirmed { .. } => FailureKind::IdentityUnconfirmed,
-        // A source without a connector or paused never gets a run
-        // (see `resolve` and `catalog::source_setup`).
-        Blocked::NeedsReauth { .. } | Blocked::NoConnector | Blocked::Paused { .. } => {
-            FailureKind::AuthRejected
-        }
-    }
 }
 
 fn connector_name(setup: &catalog::SourceSetup) -> String {
