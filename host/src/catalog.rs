@@ -13,8 +13,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::{EgressHost, Manifest, Modality};
 use crate::runtime::Limits;
-use crate::runtime::bindings::sourcebox::connector::types::{EgressHost, Manifest, Modality};
 use crate::store::{DEFAULT_OWNER, SourceRef, Store, StoreError, now_ms};
 
 /// Why a catalog operation failed.

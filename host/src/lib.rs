@@ -27,6 +27,7 @@ pub mod api;
 pub mod browser;
 pub mod catalog;
 pub mod cli;
+pub mod contract;
 pub mod cookies;
 pub mod egress;
 pub mod events;

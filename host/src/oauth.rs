@@ -23,10 +23,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use crate::catalog::{self, CatalogError};
-use crate::runtime::bindings::sourcebox::connector::types::{CredentialClass, Modality};
+use crate::contract::{CredentialClass, Modality};
 use crate::store::{Store, StoreError, new_id, now_ms};
 use crate::vault::{
-    Actor, Aside, AsideDomains, Grant, NewCredential, Provenance, Secret, Vault, VaultError,
+    Actor, Aside, AsideOf, Grant, NewCredential, Provenance, Secret, Vault, VaultError,
 };
 
 /// How long a started authorization waits for the provider's callback.
@@ -35,15 +35,6 @@ pub const PENDING_FOR: Duration = Duration::from_secs(600);
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The largest token response read.
 const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
-
-const CLIENT: AsideDomains = (
-    b"sourcebox/oauth-client-key/v1\0",
-    b"sourcebox/oauth-client-secret/v1\0",
-);
-const VERIFIER: AsideDomains = (
-    b"sourcebox/oauth-verifier-key/v1\0",
-    b"sourcebox/oauth-verifier/v1\0",
-);
 
 /// Why an OAuth step failed. Messages never carry a token, code, state or
 /// secret.
@@ -198,8 +189,9 @@ pub fn register(
             .map(|secret| {
                 vault.seal_aside(
                     conn,
-                    CLIENT,
-                    &|domain| client_aad(domain, &connector),
+                    AsideOf::OauthClient {
+                        connector: &connector,
+                    },
                     secret.expose_secret(),
                 )
             })
@@ -312,8 +304,11 @@ pub fn begin(vault: &Vault, actor: Actor<'_>, name: &str) -> Result<Started, Oau
         )?;
         let sealed = vault.seal_aside(
             conn,
-            VERIFIER,
-            &|domain| pending_aad(domain, source.owner_id, source.source_id, &id),
+            AsideOf::OauthVerifier {
+                owner_id: source.owner_id,
+                source_id: source.source_id,
+                id: &id,
+            },
             verifier.expose_secret(),
         )?;
         conn.execute(
@@ -436,8 +431,11 @@ pub async fn complete(
             vault
                 .open_aside(
                     conn,
-                    VERIFIER,
-                    &|domain| pending_aad(domain, source.owner_id, source.source_id, &id),
+                    AsideOf::OauthVerifier {
+                        owner_id: source.owner_id,
+                        source_id: source.source_id,
+                        id: &id,
+                    },
                     &sealed,
                 )?
                 .map(Some)
@@ -700,9 +698,7 @@ async fn exchange(
 
 /// The credential a connector's grant is stored as: its first
 /// `oauth`-class field.
-pub(crate) fn grant_field(
-    manifest: &crate::runtime::bindings::sourcebox::connector::types::Manifest,
-) -> Option<String> {
+pub(crate) fn grant_field(manifest: &crate::contract::Manifest) -> Option<String> {
     manifest
         .credentials
         .iter()
@@ -724,90 +720,13 @@ fn client_secret(vault: &Vault, connector: &str) -> Result<Option<Secret>, Oauth
         return Ok(None);
     };
     vault
-        .open_aside(conn, CLIENT, &|domain| client_aad(domain, connector), &sealed)?
+        .open_aside(conn, AsideOf::OauthClient { connector }, &sealed)?
         .map(Some)
         .map_err(|e| {
             OauthError::Invalid(format!(
                 "the client secret of connector {connector} does not open ({e}); register the client again"
             ))
         })
-}
-
-/// Re-wraps the sealed client secrets and the sealed verifiers of pending
-/// authorizations under KEK `version` (inside the rotation's transaction),
-/// so an owner who is at the provider while the KEK rotates can still
-/// finish.
-pub(crate) fn rewrap_sealed(
-    vault: &Vault,
-    conn: &rusqlite::Connection,
-    version: i64,
-) -> Result<(), VaultError> {
-    let rows: Vec<(String, Aside)> = conn
-        .prepare(
-            "SELECT connector_id, kek_version, wrapped_key FROM oauth_clients
-             WHERE wrapped_key IS NOT NULL AND kek_version != ?1",
-        )?
-        .query_map([version], |r| {
-            Ok((
-                r.get(0)?,
-                Aside {
-                    kek_version: r.get(1)?,
-                    wrapped_key: r.get(2)?,
-                    sealed: Vec::new(),
-                },
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (connector, aside) in rows {
-        let binding = |domain: &[u8]| client_aad(domain, &connector);
-        if let Some(wrapped) = vault.rewrap_aside(conn, CLIENT.0, &binding, &aside, version)? {
-            conn.execute(
-                "UPDATE oauth_clients SET kek_version = ?2, wrapped_key = ?3 WHERE connector_id = ?1",
-                params![connector, version, wrapped],
-            )?;
-        }
-    }
-    let pending: Vec<(String, i64, i64, Aside)> = conn
-        .prepare(
-            "SELECT id, owner_id, source_id, kek_version, wrapped_key
-             FROM oauth_pending WHERE kek_version != ?1 AND expires_at >= ?2",
-        )?
-        .query_map(params![version, now_ms()], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                // Only the key is re-wrapped: the sealed verifier stays.
-                Aside {
-                    kek_version: r.get(3)?,
-                    wrapped_key: r.get(4)?,
-                    sealed: Vec::new(),
-                },
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (id, owner_id, source_id, aside) in pending {
-        let binding = |domain: &[u8]| pending_aad(domain, owner_id, source_id, &id);
-        if let Some(wrapped) = vault.rewrap_aside(conn, VERIFIER.0, &binding, &aside, version)? {
-            conn.execute(
-                "UPDATE oauth_pending SET kek_version = ?2, wrapped_key = ?3 WHERE id = ?1",
-                params![id, version, wrapped],
-            )?;
-        }
-    }
-    Ok(())
-}
-
-fn client_aad(domain: &[u8], connector: &str) -> Vec<u8> {
-    [domain, connector.as_bytes()].concat()
-}
-
-fn pending_aad(domain: &[u8], owner_id: i64, source_id: i64, id: &str) -> Vec<u8> {
-    let mut aad = domain.to_vec();
-    aad.extend_from_slice(&owner_id.to_le_bytes());
-    aad.extend_from_slice(&source_id.to_le_bytes());
-    aad.extend_from_slice(id.as_bytes());
-    aad
 }
 
 /// `BASE64URL(SHA256(verifier))` (RFC 7636 §4.2).

@@ -8,17 +8,24 @@
 //! through the run's [`crate::egress`] policy.
 
 pub mod api_version;
+mod call;
 mod clock;
 mod compiled;
 pub(crate) mod credentials;
+mod failure;
+pub(crate) mod limits;
 pub mod manifest_check;
 mod state;
 
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+pub use call::{Binding, Call, Outcome, RunControl};
 pub use clock::RunClock;
+pub(crate) use failure::Cancelled;
+pub use failure::{RunFailure, RuntimeError};
+pub use limits::{Exhausted, HOST_ALLOWANCE, Limits, MAX_RESOURCES};
 pub use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -26,63 +33,10 @@ use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 #[cfg(test)]
 pub(crate) use state::LAST_UPDATE;
+pub use state::RunState;
 pub use state::UPSERT_RECORD;
-pub use state::{HOST_ALLOWANCE, MAX_RESOURCES, RunState};
 
-use crate::events::Events;
-use crate::store::SourceRef;
-use crate::vault::Vault;
-
-/// Generated host bindings of the `sourcebox:connector@0.1.1` contract (it also serves components built against 0.1.0: 0.1.1 only adds).
-#[allow(missing_docs, missing_debug_implementations)]
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/since_v0.1.1",
-        world: "sourcebox-connector",
-        imports: {
-            // Called once per record: a plain host call, no future to
-            // poll. It may write a batch to SQLite, as it did when async.
-            "sourcebox:connector/records.emit": trappable,
-            "sourcebox:connector/records.emit-batch": trappable,
-            default: async | trappable,
-        },
-        exports: { default: async },
-        additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
-        with: {
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-        },
-    });
-}
-
-use bindings::sourcebox::connector::types::{
-    AccountIdentity, CollectRequest, ConnectorError, Manifest, RunSummary,
-};
-
-impl From<bindings::sourcebox::connector::types::CredentialClass>
-    for crate::vault::CredentialClass
-{
-    fn from(class: bindings::sourcebox::connector::types::CredentialClass) -> Self {
-        use bindings::sourcebox::connector::types::CredentialClass as Wit;
-        match class {
-            Wit::Password => Self::Password,
-            Wit::Token => Self::Token,
-            Wit::Session => Self::Session,
-            Wit::OtpSeed => Self::OtpSeed,
-            Wit::Oauth => Self::Oauth,
-        }
-    }
-}
-
-/// The session credential `manifest` declares: where a browser login or an
-/// imported cookie export is kept.
-pub fn session_credential(manifest: &Manifest) -> Option<&str> {
-    manifest
-        .credentials
-        .iter()
-        .find(|c| c.class == bindings::sourcebox::connector::types::CredentialClass::Session)
-        .map(|c| c.name.as_str())
-}
+use crate::contract::{CollectRequest, Manifest};
 
 /// How often the epoch advances; the time limit is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -93,207 +47,9 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// included.
 pub const DESCRIBE_TIME: Duration = Duration::from_secs(10);
 
-/// Per-run limits. Exceeding one ends the run with
-/// [`RunFailure::ResourceExhausted`].
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Wall-clock time the run may take, its waits for the owner left
-    /// out: guest code, and everything the host waits for on its behalf
-    /// (sleeps, HTTP).
-    pub time: Duration,
-    /// Wall-clock time the run may take in all, waits for the owner
-    /// included.
-    pub wall: Duration,
-    /// Questions the run may ask the owner.
-    pub questions: u32,
-    /// Log lines the run may write.
-    pub log_lines: u64,
-    /// Bytes of log lines the run may write.
-    pub log_bytes: u64,
-    /// Largest checkpoint, bytes.
-    pub checkpoint_bytes: u64,
-    /// Largest record, bytes.
-    pub record_size: u64,
-    /// Largest session a connector may store (`credentials.put`), bytes.
-    pub session_bytes: u64,
-    /// Largest OAuth grant a connector may store, bytes.
-    pub oauth_bytes: u64,
-    /// Linear memory, bytes.
-    pub memory: usize,
-    /// Records emitted per run.
-    pub records: u64,
-    /// Bytes of records emitted per run.
-    pub record_bytes: u64,
-    /// Outbound HTTP requests per run.
-    pub http_requests: u64,
-    /// Bytes of HTTP response bodies per run.
-    pub http_response_bytes: u64,
-    /// Longest wait for an outbound connection (TCP, TLS and the HTTP
-    /// handshake). A connector's request options may only shorten this,
-    /// and the two below.
-    pub http_connect_timeout: Duration,
-    /// Longest wait for a response's head once its request is sent.
-    pub http_first_byte_timeout: Duration,
-    /// Longest wait between two parts of a response's body.
-    pub http_between_bytes_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            time: Duration::from_secs(600),
-            wall: Duration::from_secs(2 * 3600),
-            questions: 8,
-            log_lines: 10_000,
-            log_bytes: 4 << 20,
-            checkpoint_bytes: 1 << 20,
-            record_size: 1 << 20,
-            session_bytes: 256 << 10,
-            oauth_bytes: 64 << 10,
-            http_connect_timeout: Duration::from_secs(10),
-            http_first_byte_timeout: Duration::from_secs(60),
-            http_between_bytes_timeout: Duration::from_secs(30),
-            memory: 256 << 20,
-            records: 1_000_000,
-            record_bytes: 1 << 30,
-            http_requests: 100_000,
-            http_response_bytes: 4 << 30,
-        }
-    }
-}
-
-/// Which limit a run hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exhausted {
-    /// The time limit or the wall clock.
-    Time,
-    /// The number of questions to the owner.
-    Questions,
-    /// The memory limit.
-    Memory,
-    /// The record-count limit.
-    Records,
-    /// The record-bytes limit.
-    RecordBytes,
-    /// A credential the connector put was larger than its class allows.
-    CredentialBytes,
-    /// The connector put credentials more often than a run may.
-    CredentialWrites,
-    /// The log-line limit.
-    LogLines,
-    /// The log-bytes limit.
-    LogBytes,
-    /// A checkpoint larger than the checkpoint limit.
-    CheckpointBytes,
-    /// A record larger than the record-size limit.
-    RecordSize,
-    /// What the host keeps for the run (HTTP fields, requests, streams):
-    /// its resource table is full.
-    HostResources,
-    /// The outbound request limit.
-    HttpRequests,
-    /// The response-body byte limit.
-    HttpResponseBytes,
-}
-
-/// Why loading a component failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// Not a usable component.
-    #[error("invalid connector component: {}", crate::inert::Inert(.0))]
-    Invalid(String),
-    /// Built for a contract version this host does not serve.
-    #[error(
-        "the component was built for sourcebox:connector API {}; this host serves API {host}; rebuild it with a matching sourcebox-sdk",
-        crate::inert::Inert(component)
-    )]
-    IncompatibleApi {
-        /// Version stamped in the component.
-        component: String,
-        /// Versions this host serves.
-        host: String,
-    },
-    /// Engine setup.
-    #[error("runtime: {0}")]
-    Engine(String),
-}
-
-/// Why a run failed, typed as the runs module stores it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RunFailure {
-    /// A limit was hit.
-    #[error("resource exhausted: {0:?}")]
-    ResourceExhausted(Exhausted),
-    /// The guest trapped (panic, unreachable, bad memory access).
-    #[error("connector trapped: {}", crate::inert::Inert(.0))]
-    ConnectorTrap(String),
-    /// The connector returned an error.
-    #[error("{}", connector_message(.0))]
-    Connector(ConnectorError),
-    /// A request to a host or address the run may not reach.
-    #[error("egress denied: {}", crate::inert::Inert(.0))]
-    EgressDenied(String),
-    /// The run failed after a credential it asked for turned out revoked.
-    #[error("credential '{0}' is revoked")]
-    CredentialRevoked(String),
-    /// The run failed after a credential it asked for did not decrypt.
-    #[error("credential '{0}' cannot be decrypted")]
-    CredentialUnrecoverable(String),
-    /// The instance could not be created (e.g. it imports something this
-    /// host does not grant).
-    #[error("connector could not be instantiated: {}", crate::inert::Inert(.0))]
-    Instantiation(String),
-    /// The owner did not answer an interaction before its deadline.
-    #[error("the owner did not answer interaction {0} before its deadline")]
-    InteractionTimeout(String),
-    /// Cancelled by the owner.
-    #[error("cancelled by the owner")]
-    Cancelled,
-}
-
-/// A connector's error in words: the connector's own message, with what
-/// kind of failure it is.
-fn connector_message(e: &ConnectorError) -> String {
-    match e {
-        ConnectorError::AuthRejected(m) => kind_and("the provider refused the credentials", m),
-        ConnectorError::AuthInsufficient(m) => kind_and("the credentials lack a permission", m),
-        ConnectorError::RateLimited(Some(secs)) => {
-            format!("rate limited by the provider; retry after {secs} s")
-        }
-        ConnectorError::RateLimited(None) => "rate limited by the provider".to_owned(),
-        ConnectorError::UpstreamTransient(m) => kind_and("temporary provider failure", m),
-        ConnectorError::Fatal(m) => kind_and("the connector gave up", m),
-    }
-}
-
-/// `kind: message`, or the message alone when it already says what kind
-/// of failure it is (not "refused the credentials: ... refused the
-/// credentials").
-fn kind_and(kind: &str, message: &str) -> String {
-    if message.to_lowercase().contains(&kind.to_lowercase()) {
-        message.to_owned()
-    } else {
-        format!("{kind}: {message}")
-    }
-}
-
-/// The error a cancelled run's guest is stopped with.
-#[derive(Debug)]
-pub(crate) struct Cancelled;
-
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cancelled")
-    }
-}
-
-impl std::error::Error for Cancelled {}
-
 /// A compiled connector, ready to instantiate per run.
 pub struct LoadedConnector {
-    pre: bindings::SourceboxConnectorPre<RunState>,
+    pre: crate::contract::bindings::SourceboxConnectorPre<RunState>,
     /// Shared with every run's store: cloning it per run cost more than
     /// the instantiation.
     manifest: Arc<Manifest>,
@@ -320,85 +76,6 @@ impl LoadedConnector {
     pub fn api_version(&self) -> &str {
         &self.api_version
     }
-}
-
-/// The source a run is bound to, and how to reach its credentials.
-#[derive(Debug, Clone)]
-pub struct Binding {
-    /// The vault holding every source's credentials; the run only ever
-    /// asks it for `source`'s.
-    pub vault: Arc<Mutex<Vault>>,
-    /// The one source this run is for.
-    pub source: SourceRef,
-    /// Non-secret setup field values.
-    pub setup: Vec<(String, String)>,
-    /// Identifies the run in audit rows and records.
-    pub run_id: String,
-    /// Limits for this run.
-    pub limits: Limits,
-    /// Non-public addresses the operator allowed (`--egress-allow`).
-    pub egress_allow: Vec<std::net::SocketAddr>,
-    /// Cancellation, events and owner interactions.
-    pub control: RunControl,
-}
-
-/// How the launch seam steers a run from outside.
-#[derive(Debug, Clone)]
-pub struct RunControl {
-    /// Cancelled to end the run: whatever its guest is doing, the call is
-    /// abandoned at once (within [`CHECK_EVERY`] while guest code runs).
-    pub cancel: CancellationToken,
-    /// The run's clock and its count of questions, shared by every call
-    /// of the run (an `authenticate` that waited for an OTP, then the
-    /// `collect`), started when the control is made.
-    pub clock: RunClock,
-    /// Where the run's events go.
-    pub events: Events,
-    /// Whether the run may ask its owner; `interaction.ask` answers
-    /// `unsupported` otherwise.
-    pub interactive: bool,
-    /// How long an interaction waits for the owner.
-    pub interaction_wait: Duration,
-    /// How often a waiting interaction looks for the answer.
-    pub poll: Duration,
-    /// Where a login interaction opens its browser.
-    pub logins: crate::browser::Logins,
-}
-
-impl Default for RunControl {
-    fn default() -> Self {
-        Self {
-            cancel: CancellationToken::new(),
-            clock: RunClock::start(),
-            events: Events::default(),
-            interactive: false,
-            interaction_wait: Duration::from_secs(15 * 60),
-            poll: Duration::from_millis(200),
-            logins: crate::browser::Logins::default(),
-        }
-    }
-}
-
-/// What a run calls.
-#[derive(Debug, Clone)]
-pub enum Call {
-    /// `verify()`.
-    Verify,
-    /// `authenticate()`: password and OTP-seed credentials resolve.
-    Authenticate,
-    /// `collect(request)`.
-    Collect(Vec<String>),
-}
-
-/// What a successful run returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// From `verify()`.
-    Verified(AccountIdentity),
-    /// From `authenticate()`.
-    Authenticated,
-    /// From `collect()`.
-    Collected(RunSummary),
 }
 
 /// A component's bytes and their SHA-256, hashed once for everyone who
@@ -484,7 +161,7 @@ type Linked = Result<Linker<RunState>, String>;
 fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
     let mut linker = Linker::<RunState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    use bindings::sourcebox::connector as api;
+    use crate::contract::bindings::sourcebox::connector as api;
     api::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     api::credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
@@ -492,7 +169,7 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
     api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     // Only the outgoing handler and its types; requests meet the egress policy.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    state::bound_request_strings(&mut linker)?;
+    state::host_resources::bound_request_strings(&mut linker)?;
     Ok(linker)
 }
 
@@ -667,13 +344,13 @@ impl Runtime {
     fn pre(
         &self,
         compiled: &Component,
-    ) -> Result<bindings::SourceboxConnectorPre<RunState>, RuntimeError> {
+    ) -> Result<crate::contract::bindings::SourceboxConnectorPre<RunState>, RuntimeError> {
         let pre = self.linker()?.instantiate_pre(compiled).map_err(|e| {
             RuntimeError::Invalid(format!(
                 "it asks for imports this host does not grant: {e:#}"
             ))
         })?;
-        bindings::SourceboxConnectorPre::new(pre)
+        crate::contract::bindings::SourceboxConnectorPre::new(pre)
             .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))
     }
 
@@ -870,6 +547,7 @@ const MAX_DETAIL: usize = 2000;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::ConnectorError;
 
     #[test]
     fn a_failure_does_not_repeat_what_kind_it_is() {

@@ -11,7 +11,7 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, CatalogError, Installed};
-use crate::runtime::bindings::sourcebox::connector::types::{Manifest, SetupField};
+use crate::contract::{Manifest, SetupField};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::{CredentialClass, Provenance, Vault, VaultError};
 
@@ -746,7 +746,7 @@ pub fn source_view(store: &Store, name: &str) -> Result<SourceView, SetupError> 
 /// for the first time).
 fn import_step(manifest: &Manifest, reason: Option<String>) -> NextStep {
     NextStep::ImportSession {
-        credential: crate::runtime::session_credential(manifest).map(str::to_owned),
+        credential: crate::contract::session_credential(manifest).map(str::to_owned),
         reason,
     }
 }
@@ -777,7 +777,7 @@ pub fn import_session(
 ) -> Result<ImportSummary, SetupError> {
     let setup = catalog::source_setup(vault.store(), source)?;
     let manifest = &setup.connector.manifest;
-    let Some(credential) = crate::runtime::session_credential(manifest).map(str::to_owned) else {
+    let Some(credential) = crate::contract::session_credential(manifest).map(str::to_owned) else {
         return Err(SetupError::NotNow(format!(
             "connector {} declares no session credential to import cookies into",
             setup.connector.id

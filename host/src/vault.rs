@@ -8,9 +8,11 @@
 //! to the hash-chained [`audit`] log inside the same transaction; a read
 //! whose audit row cannot be written fails.
 
+mod aside;
 pub mod audit;
 pub mod backup;
 pub mod envelope;
+mod error;
 pub mod grant;
 pub mod keyring;
 mod pkcs11;
@@ -23,96 +25,15 @@ use std::sync::LazyLock;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub(crate) use aside::{Aside, AsideOf};
+pub use error::{VaultError, WrapperKind};
 pub use grant::Grant;
-pub use keyring::{Keyring, WrapperKind};
+pub use keyring::Keyring;
 pub use secret::{Key256, Secret};
 
-use crate::store::{SourceRef, Store, StoreError, now_ms};
+use crate::store::{SourceRef, Store, now_ms};
 use audit::AuditEntry;
 use envelope::EnvelopeError;
-
-/// Why a vault operation failed. No variant carries secret bytes.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VaultError {
-    /// The data directory or database.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// No credential of that name is stored for the source.
-    #[error(
-        "source '{source_name}' has no credential named '{name}'; store one with `sourcebox credential set {source_name} {name} --class CLASS`"
-    )]
-    Missing {
-        /// Source name.
-        source_name: String,
-        /// Credential name.
-        name: String,
-    },
-    /// The credential was revoked; its data key is destroyed.
-    #[error(
-        "credential '{name}' of source '{source_name}' was revoked; store a new value with `sourcebox credential set`"
-    )]
-    Revoked {
-        /// Source name.
-        source_name: String,
-        /// Credential name.
-        name: String,
-    },
-    /// The stored bytes do not open: tampered, moved from another row, or
-    /// sealed under a key this data directory no longer has.
-    #[error(
-        "credential '{name}' of source '{source_name}' cannot be decrypted ({reason}); store it again"
-    )]
-    Unrecoverable {
-        /// Source name.
-        source_name: String,
-        /// Credential name.
-        name: String,
-        /// Which check failed.
-        reason: EnvelopeError,
-    },
-    /// A wrapped data key did not open under its KEK.
-    #[error("a data key did not unwrap: {0}")]
-    KeyUnwrap(EnvelopeError),
-    /// The data directory needs a passphrase or PIN to unlock.
-    #[error("this data directory is locked by the {} key wrapper; give its {} with --unlock-fd N or at the prompt", .0.as_str(), if *.0 == WrapperKind::Pkcs11 { "PIN" } else { "passphrase" })]
-    UnlockSecretRequired(WrapperKind),
-    /// The passphrase or PIN does not unlock the KEK. Nothing was touched.
-    #[error("wrong {} for this data directory; nothing was read or changed", if *.0 == WrapperKind::Pkcs11 { "PKCS#11 PIN" } else { "passphrase" })]
-    WrongUnlockSecret(WrapperKind),
-    /// The local key file does not match the database.
-    #[error("the local key file does not belong to this database; nothing was read or changed")]
-    WrongKeyFile,
-    /// Reading or writing a local key file.
-    #[error("local key file: {0}")]
-    KeyFile(std::io::Error),
-    /// The `local` wrapper in a production data directory.
-    #[error(
-        "the local key wrapper keeps the key beside the data and is for development only; a production data directory needs --key-wrapper passphrase or pkcs11"
-    )]
-    LocalWrapperInProduction,
-    /// A row refers to a KEK version that is not active.
-    #[error("key-encryption key version {0} is not available")]
-    UnknownKekVersion(i64),
-    /// A PKCS#11 failure.
-    #[error("PKCS#11: {0}")]
-    Hsm(String),
-    /// A value or name that cannot be stored; the message never echoes a value.
-    #[error("{0}")]
-    Invalid(String),
-    /// The audit row could not be written, so the operation was refused.
-    #[error("the audit log could not be written, so the operation was refused: {0}")]
-    AuditFailed(rusqlite::Error),
-    /// Inconsistent vault metadata.
-    #[error("vault metadata is inconsistent: {0}")]
-    Corrupt(String),
-    /// Backup export or import.
-    #[error("backup: {0}")]
-    Backup(String),
-    /// SQLite failure.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-}
 
 /// What kind of secret a credential is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -267,49 +188,6 @@ pub struct Vault {
 
 const DATA_KEY_DOMAIN: &[u8] = b"sourcebox/data-key/v1\0";
 const VALUE_DOMAIN: &[u8] = b"sourcebox/credential/v1\0";
-const ANSWER_KEY_DOMAIN: &[u8] = b"sourcebox/answer-key/v1\0";
-const ANSWER_DOMAIN: &[u8] = b"sourcebox/answer/v1\0";
-
-/// The (data key, value) domains of a secret kept aside.
-pub(crate) type AsideDomains = (&'static [u8], &'static [u8]);
-const ANSWER: AsideDomains = (ANSWER_KEY_DOMAIN, ANSWER_DOMAIN);
-
-/// A secret kept beside the credentials table (an interaction's answer, an
-/// OAuth authorization's PKCE verifier, an OAuth client's secret): sealed
-/// under a data key of its own, wrapped by a KEK version.
-#[derive(Debug)]
-pub(crate) struct Aside {
-    /// The KEK version that wraps `wrapped_key`.
-    pub kek_version: i64,
-    /// The data key, wrapped.
-    pub wrapped_key: Vec<u8>,
-    /// The value, sealed under the data key.
-    pub sealed: Vec<u8>,
-}
-
-impl Aside {
-    /// Reads (kek_version, wrapped key, sealed value) from columns
-    /// `first`, `first + 1` and `first + 2` of a row.
-    pub(crate) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
-        Ok(Self {
-            kek_version: r.get(first)?,
-            wrapped_key: r.get(first + 1)?,
-            sealed: r.get(first + 2)?,
-        })
-    }
-}
-
-/// Associated data binding a sealed value or wrapped key to its row.
-fn aad(domain: &[u8], source: &SourceRef, name: &str, version: i64) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(domain.len() + 24 + name.len());
-    aad.extend_from_slice(domain);
-    aad.extend_from_slice(&source.owner_id.to_le_bytes());
-    aad.extend_from_slice(&source.source_id.to_le_bytes());
-    aad.extend_from_slice(&version.to_le_bytes());
-    aad.extend_from_slice(name.as_bytes());
-    aad
-}
-
 /// Credential names: 1-64 of `a-z 0-9 _ - .`, starting with a letter.
 fn check_name(name: &str) -> Result<(), VaultError> {
     let mut chars = name.chars();
@@ -475,10 +353,12 @@ impl Vault {
             let sealed = envelope::seal(
                 &data_key,
                 new.value.expose_secret(),
-                &aad(VALUE_DOMAIN, source, new.name, version),
+                &aside::bound_to(VALUE_DOMAIN, source, new.name, version),
             );
-            let wrapped =
-                wrapper.wrap(&data_key, &aad(DATA_KEY_DOMAIN, source, new.name, version))?;
+            let wrapped = wrapper.wrap(
+                &data_key,
+                &aside::bound_to(DATA_KEY_DOMAIN, source, new.name, version),
+            )?;
             let now = now_ms();
             conn.prepare_cached(
                 "INSERT INTO credentials (owner_id, source_id, name, class, provenance, version, kek_version,
@@ -694,7 +574,7 @@ impl Vault {
             name: name.to_owned(),
             reason,
         };
-        let key_aad = aad(DATA_KEY_DOMAIN, source, name, stored.version);
+        let key_aad = aside::bound_to(DATA_KEY_DOMAIN, source, name, stored.version);
         let data_key = match self
             .keyring
             .wrapper(conn, stored.kek_version)?
@@ -706,7 +586,7 @@ impl Vault {
         envelope::open(
             &data_key,
             &stored.sealed_value,
-            &aad(VALUE_DOMAIN, source, name, stored.version),
+            &aside::bound_to(VALUE_DOMAIN, source, name, stored.version),
         )
         .map_err(unrecoverable)
     }
@@ -744,67 +624,27 @@ impl Vault {
         })
     }
 
-    /// Seals `value` under a fresh data key wrapped by the current KEK.
-    /// `aad(domain)` binds key and value to their row; the two domains
-    /// keep the key's and the value's associated data apart.
+    /// Seals `value` for `of` under a fresh data key wrapped by the
+    /// current KEK.
     pub(crate) fn seal_aside(
         &self,
         conn: &Connection,
-        (key_domain, value_domain): AsideDomains,
-        aad: &dyn Fn(&[u8]) -> Vec<u8>,
+        of: AsideOf<'_>,
         value: &[u8],
     ) -> Result<Aside, VaultError> {
-        let (kek_version, wrapper) = self.keyring.current(conn)?;
-        let data_key = Key256::generate();
-        Ok(Aside {
-            kek_version,
-            sealed: envelope::seal(&data_key, value, &aad(value_domain)),
-            wrapped_key: wrapper.wrap(&data_key, &aad(key_domain))?,
-        })
+        aside::seal(&self.keyring, conn, of, value)
     }
 
-    /// Opens what [`Vault::seal_aside`] sealed with the same domains and
-    /// binding. The inner error is why it cannot be opened (a wrong
-    /// binding, a destroyed KEK).
+    /// Opens what [`Vault::seal_aside`] sealed for the same row. The inner
+    /// error is why it cannot be opened (another row's value, a destroyed
+    /// KEK).
     pub(crate) fn open_aside(
         &self,
         conn: &Connection,
-        (key_domain, value_domain): AsideDomains,
-        aad: &dyn Fn(&[u8]) -> Vec<u8>,
-        aside: &Aside,
+        of: AsideOf<'_>,
+        sealed: &Aside,
     ) -> Result<Result<Secret, EnvelopeError>, VaultError> {
-        let data_key = match self
-            .keyring
-            .wrapper(conn, aside.kek_version)?
-            .unwrap(&aside.wrapped_key, &aad(key_domain))
-        {
-            Err(VaultError::KeyUnwrap(reason)) => return Ok(Err(reason)),
-            other => other?,
-        };
-        Ok(envelope::open(&data_key, &aside.sealed, &aad(value_domain)))
-    }
-
-    /// The data key of `aside` wrapped under KEK `version` instead, or
-    /// `None` when it cannot be unwrapped any more.
-    pub(crate) fn rewrap_aside(
-        &self,
-        conn: &Connection,
-        key_domain: &[u8],
-        aad: &dyn Fn(&[u8]) -> Vec<u8>,
-        aside: &Aside,
-        version: i64,
-    ) -> Result<Option<Vec<u8>>, VaultError> {
-        let key_aad = aad(key_domain);
-        let Ok(key) = self
-            .keyring
-            .wrapper(conn, aside.kek_version)?
-            .unwrap(&aside.wrapped_key, &key_aad)
-        else {
-            return Ok(None);
-        };
-        Ok(Some(
-            self.keyring.wrapper(conn, version)?.wrap(&key, &key_aad)?,
-        ))
+        aside::open(&self.keyring, conn, of, sealed)
     }
 
     /// Answers a pending interaction of `source`: seals `answer` under a
@@ -837,8 +677,10 @@ impl Vault {
             }
             let aside = self.seal_aside(
                 conn,
-                ANSWER,
-                &|domain| aad(domain, source, interaction, 1),
+                AsideOf::Answer {
+                    source,
+                    interaction,
+                },
                 answer.expose_secret(),
             )?;
             conn.execute(
@@ -894,8 +736,10 @@ impl Vault {
             let answer = self
                 .open_aside(
                     conn,
-                    ANSWER,
-                    &|domain| aad(domain, source, interaction, 1),
+                    AsideOf::Answer {
+                        source,
+                        interaction,
+                    },
                     &aside,
                 )?
                 .map_err(|reason| VaultError::Unrecoverable {
@@ -1066,7 +910,7 @@ impl Vault {
                     "UPDATE credentials SET kek_version = ?2, wrapped_key = ?3 WHERE id = ?1",
                 )?;
                 for (id, source, name, cred_version, old_version, wrapped) in &rows {
-                    let key_aad = aad(DATA_KEY_DOMAIN, source, name, *cred_version);
+                    let key_aad = aside::bound_to(DATA_KEY_DOMAIN, source, name, *cred_version);
                     let data_key = self
                         .keyring
                         .wrapper(conn, *old_version)?
@@ -1089,46 +933,7 @@ impl Vault {
             }
         }
         immediate(conn, |conn| {
-            // Pending interaction answers are few and short-lived.
-            let answers: Vec<(String, SourceRef, i64, Vec<u8>)> = conn
-                .prepare(
-                    "SELECT a.interaction_id, o.id, o.name, s.id, s.name, a.kek_version, a.wrapped_key
-                     FROM interaction_answers a JOIN sources s ON s.id = a.source_id JOIN owners o ON o.id = a.owner_id
-                     WHERE a.kek_version != ?1",
-                )?
-                .query_map([version], |r| {
-                    Ok((
-                        r.get(0)?,
-                        SourceRef {
-                            owner_id: r.get(1)?,
-                            owner: r.get(2)?,
-                            source_id: r.get(3)?,
-                            source: r.get(4)?,
-                        },
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
-            for (interaction, source, old_version, wrapped) in answers {
-                let aside = Aside {
-                    kek_version: old_version,
-                    wrapped_key: wrapped,
-                    sealed: Vec::new(),
-                };
-                let binding = |domain: &[u8]| aad(domain, &source, &interaction, 1);
-                // Unreadable already: the waiting run will fail on it.
-                let Some(rewrapped) =
-                    self.rewrap_aside(conn, ANSWER_KEY_DOMAIN, &binding, &aside, version)?
-                else {
-                    continue;
-                };
-                conn.execute(
-                    "UPDATE interaction_answers SET kek_version = ?2, wrapped_key = ?3 WHERE interaction_id = ?1",
-                    params![interaction, version, rewrapped],
-                )?;
-            }
-            crate::oauth::rewrap_sealed(self, conn, version)?;
+            aside::rewrap_all(&self.keyring, conn, version)?;
             // Revoked rows have no data key left; they just follow along.
             conn.execute(
                 "UPDATE credentials SET kek_version = ?1 WHERE wrapped_key IS NULL",

@@ -9,8 +9,10 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Serialize;
 
-use super::{Api, ApiError, ErrorBody, Owner};
-use crate::runs::scheduler::SchedulerHealth;
+use super::auth::Owner;
+use super::error::{ApiError, ErrorBody};
+use super::state::Api;
+use crate::runs::heartbeat::SchedulerHealth;
 use crate::vault::VaultHealth;
 
 /// Whether this server is alive, for a load balancer or a supervisor.

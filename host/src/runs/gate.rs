@@ -1,78 +1,79 @@
 //! What a run must pass before it collects: the readiness decision when
 //! it is launched ([`resolve`]), and its account, verified first, when it
-//! runs ([`Launcher::attempt`]): another account than the source's, or one
+//! runs ([`attempt`]): another account than the source's, or one
 //! another source of the connector has unconfirmed, collects nothing.
 
 use rusqlite::params;
 
-use super::{Ending, FailureKind, LaunchError, Launcher, Trigger, immediate};
+use std::sync::Mutex;
+
+use super::error::LaunchError;
+use super::record::{FailureKind, Trigger, immediate};
 use crate::catalog;
 use crate::readiness::{self, Blocked, Purpose};
-use crate::runtime::{Binding, Call, LoadedConnector, Outcome, RunFailure};
+use crate::runtime::{Binding, Call, LoadedConnector, Outcome, RunFailure, Runtime};
 use crate::setup;
 use crate::store::{Store, StoreError};
 use crate::vault::Vault;
 
-impl Launcher {
-    /// One attempt at `call`: the account is verified first, and a
-    /// collection goes on only when it is the account the source is
-    /// connected to (or its first, recorded now) and no other source of
-    /// the connector is connected to it unconfirmed. Otherwise nothing is
-    /// collected, and the run ends with the typed failure.
-    ///
-    /// Checking the account asks the owner nothing while the source holds
-    /// a session: a session the site refuses ends the run for re-auth, as
-    /// collecting with it would, rather than opening a login unasked. A
-    /// source with no session (one that keeps none between runs, or not
-    /// yet) logs in while it is checked, as its collection would.
-    pub(super) async fn attempt(
-        &self,
-        loaded: &LoadedConnector,
-        binding: &Binding,
-        setup: &catalog::SourceSetup,
-        call: &Call,
-        session_held: bool,
-    ) -> Result<Outcome, Stop> {
-        let mut check = binding.clone();
-        if matches!(call, Call::Collect(_)) && session_held {
-            check.control.interactive = false;
-        }
-        let verified = self
-            .runtime
-            .run(loaded, check, Call::Verify)
-            .await
-            .map_err(Stop::Failed)?;
-        let (Call::Collect(_), Outcome::Verified(identity)) = (call, &verified) else {
-            return Ok(verified);
-        };
-        let identity = setup::Identity {
-            id: identity.id.clone(),
-            display: identity.display.clone(),
-        };
-        let decided = {
-            let vault = self.vault.lock().expect("vault lock");
-            let store = vault.store();
-            immediate(store, || {
-                setup::record_verification(store, setup.source.source_id, Ok(&identity))?;
-                note_account(store, &binding.run_id, &identity)?;
-                Ok(readiness::decide(
-                    &readiness::facts(store, setup)?,
-                    Purpose::Collect,
-                ))
-            })
-            .map_err(Stop::Launch)?
-        };
-        if let Err(blocked) = decided {
-            return Err(Stop::Refused(
-                refused_kind(&blocked),
-                blocked.refusal(&setup.source.source),
-            ));
-        }
-        self.runtime
-            .run(loaded, binding.clone(), call.clone())
-            .await
-            .map_err(Stop::Failed)
+/// One attempt at `call`: the account is verified first, and a
+/// collection goes on only when it is the account the source is
+/// connected to (or its first, recorded now) and no other source of
+/// the connector is connected to it unconfirmed. Otherwise nothing is
+/// collected, and the run ends with the typed failure.
+///
+/// Checking the account asks the owner nothing while the source holds
+/// a session: a session the site refuses ends the run for re-auth, as
+/// collecting with it would, rather than opening a login unasked. A
+/// source with no session (one that keeps none between runs, or not
+/// yet) logs in while it is checked, as its collection would.
+pub(super) async fn attempt(
+    runtime: &Runtime,
+    vault: &Mutex<Vault>,
+    loaded: &LoadedConnector,
+    binding: &Binding,
+    setup: &catalog::SourceSetup,
+    call: &Call,
+    session_held: bool,
+) -> Result<Outcome, Stop> {
+    let mut check = binding.clone();
+    if matches!(call, Call::Collect(_)) && session_held {
+        check.control.interactive = false;
     }
+    let verified = runtime
+        .run(loaded, check, Call::Verify)
+        .await
+        .map_err(Stop::Failed)?;
+    let (Call::Collect(_), Outcome::Verified(identity)) = (call, &verified) else {
+        return Ok(verified);
+    };
+    let identity = setup::Identity {
+        id: identity.id.clone(),
+        display: identity.display.clone(),
+    };
+    let decided = {
+        let vault = vault.lock().expect("vault lock");
+        let store = vault.store();
+        immediate(store, || {
+            setup::record_verification(store, setup.source.source_id, Ok(&identity))?;
+            note_account(store, &binding.run_id, &identity)?;
+            Ok(readiness::decide(
+                &readiness::facts(store, setup)?,
+                Purpose::Collect,
+            ))
+        })
+        .map_err(Stop::Launch)?
+    };
+    if let Err(blocked) = decided {
+        return Err(Stop::Refused(
+            refused_kind(&blocked),
+            blocked.refusal(&setup.source.source),
+        ));
+    }
+    runtime
+        .run(loaded, binding.clone(), call.clone())
+        .await
+        .map_err(Stop::Failed)
 }
 
 /// Why an attempt at a call did not end with an outcome.
@@ -153,4 +154,11 @@ fn refused_kind(blocked: &Blocked) -> FailureKind {
             FailureKind::AuthRejected
         }
     }
+}
+
+/// What the connector call came to, before it is recorded.
+pub(super) enum Ending {
+    Done(Outcome),
+    Failed(RunFailure),
+    Refused(FailureKind, String),
 }

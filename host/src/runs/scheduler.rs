@@ -11,15 +11,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{LaunchError, Launcher, RunRecord, Trigger, enqueue};
+use super::error::LaunchError;
+use super::heartbeat::Running;
+use super::launcher::Launcher;
+use super::record::{RunRecord, Trigger, enqueue};
 use crate::readiness::{self, Blocked, Purpose};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vault::Vault;
@@ -326,73 +328,6 @@ fn startable(store: &Store) -> Result<Vec<(String, String, String)>, StoreError>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// What the scheduler last did, for the health report.
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    /// When a tick last completed, ms since the Unix epoch (0: never).
-    last_tick: AtomicI64,
-    /// Ticks failed since the last one that completed.
-    failures: AtomicU32,
-    /// Why the last failed tick failed.
-    last_error: Mutex<Option<String>>,
-    /// Whether a scheduler runs now.
-    running: AtomicBool,
-}
-
-/// The scheduler's health as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct SchedulerHealth {
-    /// Whether the scheduler runs.
-    pub running: bool,
-    /// When its last tick completed, ms since the Unix epoch.
-    pub last_tick: Option<i64>,
-    /// Ticks failed in a row since then (each retried, with backoff).
-    pub failures: u32,
-    /// Why the last failed tick failed.
-    pub last_error: Option<String>,
-}
-
-impl Heartbeat {
-    /// The report.
-    pub fn health(&self) -> SchedulerHealth {
-        let last_tick = self.last_tick.load(Ordering::Relaxed);
-        SchedulerHealth {
-            running: self.running.load(Ordering::Relaxed),
-            last_tick: (last_tick > 0).then_some(last_tick),
-            failures: self.failures.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().expect("heartbeat lock").clone(),
-        }
-    }
-
-    fn ticked(&self) {
-        self.last_tick.store(now_ms(), Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        *self.last_error.lock().expect("heartbeat lock") = None;
-    }
-
-    /// Records a failed tick; returns how many failed in a row.
-    fn failed(&self, why: String) -> u32 {
-        *self.last_error.lock().expect("heartbeat lock") = Some(why);
-        self.failures.fetch_add(1, Ordering::Relaxed) + 1
-    }
-}
-
-/// Marks the scheduler running until dropped.
-struct Running(Arc<Heartbeat>);
-
-impl Running {
-    fn start(heartbeat: Arc<Heartbeat>) -> Self {
-        heartbeat.running.store(true, Ordering::Relaxed);
-        Self(heartbeat)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Relaxed);
-    }
-}
-
 /// The longest wait between two ticks after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -585,6 +520,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[test]
     fn backoff_doubles_up_to_its_bound() {

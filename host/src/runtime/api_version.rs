@@ -4,7 +4,7 @@
 
 use wasmparser::{Parser, Payload};
 
-use super::RuntimeError;
+use super::failure::RuntimeError;
 
 /// The custom section name the SDK writes.
 pub const SECTION: &str = "sourcebox:api-version";

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Limits;
+use super::limits::Limits;
 
 /// Shared by every call of a run: its stores (their waits for the owner,
 /// their questions) and the watchdog that races each call.

@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::bindings::sourcebox::connector::credentials::CredentialError;
-use super::bindings::sourcebox::connector::types::{CredentialClass, CredentialField, Manifest};
-use super::{Exhausted, RunFailure};
+use super::failure::RunFailure;
+use super::limits::{Exhausted, Limits};
+use crate::contract::bindings::sourcebox::connector::credentials::CredentialError;
+use crate::contract::{CredentialClass, CredentialField, Manifest};
 use crate::store::SourceRef;
 use crate::vault::{
     Actor, CredentialClass as VaultClass, NewCredential, Provenance, Secret, Vault, VaultError,
@@ -105,7 +106,7 @@ impl RunCredentials {
         run_id: String,
         authenticating: bool,
         manifest: Arc<Manifest>,
-        limits: &super::Limits,
+        limits: &Limits,
     ) -> Self {
         Self {
             vault,

@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 
-use super::bindings::sourcebox::connector::types::{EgressHost, Manifest};
+use crate::contract::{EgressHost, Manifest};
 
 /// Most streams, credentials, setup fields and egress hosts a manifest
 /// may declare, and most hosts per credential.
@@ -290,10 +290,10 @@ fn is_host(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::bindings::sourcebox::connector::types::{
+    use super::*;
+    use crate::contract::{
         CredentialClass, CredentialField, Modality, SetupDescriptor, SetupField, Stream,
     };
-    use super::*;
 
     fn good() -> Manifest {
         Manifest {

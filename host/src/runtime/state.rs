@@ -5,11 +5,7 @@
 
 use std::collections::HashMap;
 
-mod host_resources;
-
-pub(super) use host_resources::bound_request_strings;
-pub use host_resources::{HOST_ALLOWANCE, MAX_RESOURCES};
-use host_resources::{MAX_FIELDS_SIZE, MAX_RANDOM};
+pub(super) mod host_resources;
 
 use rusqlite::params;
 use wasmtime::component::ResourceTable;
@@ -17,13 +13,16 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::sourcebox::connector::credentials::{self, CredentialError};
-use super::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
-use super::bindings::sourcebox::connector::log::{self, Level};
-use super::bindings::sourcebox::connector::records::{self, BatchError, RecordError};
-use super::bindings::sourcebox::connector::types::{self, Manifest};
+use super::call::{Binding, Outcome};
 use super::credentials::{RunCredentials, Shared};
-use super::{Binding, Exhausted, Limits};
+use super::failure::{Cancelled, RunFailure};
+use super::limits::{Exhausted, Limits, MAX_FIELDS_SIZE, MAX_RANDOM, MAX_RESOURCES};
+use crate::contract::Manifest;
+use crate::contract::bindings::sourcebox::connector::credentials::{self, CredentialError};
+use crate::contract::bindings::sourcebox::connector::interaction::{self, InteractionError, Kind};
+use crate::contract::bindings::sourcebox::connector::log::{self, Level};
+use crate::contract::bindings::sourcebox::connector::records::{self, BatchError, RecordError};
+use crate::contract::bindings::sourcebox::connector::types;
 use crate::egress::{EgressHooks, EgressPolicy};
 use crate::events::EventKind;
 use crate::interactions;
@@ -74,7 +73,7 @@ struct Bound {
     credentials: Shared,
     /// What the host saw go wrong that explains a failed run: an
     /// unanswered interaction, a login browser that failed.
-    host_failure: Option<super::RunFailure>,
+    host_failure: Option<RunFailure>,
 }
 
 /// The newest update time in a stream: the last entry of its range.
@@ -287,21 +286,19 @@ impl RunState {
 
     /// What a connector returned, its text redacted and made inert: the
     /// account it says the credentials belong to is shown to the owner.
-    pub(super) fn redacted_outcome(&self, outcome: super::Outcome) -> super::Outcome {
+    pub(super) fn redacted_outcome(&self, outcome: Outcome) -> Outcome {
         match outcome {
-            super::Outcome::Verified(identity) => {
-                super::Outcome::Verified(types::AccountIdentity {
-                    id: self.redact_to(&identity.id, MAX_IDENTITY),
-                    display: self.redact_to(&identity.display, MAX_IDENTITY),
-                })
-            }
+            Outcome::Verified(identity) => Outcome::Verified(types::AccountIdentity {
+                id: self.redact_to(&identity.id, MAX_IDENTITY),
+                display: self.redact_to(&identity.display, MAX_IDENTITY),
+            }),
             outcome => outcome,
         }
     }
 
     /// A revoked or undecryptable credential the run asked for, or an
     /// interaction the owner did not answer in time.
-    pub(super) fn host_failure(&self) -> Option<super::RunFailure> {
+    pub(super) fn host_failure(&self) -> Option<RunFailure> {
         let bound = self.bound.as_ref()?;
         let credentials = bound.credentials.lock().expect("credentials lock");
         bound.host_failure.clone().or_else(|| credentials.failure())
@@ -771,9 +768,9 @@ impl interaction::Host for RunState {
                 }
                 Err(_) => Ok(Err(InteractionError::Declined)),
             },
-            Err(None) => Err(wasmtime::Error::new(super::Cancelled)),
+            Err(None) => Err(wasmtime::Error::new(Cancelled)),
             Err(Some(InteractionError::Timeout)) => {
-                bound.host_failure = Some(super::RunFailure::InteractionTimeout(id));
+                bound.host_failure = Some(RunFailure::InteractionTimeout(id));
                 Ok(Err(InteractionError::Timeout))
             }
             Err(Some(other)) => Ok(Err(other)),
@@ -841,7 +838,8 @@ async fn open_login(
     if !logins.available() {
         return Err(InteractionError::Unsupported);
     }
-    let Some(credential) = super::session_credential(&bound.manifest).map(str::to_owned) else {
+    let Some(credential) = crate::contract::session_credential(&bound.manifest).map(str::to_owned)
+    else {
         tracing::warn!(
             run = bound.binding.run_id,
             "a login was asked for, but the connector declares no session credential to keep it in"
@@ -863,7 +861,7 @@ async fn open_login(
                 format!("a login was asked for at '{what}', which is not a URL")
             };
             tracing::warn!(run = bound.binding.run_id, "{why}");
-            bound.host_failure = Some(super::RunFailure::EgressDenied(why));
+            bound.host_failure = Some(RunFailure::EgressDenied(why));
             Err(InteractionError::Unsupported)
         }
         Err(e) => {
@@ -876,8 +874,8 @@ async fn open_login(
 
 /// A run that failed because the login browser did: the host's fault,
 /// not the owner's, so not a reason to log in again.
-fn browser_failed(e: &crate::browser::BrowserError) -> super::RunFailure {
-    super::RunFailure::Connector(types::ConnectorError::UpstreamTransient(format!(
+fn browser_failed(e: &crate::browser::BrowserError) -> RunFailure {
+    RunFailure::Connector(types::ConnectorError::UpstreamTransient(format!(
         "the login browser failed: {e}"
     )))
 }

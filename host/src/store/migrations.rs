@@ -5,7 +5,7 @@
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// Every migration this build knows, in order; index + 1 is its version.
 const MIGRATIONS: &[&str] = &[

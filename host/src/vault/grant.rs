@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use super::{Secret, VaultError};
+use super::error::VaultError;
+use super::secret::Secret;
 
 /// A grant as stored. Its tokens are wiped when it is dropped.
 #[derive(Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
 use std::sync::{Arc, Mutex};
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -21,8 +21,8 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::VaultError;
 use super::envelope;
+use super::error::{VaultError, WrapperKind};
 use super::pkcs11::{HsmKek, Pkcs11Token};
 use super::secret::{Key256, Secret};
 use crate::store::{Store, now_ms};
@@ -48,48 +48,6 @@ impl KeyWrapper for MemoryKek {
         let bytes = envelope::open(&self.0, wrapped, aad).map_err(VaultError::KeyUnwrap)?;
         Key256::from_slice(bytes.expose_secret())
             .ok_or(VaultError::KeyUnwrap(envelope::EnvelopeError::Forged))
-    }
-}
-
-/// Where the key-encryption key lives, chosen at `init`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WrapperKind {
-    /// A random KEK in a 0600 file in the data directory. Development only.
-    Local,
-    /// A KEK derived from the owner's passphrase with Argon2id.
-    Passphrase,
-    /// A KEK that never leaves a PKCS#11 token.
-    Pkcs11,
-}
-
-impl WrapperKind {
-    /// The name recorded in `meta` and accepted by `init --key-wrapper`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Passphrase => "passphrase",
-            Self::Pkcs11 => "pkcs11",
-        }
-    }
-
-    /// Whether unlocking needs a passphrase or PIN from the operator.
-    pub fn needs_unlock_secret(self) -> bool {
-        !matches!(self, Self::Local)
-    }
-}
-
-impl FromStr for WrapperKind {
-    type Err = VaultError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "local" => Ok(Self::Local),
-            "passphrase" => Ok(Self::Passphrase),
-            "pkcs11" => Ok(Self::Pkcs11),
-            other => Err(VaultError::Corrupt(format!(
-                "unknown key wrapper '{other}'"
-            ))),
-        }
     }
 }
 

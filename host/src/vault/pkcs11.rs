@@ -16,7 +16,7 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
-use super::VaultError;
+use super::error::{VaultError, WrapperKind};
 use super::secret::Secret;
 use crate::store::Store;
 
@@ -91,14 +91,14 @@ impl Pkcs11Token {
         })?;
         let session = pkcs11.open_rw_session(slot).map_err(hsm)?;
         let pin = std::str::from_utf8(pin.expose_secret())
-            .map_err(|_| VaultError::WrongUnlockSecret(super::WrapperKind::Pkcs11))?;
+            .map_err(|_| VaultError::WrongUnlockSecret(WrapperKind::Pkcs11))?;
         match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
             Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, Function::Login)) => {}
             Err(Error::Pkcs11(
                 RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
                 _,
             )) => {
-                return Err(VaultError::WrongUnlockSecret(super::WrapperKind::Pkcs11));
+                return Err(VaultError::WrongUnlockSecret(WrapperKind::Pkcs11));
             }
             Err(e) => return Err(hsm(e)),
         }

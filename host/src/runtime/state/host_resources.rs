@@ -7,20 +7,9 @@
 
 use wasmtime::ResourceLimiter;
 
-use super::{Exhausted, RunState};
+use super::RunState;
+use crate::runtime::limits::Exhausted;
 
-/// Entries in a run's resource table: HTTP fields, requests, responses,
-/// bodies, streams and pollables. A connector with its eight requests in
-/// flight holds well under a hundred.
-pub const MAX_RESOURCES: usize = 1024;
-/// Largest header map a guest may build, as wasi:http counts it (the
-/// names and values, plus its own overhead per entry).
-pub(super) const MAX_FIELDS_SIZE: usize = 16 * 1024;
-/// Host memory one run may pin beyond its guest memory, by construction:
-/// every resource table entry a header map at its size limit (16 MiB of
-/// counted header bytes), twice over for what the maps and allocator keep
-/// beside them. Measured: see BENCHMARKS.md.
-pub const HOST_ALLOWANCE: usize = 2 * MAX_RESOURCES * MAX_FIELDS_SIZE;
 /// Table elements of all of an instance's tables together, and the most
 /// core instances, memories and tables a component may create: a
 /// component built with the SDK has a few of each.
@@ -28,9 +17,6 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 const MAX_INSTANCES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 const MAX_TABLES: usize = 64;
-/// Most random bytes one call may ask for.
-pub(super) const MAX_RANDOM: u64 = 64 * 1024;
-
 /// Longest method and authority a request may be given. wasi:http keeps
 /// either as the guest gave it, of any length, in the request it holds
 /// for the guest; these bound what each of the run's requests can pin.

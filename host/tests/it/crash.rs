@@ -2,7 +2,7 @@
 //! times: every acknowledged write is readable afterwards and nothing is
 //! torn.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -76,7 +76,7 @@ fn acknowledged_writes_survive_kill_9() {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
-                "crash_writer_child",
+                "crash::crash_writer_child",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

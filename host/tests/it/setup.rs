@@ -3,7 +3,7 @@
 //! per-source credentials in both directions, modality proofs, and golden
 //! views of each lifecycle state that the CLI's text only renders.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

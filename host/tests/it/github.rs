@@ -3,7 +3,7 @@
 //! bad token, 403 secondary rate limits with `retry-after`, `since` on
 //! issues. The fixture records which token every request carried.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::{local_vault, set};
 use sha2::Digest;
 use sourcebox::catalog::{self, CatalogEntry};
-use sourcebox::runtime::bindings::sourcebox::connector::types::ConnectorError;
+use sourcebox::contract::ConnectorError;
 use sourcebox::runtime::{Binding, Call, Limits, LoadedConnector, Outcome, RunFailure, Runtime};
 use sourcebox::vault::Vault;
 use tokio::io::AsyncWriteExt;
@@ -225,11 +225,9 @@ async fn two_accounts_each_collect_only_their_own_data() {
         let outcome = w.run(source, Call::Collect(vec![])).await.expect("collect");
         assert_eq!(
             outcome,
-            Outcome::Collected(
-                sourcebox::runtime::bindings::sourcebox::connector::types::RunSummary {
-                    records: repos + 1 + 5
-                }
-            )
+            Outcome::Collected(sourcebox::contract::RunSummary {
+                records: repos + 1 + 5
+            })
         );
         let seen = w.take_seen();
         assert!(!seen.is_empty());
@@ -388,7 +386,7 @@ async fn the_cli_runs_with_the_stored_token_whatever_the_environment_holds() {
     assert!(ok, "{stdout}");
     let installed: Vec<CatalogEntry> = serde_json::from_str(&stdout).expect("catalog entries");
     let shipped: CatalogEntry =
-        serde_json::from_str(include_str!("../../manifests/github.json")).expect("parses");
+        serde_json::from_str(include_str!("../../../manifests/github.json")).expect("parses");
     assert_eq!(installed, vec![shipped]);
     let requests = std::mem::take(&mut *seen.lock().expect("seen"));
     assert!(!requests.is_empty());

@@ -3,7 +3,7 @@
 //! a client token), token separation between the surfaces, client scopes,
 //! the one error shape, and a canary token that never comes back.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: a vault in a temporary data
 //! directory, the real `sourcebox` binary, and byte scans for leaked secrets.
-#![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

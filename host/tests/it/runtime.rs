@@ -2,13 +2,13 @@
 //! real vault: source scoping, empty ambient authority, credential classes,
 //! limits, traps and the API version gate.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{local_vault, set};
-use sourcebox::runtime::bindings::sourcebox::connector::types::ConnectorError;
+use sourcebox::contract::ConnectorError;
 use sourcebox::runtime::{
     Binding, Call, Exhausted, Limits, LoadedConnector, Outcome, RunFailure, Runtime, RuntimeError,
 };
@@ -156,11 +156,7 @@ async fn each_run_sees_only_its_own_sources_credentials() {
             .expect("collect");
         assert_eq!(
             outcome,
-            Outcome::Collected(
-                sourcebox::runtime::bindings::sourcebox::connector::types::RunSummary {
-                    records: 4
-                }
-            )
+            Outcome::Collected(sourcebox::contract::RunSummary { records: 4 })
         );
     }
     for (source, token) in [("a", "token-of-a"), ("b", "token-of-b")] {

@@ -3,7 +3,7 @@
 //! `Launcher`, the scheduler's queue and the real `sourcebox` binary; the
 //! GitHub connector talks to a scripted loopback fixture.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

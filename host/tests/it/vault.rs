@@ -1,7 +1,7 @@
 //! The vault against real SQLite files and real crypto: moved, tampered and
 //! truncated rows, wrong keys, fail-closed audit, rotation and destruction.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};

@@ -2,7 +2,7 @@
 //! never leaves the vault in any recognisable form; bad data directories,
 //! production mode, passphrases and PKCS#11 behave as documented.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;
