@@ -348,7 +348,7 @@ fn install(
     pause_until_approved: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let bytes = std::fs::read(&path)
+    let bytes = std::fs::read(path)
         .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
     let runtime = Runtime::new(&store.dir().join("cache"))?;
     let loaded = async_runtime()?.block_on(runtime.load(&bytes))?;
@@ -403,7 +403,7 @@ fn install(
                 .into(),
         ));
     }
-    let installed = catalog::install(&store, &bytes, loaded.api_version(), manifest)?;
+    let installed = catalog::install(store, &bytes, loaded.api_version(), manifest)?;
     writeln_out(
         out,
         format_args!(
@@ -412,7 +412,7 @@ fn install(
         ),
     )?;
     let meanwhile = catalog::Meanwhile::paused_if(pause_until_approved);
-    for upgrade in catalog::offer_upgrade(&store, &installed, meanwhile)? {
+    for upgrade in catalog::offer_upgrade(store, &installed, meanwhile)? {
         if upgrade.changes.is_empty() {
             writeln_out(
                 out,

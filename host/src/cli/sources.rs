@@ -232,19 +232,7 @@ pub(super) fn source(
             print_view(&setup::source_view(vault.store(), &name)?, false, out)
         }
         SourceCommand::Verify { name, json } => {
-            let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
-            let run = async_runtime()?
-                .block_on(launcher.launch(&name, runs::Trigger::SetupVerification))?;
-            let vault = launcher.vault().lock().expect("vault lock");
-            print_view(&setup::source_view(vault.store(), &name)?, json, out)?;
-            // The view says what to do next; the exit status says it failed.
-            match &run.failure {
-                None => Ok(()),
-                Some(kind) => Err(CliError::Usage(format!(
-                    "the verification failed: {kind}: {}",
-                    run.detail.as_deref().unwrap_or("")
-                ))),
-            }
+            verify(dir, unlock_fd, egress_allow, &name, json, out)
         }
         SourceCommand::Setup { name, json } => {
             let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
@@ -288,16 +276,7 @@ pub(super) fn source(
             new_source,
             discard,
         } => {
-            let choice = match (accept, new_source, discard) {
-                (true, None, false) => setup::AccountChoice::Accept,
-                (false, Some(new), false) => setup::AccountChoice::NewSource { name: Some(new) },
-                (false, None, true) => setup::AccountChoice::Discard,
-                _ => {
-                    return Err(CliError::Usage(format!(
-                        "choose one of --accept, --new-source NAME or --discard; `sourcebox source show {name}` says what each does"
-                    )));
-                }
-            };
+            let choice = account_choice(&name, accept, new_source, discard)?;
             let vault = open_vault(dir, unlock_fd)?;
             print_view(
                 &setup::choose_account(&vault, Actor::OWNER_CLI, &name, choice)?,
@@ -321,6 +300,30 @@ pub(super) fn source(
                 format_args!("deleted source {name} and destroyed {destroyed} credentials"),
             )
         }
+    }
+}
+
+/// `source verify NAME`: a verification run, then the view; the exit
+/// status says whether it failed.
+fn verify(
+    dir: &Path,
+    unlock_fd: Option<u32>,
+    egress_allow: &[std::net::SocketAddr],
+    name: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let launcher = launcher(open_vault(dir, unlock_fd)?, launch_config(egress_allow))?;
+    let run = async_runtime()?.block_on(launcher.launch(name, runs::Trigger::SetupVerification))?;
+    let vault = launcher.vault().lock().expect("vault lock");
+    print_view(&setup::source_view(vault.store(), name)?, json, out)?;
+    // The view says what to do next; the exit status says it failed.
+    match &run.failure {
+        None => Ok(()),
+        Some(kind) => Err(CliError::Usage(format!(
+            "the verification failed: {kind}: {}",
+            run.detail.as_deref().unwrap_or("")
+        ))),
     }
 }
 
@@ -424,7 +427,7 @@ fn schedule(
         (None, Some(expr)) => Some(Schedule::Cron(expr)),
         (None, None) => None,
     };
-    match scheduler::set_schedule(&Store::open(dir)?, &name, schedule)? {
+    match scheduler::set_schedule(&Store::open(dir)?, name, schedule)? {
         Some(row) => writeln_out(
             out,
             format_args!(
@@ -597,27 +600,7 @@ fn render_next_step(view: &setup::SourceView) -> String {
             identity,
             records,
             choices,
-        } => {
-            let account = format!("{} (provider id {})", identity.display, identity.id);
-            let mut step = format!(
-                "next: the credentials now belong to {account}, not to {previous}, whose {records} records this source holds; nothing collects until you choose:\n"
-            );
-            for choice in choices {
-                step += &match choice {
-                    setup::AccountChoice::Accept => format!(
-                        "  connect this source to {account}: sourcebox source account {name} --accept\n"
-                    ),
-                    setup::AccountChoice::NewSource { .. } => format!(
-                        "  keep the accounts apart, {} in a source of its own: sourcebox source account {name} --new-source NAME\n",
-                        identity.display
-                    ),
-                    setup::AccountChoice::Discard => format!(
-                        "  discard the new credentials: sourcebox source account {name} --discard\n"
-                    ),
-                };
-            }
-            step
-        }
+        } => render_account_change(name, previous, identity, *records, choices),
         NextStep::Inspect { failure, detail } => {
             format!("next: verification failed ({failure}): {detail}; see sourcebox runs {name}\n")
         }
@@ -646,6 +629,52 @@ fn render_next_step(view: &setup::SourceView) -> String {
         }
         NextStep::None => format!("ready: sourcebox run {name}\n"),
     }
+}
+
+/// The one account choice `source account` was given.
+fn account_choice(
+    name: &str,
+    accept: bool,
+    new_source: Option<String>,
+    discard: bool,
+) -> Result<setup::AccountChoice, CliError> {
+    match (accept, new_source, discard) {
+        (true, None, false) => Ok(setup::AccountChoice::Accept),
+        (false, Some(new), false) => Ok(setup::AccountChoice::NewSource { name: Some(new) }),
+        (false, None, true) => Ok(setup::AccountChoice::Discard),
+        _ => Err(CliError::Usage(format!(
+            "choose one of --accept, --new-source NAME or --discard; `sourcebox source show {name}` says what each does"
+        ))),
+    }
+}
+
+/// The three choices of an account change, each with its command.
+fn render_account_change(
+    name: &str,
+    previous: &str,
+    identity: &setup::Identity,
+    records: u64,
+    choices: &[setup::AccountChoice],
+) -> String {
+    let account = format!("{} (provider id {})", identity.display, identity.id);
+    let mut step = format!(
+        "next: the credentials now belong to {account}, not to {previous}, whose {records} records this source holds; nothing collects until you choose:\n"
+    );
+    for choice in choices {
+        step += &match choice {
+            setup::AccountChoice::Accept => format!(
+                "  connect this source to {account}: sourcebox source account {name} --accept\n"
+            ),
+            setup::AccountChoice::NewSource { .. } => format!(
+                "  keep the accounts apart, {} in a source of its own: sourcebox source account {name} --new-source NAME\n",
+                identity.display
+            ),
+            setup::AccountChoice::Discard => format!(
+                "  discard the new credentials: sourcebox source account {name} --discard\n"
+            ),
+        };
+    }
+    step
 }
 
 /// Walks the next steps the engine names: missing credentials are asked

@@ -545,6 +545,34 @@ impl Launcher {
         Ok(())
     }
 
+    /// What a run of `setup`'s source is bound to: its source, setup
+    /// values and limits, and how the launch steers it.
+    fn binding(
+        &self,
+        run_id: &str,
+        setup: &catalog::SourceSetup,
+        limits: &catalog::LimitOverrides,
+        cancel: CancellationToken,
+    ) -> Binding {
+        Binding {
+            vault: Arc::clone(&self.vault),
+            source: setup.source.clone(),
+            setup: setup.setup.clone(),
+            run_id: run_id.to_owned(),
+            limits: limits.apply(&self.config.limits),
+            egress_allow: self.config.egress_allow.clone(),
+            control: RunControl {
+                cancel,
+                clock: crate::runtime::RunClock::start(),
+                events: self.events.clone(),
+                interactive: true,
+                interaction_wait: self.config.interaction_wait,
+                poll: self.config.poll,
+                logins: self.logins.clone(),
+            },
+        }
+    }
+
     /// Resolves the source at execution time and calls its connector.
     async fn call(
         &self,
@@ -594,23 +622,7 @@ impl Launcher {
             Ok(loaded) => loaded,
             Err(failure) => return Ok(Ending::Failed(failure)),
         };
-        let binding = Binding {
-            vault: Arc::clone(&self.vault),
-            source: setup.source.clone(),
-            setup: setup.setup.clone(),
-            run_id: run_id.to_owned(),
-            limits: limits.apply(&self.config.limits),
-            egress_allow: self.config.egress_allow.clone(),
-            control: RunControl {
-                cancel,
-                clock: crate::runtime::RunClock::start(),
-                events: self.events.clone(),
-                interactive: true,
-                interaction_wait: self.config.interaction_wait,
-                poll: self.config.poll,
-                logins: self.logins.clone(),
-            },
-        };
+        let binding = self.binding(run_id, &setup, &limits, cancel);
         let call = match trigger {
             Trigger::SetupVerification => Call::Verify,
             _ => Call::Collect(Vec::new()),
@@ -631,16 +643,18 @@ impl Launcher {
         {
             return Ok(Ending::Failed(failure));
         }
-        let ended = gate::attempt(
-            &self.runtime,
-            &self.vault,
-            &loaded,
-            &binding,
-            &setup,
-            &call,
-            login.session_held,
-        )
-        .await;
+        let attempt = || {
+            gate::attempt(
+                &self.runtime,
+                &self.vault,
+                &loaded,
+                &binding,
+                &setup,
+                &call,
+                login.session_held,
+            )
+        };
+        let ended = attempt().await;
         // The provider rejected an access token the host did not just
         // refresh (it ended before the expiry the host knew of, or the
         // provider gave none): refresh the grant once and call again.
@@ -657,16 +671,7 @@ impl Launcher {
                             run = run_id,
                             "access token rejected; grant refreshed, calling again"
                         );
-                        gate::attempt(
-                            &self.runtime,
-                            &self.vault,
-                            &loaded,
-                            &binding,
-                            &setup,
-                            &call,
-                            login.session_held,
-                        )
-                        .await
+                        attempt().await
                     }
                     Ok(false) => ended,
                     Err(e) => return Ok(refresh_failed(e)),
@@ -690,18 +695,7 @@ impl Launcher {
                     .run(&loaded, binding.clone(), Call::Authenticate)
                     .await
                 {
-                    Ok(_) => {
-                        gate::attempt(
-                            &self.runtime,
-                            &self.vault,
-                            &loaded,
-                            &binding,
-                            &setup,
-                            &call,
-                            login.session_held,
-                        )
-                        .await
-                    }
+                    Ok(_) => attempt().await,
                     Err(failure) => Err(Stop::Failed(failure)),
                 }
             }

@@ -628,12 +628,7 @@ impl interaction::Host for RunState {
             )));
         }
         let clock = bound.clock.clone();
-        let kind = match kind {
-            Kind::Otp => "otp",
-            Kind::Login => "login",
-            Kind::IdentityConfirmation => "identity-confirmation",
-            Kind::Challenge => "challenge",
-        };
+        let kind = kind_name(kind);
         // A login opens the browser the owner will stream before the owner
         // is asked, at the page the connector named.
         let login = if kind == "login" {
@@ -647,9 +642,6 @@ impl interaction::Host for RunState {
         let source = bound.binding.source.clone();
         let run_id = bound.binding.run_id.clone();
         let vault = std::sync::Arc::clone(&bound.binding.vault);
-        let host_fault = |e: &dyn std::fmt::Display| {
-            wasmtime::Error::msg(format!("interaction could not be kept: {e}"))
-        };
         let deadline = crate::store::ms_after(now_ms(), control.interaction_wait);
         let id = {
             let vault = vault.lock().expect("vault lock");
@@ -708,29 +700,7 @@ impl interaction::Host for RunState {
             name: "connector",
             run_id: Some(&run_id),
         };
-        let outcome = loop {
-            if control.cancel.is_cancelled() {
-                break Err(None);
-            }
-            let (answer, state) = {
-                let vault = vault.lock().expect("vault lock");
-                let answer = vault
-                    .take_answer(actor, &source, &id)
-                    .map_err(|e| host_fault(&e))?;
-                let state = interactions::state(vault.store(), &id).map_err(|e| host_fault(&e))?;
-                (answer, state)
-            };
-            match (answer, state.as_str()) {
-                (Some(answer), _) => break Ok(answer),
-                (None, "declined") => break Err(Some(InteractionError::Declined)),
-                (None, "pending") if now_ms() < deadline => {}
-                (None, "pending" | "expired") => break Err(Some(InteractionError::Timeout)),
-                // Answered, but the answer is gone: another taker, or a
-                // restart expired it.
-                (None, _) => break Err(Some(InteractionError::Timeout)),
-            }
-            tokio::time::sleep(control.poll).await;
-        };
+        let outcome = wait_for_answer(&vault, actor, &source, &id, deadline, &control).await?;
         drop(waiting);
         question.close().map_err(|e| host_fault(&e))?;
         control.events.send(
@@ -775,6 +745,58 @@ impl interaction::Host for RunState {
             }
             Err(Some(other)) => Ok(Err(other)),
         }
+    }
+}
+
+/// A failure to keep an interaction's row: the host's, not the
+/// connector's.
+fn host_fault(e: &dyn std::fmt::Display) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("interaction could not be kept: {e}"))
+}
+
+/// The stored name of a kind of question.
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Otp => "otp",
+        Kind::Login => "login",
+        Kind::IdentityConfirmation => "identity-confirmation",
+        Kind::Challenge => "challenge",
+    }
+}
+
+/// Waits for the owner's answer to interaction `id` of `source`: the
+/// answer, or why there is none (declined, expired or past `deadline`;
+/// `None` when the run was cancelled).
+async fn wait_for_answer(
+    vault: &std::sync::Arc<std::sync::Mutex<crate::vault::Vault>>,
+    actor: Actor<'_>,
+    source: &crate::store::SourceRef,
+    id: &str,
+    deadline: i64,
+    control: &super::call::RunControl,
+) -> wasmtime::Result<Result<crate::vault::Secret, Option<InteractionError>>> {
+    loop {
+        if control.cancel.is_cancelled() {
+            return Ok(Err(None));
+        }
+        let (answer, state) = {
+            let vault = vault.lock().expect("vault lock");
+            let answer = vault
+                .take_answer(actor, source, id)
+                .map_err(|e| host_fault(&e))?;
+            let state = interactions::state(vault.store(), id).map_err(|e| host_fault(&e))?;
+            (answer, state)
+        };
+        match (answer, state.as_str()) {
+            (Some(answer), _) => return Ok(Ok(answer)),
+            (None, "declined") => return Ok(Err(Some(InteractionError::Declined))),
+            (None, "pending") if now_ms() < deadline => {}
+            (None, "pending" | "expired") => return Ok(Err(Some(InteractionError::Timeout))),
+            // Answered, but the answer is gone: another taker, or a
+            // restart expired it.
+            (None, _) => return Ok(Err(Some(InteractionError::Timeout))),
+        }
+        tokio::time::sleep(control.poll).await;
     }
 }
 

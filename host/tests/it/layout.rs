@@ -1,6 +1,8 @@
 //! How the house is laid out, checked on its own source: no circle of
 //! imports among the host library's modules, no source file over 1,000
-//! lines, no function over 150 lines.
+//! lines, no function of the product (the host, the SDK, the first-party
+//! connectors) over 150 lines. Tests and their fixtures may run longer:
+//! a scenario reads best as one story.
 //!
 //! The imports are read with `syn`, the parser Rust's procedural macros
 //! use: every file of `host/src` (under `lib.rs`) is one module (`a.rs`
@@ -415,6 +417,12 @@ impl Functions {
 }
 
 impl<'ast> Visit<'ast> for Functions {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        if !is_test_only(&m.attrs) {
+            syn::visit::visit_item_mod(self, m);
+        }
+    }
+
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
         self.add(&f.sig.ident, f.span());
         syn::visit::visit_item_fn(self, f);
@@ -431,12 +439,27 @@ impl<'ast> Visit<'ast> for Functions {
     }
 }
 
+/// The product's own Rust sources: the host library and binary, the SDK,
+/// the first-party connectors (not the test fixtures under
+/// `connectors/testing`).
+fn product() -> Vec<PathBuf> {
+    let root = workspace();
+    sources()
+        .into_iter()
+        .filter(|p| {
+            let p = p.strip_prefix(&root).unwrap_or(p);
+            (p.starts_with("host/src") || p.starts_with("sdk/src") || p.starts_with("connectors"))
+                && !p.starts_with("connectors/testing")
+        })
+        .collect()
+}
+
 #[test]
 fn no_function_over_a_hundred_and_fifty_lines() {
     let root = workspace();
     let mut long = Vec::new();
     let mut counted = 0;
-    for path in sources() {
+    for path in product() {
         let text = std::fs::read_to_string(&path).expect("read");
         let file =
             syn::parse_file(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
