@@ -1,11 +1,12 @@
 //! How the house is laid out, checked on its own source: no circle of
-//! imports among the host library's modules, no source file over 1,000
-//! lines, no function of the product (the host, the SDK, the first-party
-//! connectors) over 150 lines. Tests and their fixtures may run longer:
-//! a scenario reads best as one story.
+//! imports among the modules of the host or of the vault, no source file
+//! over 1,000 lines, no function of the product (the host, the vault, the
+//! SDK, the first-party connectors) over 150 lines. Tests and their
+//! fixtures may run longer: a scenario reads best as one story.
 //!
 //! The imports are read with `syn`, the parser Rust's procedural macros
-//! use: every file of `host/src` (under `lib.rs`) is one module (`a.rs`
+//! use: every file of a library (`host/src` under its `lib.rs`, and the
+//! vault's crate, `vault/src`) is one module (`a.rs`
 //! and `a/mod.rs` are `a`, `a/b.rs` is `a::b`). Every path written in a
 //! file — in a `use`, a type, an expression, a pattern, an `impl` — is
 //! resolved against the module tree (`crate::`, `super::`, `self::` and a
@@ -51,9 +52,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The library's modules, each with its parsed file.
-fn library() -> BTreeMap<Module, syn::File> {
-    let src = workspace().join("host/src");
+/// A library's modules (`host/src` or `vault/src`), each with its parsed
+/// file.
+fn library(crate_src: &str) -> BTreeMap<Module, syn::File> {
+    let src = workspace().join(crate_src);
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut modules = BTreeMap::new();
@@ -347,13 +349,19 @@ fn the_import_reader_finds_a_circle_and_only_that() {
 
 #[test]
 fn no_circle_of_imports_among_the_host_modules() {
-    let modules = library();
-    assert!(modules.len() > 20, "read {} modules", modules.len());
-    let (found, report) = circles_in(&modules);
-    assert!(
-        found.is_empty(),
-        "imports that go round in a circle:\n{report}"
-    );
+    for (crate_src, at_least) in [("host/src", 60), ("vault/src", 15)] {
+        let modules = library(crate_src);
+        assert!(
+            modules.len() >= at_least,
+            "read {} modules of {crate_src}",
+            modules.len()
+        );
+        let (found, report) = circles_in(&modules);
+        assert!(
+            found.is_empty(),
+            "imports in {crate_src} that go round in a circle:\n{report}"
+        );
+    }
 }
 
 /// The project's own Rust sources: the host, the SDK, the connectors,
@@ -448,7 +456,10 @@ fn product() -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| {
             let p = p.strip_prefix(&root).unwrap_or(p);
-            (p.starts_with("host/src") || p.starts_with("sdk/src") || p.starts_with("connectors"))
+            (p.starts_with("host/src")
+                || p.starts_with("vault/src")
+                || p.starts_with("sdk/src")
+                || p.starts_with("connectors"))
                 && !p.starts_with("connectors/testing")
         })
         .collect()

@@ -13,7 +13,7 @@ use crate::store::{SourceRef, now_ms};
 
 /// What a value kept aside belongs to: the row its sealing is bound to.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum AsideOf<'a> {
+pub enum AsideOf<'a> {
     /// The owner's answer to an interaction of a source.
     Answer {
         /// The source that asked.
@@ -92,7 +92,7 @@ pub(super) fn bound_to(domain: &[u8], source: &SourceRef, name: &str, version: i
 /// A value kept aside: sealed under a data key of its own, wrapped by a
 /// KEK version.
 #[derive(Debug)]
-pub(crate) struct Aside {
+pub struct Aside {
     /// The KEK version that wraps `wrapped_key`.
     pub kek_version: i64,
     /// The data key, wrapped.
@@ -104,7 +104,7 @@ pub(crate) struct Aside {
 impl Aside {
     /// Reads (kek_version, wrapped key, sealed value) from columns
     /// `first`, `first + 1` and `first + 2` of a row.
-    pub(crate) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+    pub fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
         Ok(Self {
             kek_version: r.get(first)?,
             wrapped_key: r.get(first + 1)?,

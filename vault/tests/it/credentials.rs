@@ -1,18 +1,16 @@
 //! The vault against real SQLite files and real crypto: moved, tampered and
 //! truncated rows, wrong keys, fail-closed audit, rotation and destruction.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
-use common::{files_under, get, local_vault, reopen, set};
 use rusqlite::params;
-use sourcebox::store::Store;
-use sourcebox::vault::envelope::EnvelopeError;
-use sourcebox::vault::{Actor, Keyring, Secret, VaultError, WrapperKind};
+use sourcebox_vault::store::Store;
+use sourcebox_vault::vault::envelope::EnvelopeError;
+use sourcebox_vault::vault::testing::{files_under, get, local_vault, reopen, set};
+use sourcebox_vault::vault::{Actor, Keyring, Secret, VaultError, WrapperKind};
 
-fn column(vault: &sourcebox::vault::Vault, source: &str, name: &str, col: &str) -> Vec<u8> {
+fn column(vault: &sourcebox_vault::vault::Vault, source: &str, name: &str, col: &str) -> Vec<u8> {
     vault
         .store()
         .conn()
@@ -24,7 +22,13 @@ fn column(vault: &sourcebox::vault::Vault, source: &str, name: &str, col: &str) 
         .expect("column")
 }
 
-fn put_column(vault: &sourcebox::vault::Vault, source: &str, name: &str, col: &str, value: &[u8]) {
+fn put_column(
+    vault: &sourcebox_vault::vault::Vault,
+    source: &str,
+    name: &str,
+    col: &str,
+    value: &[u8],
+) {
     vault
         .store()
         .conn()
@@ -49,7 +53,7 @@ fn a_row_moved_swapped_or_tampered_never_decrypts() {
     let wrapped = column(&vault, "a", "token", "wrapped_key");
 
     // Each case edits the rows, expects a typed refusal, then restores them.
-    type Edit = Box<dyn Fn(&sourcebox::vault::Vault)>;
+    type Edit = Box<dyn Fn(&sourcebox_vault::vault::Vault)>;
     let cases: Vec<(&str, Edit, &str, &str, EnvelopeError)> = vec![
         (
             "a's row copied onto b's",
@@ -247,10 +251,10 @@ fn a_read_whose_audit_row_cannot_be_written_fails() {
     let write = vault.set(
         Actor::OWNER_CLI,
         &a,
-        sourcebox::vault::NewCredential {
+        sourcebox_vault::vault::NewCredential {
             name: "token",
-            class: sourcebox::vault::CredentialClass::Token,
-            provenance: sourcebox::vault::Provenance::Owner,
+            class: sourcebox_vault::vault::CredentialClass::Token,
+            provenance: sourcebox_vault::vault::Provenance::Owner,
             value: Secret::from_slice(b"second"),
             expires_at: None,
         },
@@ -381,7 +385,7 @@ fn rotation_keeps_reads_working_and_a_crash_midway_loses_nothing() {
     }
     assert!(matches!(
         fresh.verify_audit().expect("verify"),
-        sourcebox::vault::audit::ChainCheck::Intact { .. }
+        sourcebox_vault::vault::audit::ChainCheck::Intact { .. }
     ));
 }
 
@@ -433,7 +437,7 @@ fn presence_is_checked_without_decrypting_or_auditing() {
     let a = vault.store().add_source("a").expect("a");
     let b = vault.store().add_source("b").expect("b");
     set(&vault, &a, "token", b"value");
-    let rows = |v: &sourcebox::vault::Vault| -> i64 {
+    let rows = |v: &sourcebox_vault::vault::Vault| -> i64 {
         v.store()
             .conn()
             .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
@@ -470,7 +474,7 @@ fn a_wrong_passphrase_is_refused_without_touching_data() {
     ));
     let keyring = Keyring::create_first(&store, Some(Secret::from_slice(b"correct horse battery")))
         .expect("keyring");
-    let vault = sourcebox::vault::Vault::new(store, keyring);
+    let vault = sourcebox_vault::vault::Vault::new(store, keyring);
     let a = vault.store().add_source("a").expect("a");
     set(&vault, &a, "token", b"value");
     drop(vault);

@@ -37,7 +37,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// Brings `conn` up to `version` (tests start from an older schema).
-pub(super) fn migrate_to(conn: &mut Connection, version: i64) -> Result<(), StoreError> {
+pub fn migrate_to(conn: &mut Connection, version: i64) -> Result<(), StoreError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if current > LATEST {
         return Err(StoreError::SchemaTooNew {

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rusqlite::params;
-use sourcebox::store::Store;
-use sourcebox::vault::audit::{self, AuditEntry};
-use sourcebox::vault::keyring::{ARGON2_M_KIB, ARGON2_P, ARGON2_T, derive_passphrase_kek};
-use sourcebox::vault::{
+use sourcebox_vault::store::Store;
+use sourcebox_vault::vault::audit::{self, AuditEntry};
+use sourcebox_vault::vault::keyring::{ARGON2_M_KIB, ARGON2_P, ARGON2_T, derive_passphrase_kek};
+use sourcebox_vault::vault::{
     Actor, CredentialClass, Keyring, NewCredential, Provenance, Secret, Vault, WrapperKind,
     envelope,
 };
@@ -24,7 +24,7 @@ fn local_vault(dir: &std::path::Path) -> Vault {
     Vault::new(store, keyring)
 }
 
-fn store_token(vault: &Vault, source: &sourcebox::store::SourceRef, name: &str) {
+fn store_token(vault: &Vault, source: &sourcebox_vault::store::SourceRef, name: &str) {
     vault
         .set(
             Actor::OWNER_CLI,
@@ -44,7 +44,7 @@ fn store_token(vault: &Vault, source: &sourcebox::store::SourceRef, name: &str) 
 /// same audit append in the same kind of transaction.
 fn plaintext_read_with_audit(
     conn: &rusqlite::Connection,
-    source: &sourcebox::store::SourceRef,
+    source: &sourcebox_vault::store::SourceRef,
 ) -> Vec<u8> {
     conn.prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
@@ -74,7 +74,7 @@ fn plaintext_read_with_audit(
 }
 
 /// A vault holding one token, and the same bytes in a plaintext table.
-fn resolve_fixture(dir: &std::path::Path) -> (Vault, sourcebox::store::SourceRef) {
+fn resolve_fixture(dir: &std::path::Path) -> (Vault, sourcebox_vault::store::SourceRef) {
     let vault = local_vault(dir);
     let source = vault.store().add_source("work").expect("source");
     store_token(&vault, &source, "token");
@@ -142,7 +142,7 @@ fn resolve_percentiles(_c: &mut Criterion) {
 /// The AEAD alone on a credential-sized value (seal + open), to show what
 /// the cipher costs of the resolve path.
 fn aead(c: &mut Criterion) {
-    let key = sourcebox::vault::Key256::generate();
+    let key = sourcebox_vault::vault::Key256::generate();
     let sealed = envelope::seal(&key, TOKEN, b"aad");
     let mut group = c.benchmark_group("xchacha20poly1305_42_bytes");
     group.bench_function("open", |b| {

@@ -2,16 +2,14 @@
 //! times: every acknowledged write is readable afterwards and nothing is
 //! torn.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{local_vault, reopen, set};
-use sourcebox::vault::audit::ChainCheck;
+use sourcebox_vault::vault::audit::ChainCheck;
+use sourcebox_vault::vault::testing::{get, local_vault, reopen, set};
 
 const DIR_ENV: &str = "SOURCEBOX_CRASH_WRITER_DIR";
 const START_ENV: &str = "SOURCEBOX_CRASH_WRITER_START";
@@ -111,7 +109,7 @@ fn acknowledged_writes_survive_kill_9() {
         let vault = reopen(tmp.path(), None);
         let source = vault.store().source("a").expect("source");
         for (name, i) in &acked {
-            let stored = common::get(&vault, &source, name);
+            let stored = get(&vault, &source, name);
             let found = number_of(&stored);
             assert!(
                 found >= *i,

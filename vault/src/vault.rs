@@ -18,10 +18,12 @@ pub mod grant;
 pub mod keyring;
 mod pkcs11;
 pub mod secret;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub(crate) use aside::{Aside, AsideOf};
+pub use aside::{Aside, AsideOf};
 pub use credential::{
     Actor, CredentialClass, CredentialMeta, NewCredential, Provenance, Rotation, VaultHealth,
     metadata,
@@ -467,7 +469,7 @@ impl Vault {
 
     /// Runs `f` in one write transaction with an audit row for `action`:
     /// if the audit row cannot be written, nothing of `f` is kept.
-    pub(crate) fn write<T>(
+    pub fn write<T>(
         &self,
         actor: Actor<'_>,
         action: &str,
@@ -483,7 +485,7 @@ impl Vault {
 
     /// Seals `value` for `of` under a fresh data key wrapped by the
     /// current KEK.
-    pub(crate) fn seal_aside(
+    pub fn seal_aside(
         &self,
         conn: &Connection,
         of: AsideOf<'_>,
@@ -495,7 +497,7 @@ impl Vault {
     /// Opens what [`Vault::seal_aside`] sealed for the same row. The inner
     /// error is why it cannot be opened (another row's value, a destroyed
     /// KEK).
-    pub(crate) fn open_aside(
+    pub fn open_aside(
         &self,
         conn: &Connection,
         of: AsideOf<'_>,
