@@ -31,10 +31,10 @@ pub use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
-#[cfg(test)]
-pub(crate) use state::LAST_UPDATE;
 pub use state::RunState;
-pub use state::UPSERT_RECORD;
+#[cfg(test)]
+pub(crate) use state::records::LAST_UPDATE;
+pub use state::records::UPSERT_RECORD;
 
 use crate::contract::{CollectRequest, Manifest};
 
@@ -163,10 +163,10 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<RunState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     use crate::contract::bindings::sourcebox::connector as api;
     api::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    api::credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    api::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    api::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    api::interaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    state::credentials::link(&mut linker)?;
+    state::records::link(&mut linker)?;
+    state::log::link(&mut linker)?;
+    state::interaction::link(&mut linker)?;
     // Only the outgoing handler and its types; requests meet the egress policy.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     state::host_resources::bound_request_strings(&mut linker)?;

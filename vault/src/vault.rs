@@ -18,7 +18,6 @@ pub mod grant;
 pub mod keyring;
 mod pkcs11;
 pub mod secret;
-#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use rusqlite::{Connection, OptionalExtension, params};

@@ -169,21 +169,13 @@ pub(super) async fn owner_install(
     // go on and the request deadline holds.
     let launcher = Arc::clone(&api.launcher);
     let handle = tokio::runtime::Handle::current();
-    let component = bytes.clone();
-    let loaded =
-        tokio::task::spawn_blocking(move || handle.block_on(launcher.runtime().load(&component)))
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-            .map_err(|e| match e {
-                crate::runtime::RuntimeError::Engine(_) => ApiError::internal(&e),
-                other => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_component",
-                    other.to_string(),
-                ),
-            })?;
-    let digest = crate::runtime::digest(&bytes);
-    let manifest = loaded.manifest();
+    let component = bytes.to_vec();
+    let review = tokio::task::spawn_blocking(move || {
+        handle.block_on(catalog::review(launcher.runtime(), component))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    let digest = review.digest().to_owned();
     let Some(approved) = query.approve else {
         return Ok(Json(Upload {
             installed: false,
@@ -191,8 +183,8 @@ pub(super) async fn owner_install(
                 "review what it asks for, then POST the same bytes to /v1/owner/connectors?approve={digest}"
             ),
             digest,
-            api_version: loaded.api_version().to_owned(),
-            connector: setup::connector_preview(manifest),
+            api_version: review.api_version().to_owned(),
+            connector: setup::connector_preview(review.manifest()),
             upgrades: Vec::new(),
         })
         .into_response());
@@ -206,12 +198,8 @@ pub(super) async fn owner_install(
         .next("POST without approve to review this component"));
     }
     let vault = api.vault();
-    let installed = catalog::install(vault.store(), &bytes, loaded.api_version(), manifest)?;
-    let upgrades = catalog::offer_upgrade(
-        vault.store(),
-        &installed,
-        query.meanwhile.unwrap_or_default(),
-    )?;
+    let (installed, upgrades) =
+        catalog::install_reviewed(vault.store(), &review, query.meanwhile.unwrap_or_default())?;
     let waiting = upgrades.iter().any(|u| !u.changes.is_empty());
     Ok((
         StatusCode::CREATED,

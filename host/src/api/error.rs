@@ -119,6 +119,14 @@ impl From<CatalogError> for ApiError {
                 "invalid_setup",
                 e.to_string(),
             ),
+            // A component that does not load: the uploader's to fix; the
+            // engine failing is the host's.
+            CatalogError::Runtime(crate::runtime::RuntimeError::Engine(_)) => Self::internal(&e),
+            CatalogError::Runtime(other) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_component",
+                other.to_string(),
+            ),
             other => Self::internal(&other),
         }
     }

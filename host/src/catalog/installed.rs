@@ -113,54 +113,6 @@ impl CatalogEntry {
     }
 }
 
-/// Installs every first-party connector not installed yet.
-pub async fn install_first_party(
-    store: &Store,
-    runtime: &crate::runtime::Runtime,
-) -> Result<Vec<Installed>, CatalogError> {
-    install_shipped(store, runtime, FIRST_PARTY).await
-}
-
-/// Installs each `(component, catalog entry)` whose version is not
-/// installed yet. A component that is not the entry's (another digest, or
-/// other capabilities) is refused, with nothing of it installed: the
-/// entry's defaults are approved for its exact bytes only.
-pub async fn install_shipped(
-    store: &Store,
-    runtime: &crate::runtime::Runtime,
-    shipped: &[(&[u8], &str)],
-) -> Result<Vec<Installed>, CatalogError> {
-    let mut installed = Vec::new();
-    for (component, entry) in shipped {
-        let entry: CatalogEntry = serde_json::from_str(entry)
-            .map_err(|e| CatalogError::Setup(format!("catalog entry: {e}")))?;
-        if latest(store, &entry.id).is_ok_and(|i| i.version == entry.version) {
-            continue;
-        }
-        let loaded = runtime.load(component).await?;
-        if !entry.describes(component, loaded.manifest()) {
-            return Err(CatalogError::Setup(format!(
-                "first-party connector {} {} is not the component its catalog entry \
-                 approves (digest {}): build sourcebox from a clean checkout with the \
-                 toolchain rust-toolchain.toml names, or, if you changed the connector, \
-                 review the change and update its entry in manifests/ (the catalog test \
-                 prints the new one)",
-                entry.id, entry.version, entry.digest
-            )));
-        }
-        let done = install(store, component, loaded.api_version(), loaded.manifest())?;
-        for proof in &entry.proven {
-            store.conn().execute(
-                "INSERT OR IGNORE INTO proofs (connector_id, version, modality, evidence, proven_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![done.id, done.version, proof.modality, proof.evidence, now_ms()],
-            )?;
-        }
-        installed.push(done);
-    }
-    Ok(installed)
-}
-
 /// What the operator approved at install: the hosts the connector may
 /// reach and the credentials it may ask for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

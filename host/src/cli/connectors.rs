@@ -351,8 +351,8 @@ fn install(
     let bytes = std::fs::read(path)
         .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
     let runtime = Runtime::new(&store.dir().join("cache"))?;
-    let loaded = async_runtime()?.block_on(runtime.load(&bytes))?;
-    let manifest = loaded.manifest();
+    let review = async_runtime()?.block_on(catalog::review(&runtime, bytes))?;
+    let manifest = review.manifest();
     writeln_out(
         out,
         format_args!("{} {} ({})", manifest.id, manifest.version, manifest.name),
@@ -403,7 +403,8 @@ fn install(
                 .into(),
         ));
     }
-    let installed = catalog::install(store, &bytes, loaded.api_version(), manifest)?;
+    let meanwhile = catalog::Meanwhile::paused_if(pause_until_approved);
+    let (installed, upgrades) = catalog::install_reviewed(store, &review, meanwhile)?;
     writeln_out(
         out,
         format_args!(
@@ -411,8 +412,7 @@ fn install(
             installed.id, installed.version, installed.digest
         ),
     )?;
-    let meanwhile = catalog::Meanwhile::paused_if(pause_until_approved);
-    for upgrade in catalog::offer_upgrade(store, &installed, meanwhile)? {
+    for upgrade in upgrades {
         if upgrade.changes.is_empty() {
             writeln_out(
                 out,

@@ -184,6 +184,7 @@ impl World {
     async fn run(&self, source: &str, call: Call) -> Result<Outcome, RunFailure> {
         let binding = Binding {
             vault: Arc::clone(&self.vault),
+            records: common::records_store(&self.vault),
             source: self
                 .vault
                 .lock()

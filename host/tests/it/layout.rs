@@ -182,14 +182,16 @@ fn resolve(
                 rest = &rest[1..];
             }
         }
-        Some(first) => {
+        // A name alone is a local or an item of this file; a module is
+        // named by a path through it (`child::item`).
+        Some(first) if rest.len() > 1 => {
             let mut child = from.clone();
             child.push(first.to_owned());
             if !modules.contains_key(&child) {
                 return None;
             }
         }
-        None => return None,
+        _ => return None,
     }
     let mut full = base;
     full.extend(rest.iter().cloned());
@@ -309,8 +311,9 @@ fn circles_in(modules: &BTreeMap<Module, syn::File>) -> (Vec<Vec<Module>>, Strin
 }
 
 /// The reader itself, on a small tree: a parent and child that name each
-/// other are a circle, whichever way each names the other; a visibility
-/// and a module's own tests are not arrows.
+/// other are a circle, whichever way each names the other; a visibility,
+/// a module's own tests and a local named like a child module are not
+/// arrows.
 #[test]
 fn the_import_reader_finds_a_circle_and_only_that() {
     let file = |text: &str| syn::parse_file(text).expect("parse");
@@ -321,7 +324,7 @@ fn the_import_reader_finds_a_circle_and_only_that() {
             .collect()
     };
     let modules: BTreeMap<Module, syn::File> = [
-        ("", "mod a; mod b; mod c;"),
+        ("", "mod a; mod b; mod c; mod d;"),
         (
             "a",
             "mod inner; pub fn f() -> inner::Thing { inner::make() }",
@@ -335,6 +338,8 @@ fn the_import_reader_finds_a_circle_and_only_that() {
             "pub(in crate::c) fn g() {} #[cfg(test)] mod tests { use crate::c::h; }",
         ),
         ("c", "pub fn h() { crate::b::g() }"),
+        ("d", "mod e; pub fn g() -> u8 { let e = 1; e }"),
+        ("d::e", "pub fn h() -> u8 { super::g() }"),
     ]
     .into_iter()
     .map(|(path, text)| (module(path), file(text)))

@@ -1,7 +1,6 @@
-//! Helpers for tests over a real data directory: a vault in a temporary
-//! directory, opened again the way a new process would, and every file
-//! under it, to scan for a leaked secret. Built for this crate's tests and
-//! with the `testing` feature.
+//! Helpers for tests over a real data directory, this crate's and the
+//! host's: a vault in a fresh directory, opened again the way a new
+//! process would, and every file under it, to scan for a leaked secret.
 
 use std::path::{Path, PathBuf};
 
