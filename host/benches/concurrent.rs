@@ -49,7 +49,8 @@ fn main() {
         };
         let added = catalog::add_source(vault.store(), &format!("s{i}"), "echo", &setup, options)
             .expect("source");
-        common::store_token(&vault, &added.source, b"bench-token");
+        // A token of its own: each source is its own account.
+        common::store_token(&vault, &added.source, format!("bench-token-{i}").as_bytes());
     }
     let launcher = Arc::new(
         Launcher::new(

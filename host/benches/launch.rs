@@ -68,7 +68,6 @@ fn launch(c: &mut Criterion) {
     let vault = Arc::new(Mutex::new(vault));
     let baseline = Binding {
         vault: Arc::clone(&vault),
-        records: common::records_store(&vault),
         source: added.source.clone(),
         setup: added.setup.clone(),
         run_id: "baseline".into(),

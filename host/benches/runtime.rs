@@ -32,7 +32,6 @@ fn vault(dir: &Path) -> Arc<Mutex<Vault>> {
 fn binding(vault: &Arc<Mutex<Vault>>, setup: &[(&str, &str)], limits: Limits) -> Binding {
     Binding {
         vault: Arc::clone(vault),
-        records: common::records_store(vault),
         source: vault
             .lock()
             .expect("lock")

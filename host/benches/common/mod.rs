@@ -1,8 +1,6 @@
 //! Helpers shared by the benchmarks.
 #![allow(dead_code)] // each bench uses a different subset
 
-use std::sync::{Arc, Mutex};
-
 use sourcebox::catalog;
 use sourcebox::runtime::{LoadedConnector, Runtime};
 use sourcebox::store::{SourceRef, Store};
@@ -65,11 +63,4 @@ pub fn percentiles(name: &str, mut ns: Vec<u64>) {
         pct(0.99),
         ns.len()
     );
-}
-
-/// A connection of its own to `vault`'s data directory, for a run's
-/// records and checkpoints (as the launch gives each run).
-pub fn records_store(vault: &Arc<Mutex<Vault>>) -> Arc<Mutex<Store>> {
-    let dir = vault.lock().expect("vault lock").store().dir().to_owned();
-    Arc::new(Mutex::new(Store::open(&dir).expect("records store")))
 }

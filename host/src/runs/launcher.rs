@@ -105,8 +105,6 @@ impl Default for LaunchConfig {
 pub struct Launcher {
     runtime: Runtime,
     vault: Arc<Mutex<Vault>>,
-    /// The connection runs write their records and checkpoints on.
-    records: Arc<Mutex<Store>>,
     config: LaunchConfig,
     events: Events,
     loaded: Mutex<HashMap<String, Arc<LoadedConnector>>>,
@@ -132,19 +130,18 @@ impl Launcher {
         vault: Arc<Mutex<Vault>>,
         config: LaunchConfig,
     ) -> Result<Self, LaunchError> {
-        let (runner, profiles, records) = {
+        let (runner, profiles) = {
             let vault = vault.lock().expect("vault lock");
             let dir = vault.store().dir();
             let runner = Runner::start(dir).map_err(LaunchError::Runner)?;
             recover(vault.store())?;
             sweep_login_profiles(dir);
             let profiles = login_profiles(dir).join(&runner.token);
-            (runner, profiles, Store::open(dir)?)
+            (runner, profiles)
         };
         Ok(Self {
             runtime,
             vault,
-            records: Arc::new(Mutex::new(records)),
             logins: Logins::new(config.browser.clone(), profiles),
             config,
             events: Events::default(),
@@ -559,7 +556,6 @@ impl Launcher {
     ) -> Binding {
         Binding {
             vault: Arc::clone(&self.vault),
-            records: Arc::clone(&self.records),
             source: setup.source.clone(),
             setup: setup.setup.clone(),
             run_id: run_id.to_owned(),

@@ -10,7 +10,7 @@ use super::clock::RunClock;
 use super::limits::Limits;
 use crate::contract::{AccountIdentity, RunSummary};
 use crate::events::Events;
-use crate::store::{SourceRef, Store};
+use crate::store::SourceRef;
 use crate::vault::Vault;
 
 /// The source a run is bound to, and how to reach its credentials.
@@ -19,10 +19,6 @@ pub struct Binding {
     /// The vault holding every source's credentials; the run only ever
     /// asks it for `source`'s.
     pub vault: Arc<Mutex<Vault>>,
-    /// Where the run's records and checkpoints are written: a connection
-    /// of their own, so that record writes never wait on the vault's lock
-    /// (credential reads, audit rows), nor the vault on them.
-    pub records: Arc<Mutex<Store>>,
     /// The one source this run is for.
     pub source: SourceRef,
     /// Non-secret setup field values.

@@ -333,14 +333,3 @@ impl Fixture {
             .collect()
     }
 }
-
-/// A connection of its own to `vault`'s data directory, for a run's
-/// records and checkpoints (as the launch gives each run).
-pub fn records_store(
-    vault: &std::sync::Arc<std::sync::Mutex<sourcebox::vault::Vault>>,
-) -> std::sync::Arc<std::sync::Mutex<sourcebox::store::Store>> {
-    let dir = vault.lock().expect("vault lock").store().dir().to_owned();
-    std::sync::Arc::new(std::sync::Mutex::new(
-        sourcebox::store::Store::open(&dir).expect("records store"),
-    ))
-}

@@ -184,7 +184,6 @@ impl World {
     async fn run(&self, source: &str, call: Call) -> Result<Outcome, RunFailure> {
         let binding = Binding {
             vault: Arc::clone(&self.vault),
-            records: common::records_store(&self.vault),
             source: self
                 .vault
                 .lock()

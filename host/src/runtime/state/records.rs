@@ -40,9 +40,9 @@ impl RunState {
         if bound.pending.is_empty() {
             return Ok(());
         }
-        let store = bound.binding.records.lock().expect("records lock");
+        let vault = bound.binding.vault.lock().expect("vault lock");
         let source_id = bound.binding.source.source_id;
-        store.write(|conn| {
+        vault.store().write(|conn| {
             let mut stmt = conn.prepare_cached(UPSERT_RECORD)?;
             let mut last = conn.prepare_cached(LAST_UPDATE)?;
             let now = now_ms();
@@ -189,8 +189,9 @@ impl records::Host for RunState {
         self.flush_records()
             .map_err(|e| wasmtime::Error::msg(format!("records could not be stored: {e}")))?;
         let bound = self.bound.as_ref().expect("checked above");
-        let store = bound.binding.records.lock().expect("records lock");
-        store
+        let vault = bound.binding.vault.lock().expect("vault lock");
+        vault
+            .store()
             .conn()
             .execute(
                 "INSERT INTO checkpoints (source_id, stream, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -206,8 +207,9 @@ impl records::Host for RunState {
         let Some(bound) = self.bound.as_ref() else {
             return Ok(None);
         };
-        let store = bound.binding.records.lock().expect("records lock");
-        let state = store
+        let vault = bound.binding.vault.lock().expect("vault lock");
+        let state = vault
+            .store()
             .conn()
             .query_row(
                 "SELECT state FROM checkpoints WHERE source_id = ?1 AND stream = ?2",

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use common::{local_vault, records_store, set};
+use common::{local_vault, set};
 
 use sourcebox::contract::ConnectorError;
 
@@ -83,7 +83,6 @@ impl World {
     fn binding(&self, source: &str, setup: &[(&str, &str)], limits: Limits) -> Binding {
         Binding {
             vault: Arc::clone(&self.vault),
-            records: records_store(&self.vault),
             source: self.source(source),
             setup: setup
                 .iter()
