@@ -9,7 +9,7 @@ use super::envelope::{self, EnvelopeError};
 use super::error::VaultError;
 use super::keyring::Keyring;
 use super::secret::{Key256, Secret};
-use crate::store::{SourceRef, now_ms};
+use crate::store::{SourceRef, now_ms, source_ref};
 
 /// What a value kept aside belongs to: the row its sealing is bound to.
 #[derive(Debug, Clone, Copy)]
@@ -183,27 +183,17 @@ pub(super) fn rewrap_all(
     version: i64,
 ) -> Result<(), VaultError> {
     // Pending interaction answers are few and short-lived.
-    let answers: Vec<(String, SourceRef, i64, Vec<u8>)> = conn
+    let answers: Vec<(SourceRef, String, i64, Vec<u8>)> = conn
         .prepare(
-            "SELECT a.interaction_id, o.id, o.name, s.id, s.name, a.kek_version, a.wrapped_key
+            "SELECT o.id, o.name, s.id, s.name, a.interaction_id, a.kek_version, a.wrapped_key
              FROM interaction_answers a JOIN sources s ON s.id = a.source_id JOIN owners o ON o.id = a.owner_id
              WHERE a.kek_version != ?1",
         )?
         .query_map([version], |r| {
-            Ok((
-                r.get(0)?,
-                SourceRef {
-                    owner_id: r.get(1)?,
-                    owner: r.get(2)?,
-                    source_id: r.get(3)?,
-                    source: r.get(4)?,
-                },
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok((source_ref(r)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })?
         .collect::<Result<_, _>>()?;
-    for (interaction, source, old, wrapped) in answers {
+    for (source, interaction, old, wrapped) in answers {
         let of = AsideOf::Answer {
             source: &source,
             interaction: &interaction,

@@ -518,3 +518,60 @@ fn production_mode_refuses_the_local_wrapper() {
         Err(VaultError::LocalWrapperInProduction)
     ));
 }
+
+/// An answer the owner gave while its run waits is re-wrapped when the KEK
+/// rotates, and after it opens for its own source and interaction only,
+/// once; the old KEK's key file is gone.
+#[test]
+fn a_pending_answer_survives_a_kek_rotation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vault = local_vault(tmp.path());
+    let a = vault.store().add_source("a").expect("a");
+    let b = vault.store().add_source("b").expect("b");
+    vault
+        .store()
+        .conn()
+        .execute_batch(&format!(
+            "INSERT INTO runs (id, source_id, trigger, state, started_at)
+             VALUES ('r1', {a}, 'manual', 'waiting_for_owner', 0);
+             INSERT INTO interactions (id, run_id, source_id, kind, prompt, state, created_at, deadline)
+             VALUES ('i1', 'r1', {a}, 'otp', 'code?', 'pending', 0, 9223372036854775807);",
+            a = a.source_id
+        ))
+        .expect("a run waiting for the owner");
+    vault
+        .answer_interaction(Actor::OWNER_CLI, &a, "i1", &Secret::from_slice(b"424242"))
+        .expect("answer");
+    let rotation = vault.rotate_kek(Actor::OWNER_CLI, 50).expect("rotate");
+    let keys: Vec<_> = files_under(&tmp.path().join("keys"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            tmp.path()
+                .join(format!("keys/kek-{}.key", rotation.version))
+        ]
+    );
+    let reopened = reopen(tmp.path(), None);
+    assert!(
+        reopened
+            .take_answer(Actor::OWNER_CLI, &b, "i1")
+            .expect("b")
+            .is_none(),
+        "another source never takes the answer"
+    );
+    let answer = reopened
+        .take_answer(Actor::OWNER_CLI, &a, "i1")
+        .expect("take")
+        .expect("the answer, re-wrapped");
+    assert_eq!(answer.expose_secret(), b"424242");
+    assert!(
+        reopened
+            .take_answer(Actor::OWNER_CLI, &a, "i1")
+            .expect("again")
+            .is_none(),
+        "an answer is taken once"
+    );
+}
