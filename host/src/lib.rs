@@ -1,12 +1,16 @@
 //! sourcebox: a self-hosted host for personal-data connectors.
 //!
 //! This crate holds the host's boundaries, one module each:
-//! - [`store`]: the data directory, its SQLite database, owners and sources;
-//! - [`vault`]: every source's credentials (envelope encryption, key
-//!   wrappers, audit, backup);
+//! - [`store`] and [`vault`]: the data directory, its SQLite database,
+//!   owners and sources, and every source's credentials (envelope
+//!   encryption, key wrappers, audit, backup): the `sourcebox-vault`
+//!   crate, without wasmtime;
+//! - [`contract`]: the connector contract (what a component declares and
+//!   exchanges with the host), from the WIT under `wit/`;
 //! - [`runtime`]: the sandbox a connector component runs in, bound to one
-//!   source per run;
-//! - [`egress`]: where a run's outbound HTTP may go;
+//!   source per run, and its capabilities (credentials, records, log,
+//!   interaction, and HTTP through [`runtime::egress`]: where a run's
+//!   outbound requests may go);
 //! - [`catalog`]: installed connectors and the first-party ones;
 //! - [`runs`]: `launch`, the one way a connector runs, the scheduler and
 //!   retries;
@@ -29,7 +33,6 @@ pub mod catalog;
 pub mod cli;
 pub mod contract;
 pub mod cookies;
-pub mod egress;
 pub mod events;
 pub mod inert;
 pub mod interactions;

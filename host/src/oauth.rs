@@ -634,7 +634,7 @@ async fn exchange(
         base64::engine::general_purpose::STANDARD.encode_string(&pair[..], &mut header);
         http::HeaderValue::from_str(&header).expect("base64 is a header value")
     });
-    let sent = crate::egress::post_form(
+    let sent = crate::runtime::egress::post_form(
         &client.token_url,
         authorization,
         form.clone(),
@@ -645,10 +645,10 @@ async fn exchange(
     form.zeroize();
     let (status, mut body) = sent.map_err(|e| match e {
         // The endpoint may not be reached at all: no retry helps.
-        crate::egress::PostError::Refused(why) => {
+        crate::runtime::egress::PostError::Refused(why) => {
             OauthError::Invalid(format!("the token endpoint is refused: {why}"))
         }
-        crate::egress::PostError::Failed(why) => OauthError::Transient(why),
+        crate::runtime::egress::PostError::Failed(why) => OauthError::Transient(why),
     })?;
     let parsed: Result<TokenResponse, _> = serde_json::from_slice(&body);
     body.zeroize();
@@ -811,7 +811,7 @@ fn check_url(
     };
     if let Some(ip) = literal
         && !browser
-        && crate::egress::forbidden(ip)
+        && crate::runtime::egress::forbidden(ip)
         && !allowed.contains(&SocketAddr::new(ip, port))
     {
         return Err(OauthError::Invalid(format!(

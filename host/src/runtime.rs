@@ -5,13 +5,14 @@
 //! preopens, sockets or inherited stdio); the only other imports are the
 //! sourcebox capabilities in [`state`], each resolving against the source
 //! the store was created for, and `wasi:http`, every request of which goes
-//! through the run's [`crate::egress`] policy.
+//! through the run's [`crate::runtime::egress`] policy.
 
 pub mod api_version;
 mod call;
 mod clock;
 mod compiled;
 pub(crate) mod credentials;
+pub mod egress;
 mod failure;
 pub(crate) mod limits;
 pub mod manifest_check;

@@ -23,9 +23,9 @@ use super::failure::{Cancelled, RunFailure};
 use super::limits::{Exhausted, Limits, MAX_FIELDS_SIZE, MAX_RANDOM, MAX_RESOURCES};
 use crate::contract::Manifest;
 use crate::contract::bindings::sourcebox::connector::types;
-use crate::egress::{EgressHooks, EgressPolicy};
 use crate::events::EventKind;
 use crate::interactions;
+use crate::runtime::egress::{EgressHooks, EgressPolicy};
 use crate::store::now_ms;
 use crate::vault::{Actor, VaultError};
 

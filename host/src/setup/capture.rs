@@ -39,7 +39,8 @@ pub fn import_session(
             setup.connector.id
         )));
     };
-    let policy = crate::egress::EgressPolicy::for_source(manifest, &setup.setup, egress_allow);
+    let policy =
+        crate::runtime::egress::EgressPolicy::for_source(manifest, &setup.setup, egress_allow);
     let imported = crate::cookies::from_export(export, policy.hosts())
         .map_err(|e| SetupError::NotNow(format!("{e}; nothing was stored")))?;
     vault.set(

@@ -344,7 +344,10 @@ async fn what_a_run_makes_the_host_hold_is_bounded() {
         .await,
         Err(RunFailure::ResourceExhausted(Exhausted::Time))
     );
-    assert_eq!(connections.most(), sourcebox::egress::MAX_IN_FLIGHT);
+    assert_eq!(
+        connections.most(),
+        sourcebox::runtime::egress::MAX_IN_FLIGHT
+    );
 
     // Eight bodies of 64 KiB, read side by side, against 64 KiB for the run.
     let target = format!("http://{bulk}/");

@@ -25,9 +25,9 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::credentials::{Destination, NotInjected, Shared as RunCredentials};
+use super::limits::{Exhausted, Limits};
 use crate::contract::{EgressHost, Manifest};
-use crate::runtime::credentials::{Destination, NotInjected, Shared as RunCredentials};
-use crate::runtime::limits::{Exhausted, Limits};
 
 /// The header a guest sets to have a credential injected in the form its
 /// class takes: a bearer token (token, OAuth access token), or the
