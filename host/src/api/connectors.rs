@@ -169,7 +169,8 @@ pub(super) async fn owner_install(
     // go on and the request deadline holds.
     let launcher = Arc::clone(&api.launcher);
     let handle = tokio::runtime::Handle::current();
-    let component = bytes.to_vec();
+    // The upload's own buffer, not a copy of it.
+    let component = Vec::from(bytes);
     let review = tokio::task::spawn_blocking(move || {
         handle.block_on(catalog::review(launcher.runtime(), component))
     })
